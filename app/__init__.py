@@ -1,0 +1,82 @@
+"""The Image Exchange Desk: application factory."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flask import Flask, Response, request
+
+from app.config import Settings
+from app.extensions import csrf, db, init_redis, login_manager, migrate
+
+
+def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
+    """Build the desk: settings, extensions, blueprints, error pages, CLI."""
+    if settings is None:
+        app = Flask(__name__, instance_relative_config=True)
+        instance = Path(app.instance_path)
+        instance.mkdir(parents=True, exist_ok=True)
+        settings = Settings.from_env(instance)
+    else:
+        app = Flask(__name__, instance_path=str(settings.instance_path))
+    app.config.from_mapping(settings.flask_config())
+    app.config.from_mapping(overrides)
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(Path(app.root_path).parent / "migrations"))
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    init_redis(app)
+
+    # Import every model so that Alembic and relationships see the whole schema.
+    from app import audit  # noqa: F401
+    from app.auth import models as _auth_models  # noqa: F401
+    from app.intake import models as _intake_models  # noqa: F401
+    from app.patients import models as _patient_models  # noqa: F401
+
+    from app.auth import bp as auth_bp
+    from app.auth.guard import install_guard
+    from app.intake import bp as intake_bp
+    from app.main import bp as main_bp
+    from app.printing import bp as printing_bp
+
+    app.register_blueprint(main_bp)
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(intake_bp)
+    app.register_blueprint(printing_bp)
+    install_guard(app)
+
+    from app.errors import install_error_handlers
+    from app.templating import install_template_helpers
+
+    install_error_handlers(app)
+    install_template_helpers(app)
+
+    from app.auth.cli import users_cli
+    from app.demo import demo_cli
+    from app.patients.cli import pas_cli
+
+    app.cli.add_command(users_cli)
+    app.cli.add_command(pas_cli)
+    app.cli.add_command(demo_cli)
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; "
+            "script-src 'self'; object-src 'none'; base-uri 'self'; "
+            "form-action 'self'; frame-ancestors 'none'",
+        )
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        if request.endpoint != "static":
+            # Pages may hold patient data: never keep them in a shared PC's cache.
+            response.headers.setdefault("Cache-Control", "no-store")
+        if request.headers.get("HX-Request"):
+            response.vary.add("HX-Request")
+        return response
+
+    logging.getLogger("app").setLevel(logging.INFO)
+    return app

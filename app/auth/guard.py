@@ -1,0 +1,67 @@
+"""Deny by default: every endpoint needs a signed-in user unless it is listed here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from flask import Flask, Response, abort, redirect, request, session, url_for
+from flask_login import current_user
+
+from app.auth.models import Role, User
+from app.extensions import db, login_manager
+
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "static", "main.healthz"})
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@login_manager.user_loader
+def load_user(session_id: str) -> User | None:
+    """Resolve "<id>:<session token>"; a rotated token ends every older session."""
+    user_id, _, token = session_id.partition(":")
+    if not user_id.isdigit() or not token:
+        return None
+    user = db.session.get(User, int(user_id))
+    if user is None or not user.active or user.session_token != token:
+        return None
+    return user
+
+
+def install_guard(app: Flask) -> None:
+    @app.before_request
+    def require_sign_in() -> Response | None:
+        # Every session expires after PERMANENT_SESSION_LIFETIME without a request.
+        session.permanent = True
+        if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
+            return None
+        if current_user.is_authenticated:
+            return None
+        login_url = url_for("auth.login", next=request.full_path.rstrip("?"))
+        if request.headers.get("HX-Request"):
+            # A 302 would be swapped into the table cell that asked (PITFALLS "Web").
+            response = Response(status=401)
+            response.headers["HX-Redirect"] = login_url
+            return response
+        return redirect(login_url)
+
+
+def roles_required(*roles: Role) -> Callable[[F], F]:
+    """Let only these roles through; anyone else gets the 403 page (abort 403)."""
+
+    def decorator(view: F) -> F:
+        @wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if not current_user.is_authenticated or current_user.role not in roles:
+                abort(403)
+            return view(*args, **kwargs)
+
+        return wrapped  # type: ignore[return-value]
+
+    return decorator
+
+
+def user_by_email(email: str) -> User | None:
+    return db.session.scalar(sa.select(User).where(sa.func.lower(User.email) == email.lower()))

@@ -1,0 +1,92 @@
+"""Users and roles."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from datetime import datetime
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+from flask_login import UserMixin
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from app.extensions import db
+from app.timeutil import utcnow
+
+
+class Role(enum.StrEnum):
+    REQUESTER = "requester"
+    ANALYST = "analyst"
+    AM_RADIOLOGY = "am_radiology"
+    RADIOLOGIST = "radiologist"
+    ADMIN = "admin"
+
+    @property
+    def label(self) -> str:
+        return {
+            "requester": "Requester",
+            "analyst": "Service desk analyst",
+            "am_radiology": "AM radiology",
+            "radiologist": "Radiologist (on call)",
+            "admin": "Administrator",
+        }[self.value]
+
+
+# Roles that work the queue and may see every request (DESIGN "Who uses it").
+DESK_ROLES = frozenset({Role.ANALYST, Role.AM_RADIOLOGY, Role.ADMIN})
+
+
+def _new_session_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class User(UserMixin, db.Model):
+    __tablename__ = "users"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    email: so.Mapped[str] = so.mapped_column(sa.String(254), unique=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(120))
+    role: so.Mapped[Role] = so.mapped_column(
+        sa.Enum(Role, native_enum=False, length=20, create_constraint=True,
+                values_callable=lambda roles: [r.value for r in roles], name="role")
+    )
+    password_hash: so.Mapped[str] = so.mapped_column(sa.String(256))
+    phone: so.Mapped[str] = so.mapped_column(sa.String(40), default="")
+    department: so.Mapped[str] = so.mapped_column(sa.String(120), default="")
+    active: so.Mapped[bool] = so.mapped_column(default=True)
+    # Part of every session's identity: rotating it signs the user out everywhere
+    # (sign-out, role change, deactivation). Flask's cookie sessions are otherwise
+    # valid until they expire and cannot be revoked (PITFALLS "Web").
+    session_token: so.Mapped[str] = so.mapped_column(
+        sa.String(64), default=_new_session_token
+    )
+    created_at: so.Mapped[datetime] = so.mapped_column(
+        sa.DateTime(timezone=True), default=utcnow
+    )
+
+    def set_password(self, password: str) -> None:
+        self.password_hash = generate_password_hash(password)
+
+    def check_password(self, password: str) -> bool:
+        return check_password_hash(self.password_hash, password)
+
+    def revoke_sessions(self) -> None:
+        self.session_token = _new_session_token()
+
+    def get_id(self) -> str:
+        return f"{self.id}:{self.session_token}"
+
+    @property
+    def is_active(self) -> bool:  # Flask-Login refuses inactive users
+        return self.active
+
+    @property
+    def is_desk(self) -> bool:
+        return self.role in DESK_ROLES
+
+    def has_role(self, *roles: Role) -> bool:
+        return self.role in roles
+
+    def __repr__(self) -> str:
+        return f"<User {self.id} {self.role}>"

@@ -1,0 +1,127 @@
+"""Typed settings from the environment, with embedded defaults for a laptop.
+
+Unset `DATABASE_URL` means SQLite in the instance folder, unset `REDIS_URL` means an
+embedded Redis kept in the instance folder, unset `SECRET_KEY` means a key generated
+once into the instance folder. Production sets all three and `IEP_ENV=production`,
+which refuses to start on any embedded default.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; raised at start-up, never mid-request."""
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
+
+
+def _load_or_create_secret(instance: Path) -> str:
+    path = instance / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    instance.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    # Created 0600: the key signs every session cookie.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return key
+
+
+@dataclass
+class Settings:
+    """Everything the desk reads from its environment, resolved once."""
+
+    instance_path: Path
+    database_url: str
+    redis_url: str | None  # None: embedded Redis in the instance folder
+    secret_key: str
+    production: bool = False
+    session_idle_minutes: int = 30
+    smtp: dict[str, str] = field(default_factory=dict)
+    local_pacs_node: str = "UHLPACSWFM01"
+    gateway_ae_title: str = "IEPDESK"
+    gateway_port: int = 11112
+    timezone: str = "Europe/London"
+
+    @classmethod
+    def from_env(cls, instance_path: Path) -> Settings:
+        production = os.environ.get("IEP_ENV", "development") == "production"
+        database_url = os.environ.get("DATABASE_URL") or (
+            f"sqlite:///{instance_path / 'iep-desk.sqlite3'}"
+        )
+        if database_url.startswith("postgresql://"):
+            # psycopg 3 is the driver we ship; "postgresql://" alone would ask for psycopg2.
+            database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]
+        redis_url = os.environ.get("REDIS_URL") or None
+        secret_key = os.environ.get("SECRET_KEY") or ""
+        if production:
+            missing = [
+                name
+                for name, value in (
+                    ("DATABASE_URL", os.environ.get("DATABASE_URL")),
+                    ("REDIS_URL", redis_url),
+                    ("SECRET_KEY", secret_key),
+                )
+                if not value
+            ]
+            if missing:
+                raise ConfigError(
+                    "IEP_ENV=production needs " + ", ".join(missing) + " set; "
+                    "embedded defaults are for development only"
+                )
+        if not secret_key:
+            secret_key = _load_or_create_secret(instance_path)
+        smtp = {
+            key[len("SMTP_") :].lower(): value
+            for key, value in os.environ.items()
+            if key.startswith("SMTP_")
+        }
+        return cls(
+            instance_path=instance_path,
+            database_url=database_url,
+            redis_url=redis_url,
+            secret_key=secret_key,
+            production=production,
+            session_idle_minutes=_env_int("SESSION_IDLE_MINUTES", 30),
+            smtp=smtp,
+            local_pacs_node=os.environ.get("LOCAL_PACS_NODE", "UHLPACSWFM01"),
+            gateway_ae_title=os.environ.get("GATEWAY_AE_TITLE", "IEPDESK"),
+            gateway_port=_env_int("GATEWAY_PORT", 11112),
+        )
+
+    def flask_config(self) -> dict[str, object]:
+        """The Flask config keys these settings imply."""
+        return {
+            "SECRET_KEY": self.secret_key,
+            "SQLALCHEMY_DATABASE_URI": self.database_url,
+            "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+            "PERMANENT_SESSION_LIFETIME": timedelta(minutes=self.session_idle_minutes),
+            "SESSION_REFRESH_EACH_REQUEST": True,
+            "SESSION_COOKIE_HTTPONLY": True,
+            "SESSION_COOKIE_SAMESITE": "Lax",
+            "SESSION_COOKIE_SECURE": self.production,
+            "SESSION_COOKIE_NAME": "iep_desk_session",
+            # No "remember me": a shared ward PC must not keep anyone signed in.
+            "REMEMBER_COOKIE_DURATION": timedelta(seconds=0),
+            # The CSRF token lives as long as the (short, revocable) session, so a page
+            # left open keeps working while its session does; see PITFALLS "Web".
+            "WTF_CSRF_TIME_LIMIT": None,
+            "WTF_CSRF_SSL_STRICT": self.production,
+            "MAX_CONTENT_LENGTH": 20 * 1024 * 1024,
+            "IEP_SETTINGS": self,
+        }

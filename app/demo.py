@@ -1,0 +1,99 @@
+"""`flask --app wsgi demo seed`: demo users of every role, institutions, PAS patients.
+
+Idempotent: running it again changes nothing that is already there.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import click
+import sqlalchemy as sa
+from flask.cli import AppGroup
+from stdnum.gb import nhs
+
+from app.auth.models import Role, User
+from app.extensions import db
+from app.intake.models import Institution
+from app.patients.models import Patient
+
+demo_cli = AppGroup("demo", help="Demonstration data for a fresh desk.")
+
+DEMO_PASSWORD_SUFFIX = "-demo-2026"
+DEMO_USERS = [
+    ("requester@demo.uhl", "Dr Priya Shah", Role.REQUESTER, "Respiratory Medicine", "0116 258 4000"),
+    ("analyst@demo.uhl", "Sam Okafor", Role.ANALYST, "MBP Service Desk", "x18000"),
+    ("amrad@demo.uhl", "Jo Whitfield", Role.AM_RADIOLOGY, "Applications Management – Radiology", "0116 258 5555"),
+    ("radiologist@demo.uhl", "Dr Tom Reyes", Role.RADIOLOGIST, "Imaging (on call)", "0116 258 6666"),
+    ("admin@demo.uhl", "Alex Morgan", Role.ADMIN, "Imaging IT", "0116 258 7777"),
+]
+
+INSTITUTIONS = [
+    ("Nottingham University Hospitals NHS Trust", "radiology.iep@nuh.demo.nhs.uk"),
+    ("University Hospitals of Derby and Burton NHS Foundation Trust", "iep@uhdb.demo.nhs.uk"),
+    ("Kettering General Hospital NHS Foundation Trust", "imaging@kgh.demo.nhs.uk"),
+    ("Northampton General Hospital NHS Trust", "pacs@ngh.demo.nhs.uk"),
+    ("United Lincolnshire Hospitals NHS Trust", "iep@ulh.demo.nhs.uk"),
+    ("Spire Leicester Hospital", "imaging@spire-leicester.demo.co.uk"),
+]
+
+
+def _nhs_number(stem: str) -> str:
+    """A valid NHS number in the 999 range that the NHS keeps for testing."""
+    for last in range(10):
+        candidate = stem + str(last)
+        if nhs.is_valid(candidate):
+            return candidate
+    raise ValueError(stem)
+
+
+def _demo_patients() -> list[dict[str, object]]:
+    rows = [
+        ("S1000001", "999000001", "SMITH", "Margaret", date(1948, 3, 14), "Female", "12 Welford Road", "Leicester", "LE2 7AA"),
+        ("S1000002", "999000002", "PATEL", "Ravi", date(1975, 11, 2), "Male", "4 Narborough Road", "Leicester", "LE3 0BQ"),
+        ("S1000003", "999000003", "O'BRIEN", "Siobhan", date(1990, 6, 30), "Female", "88 London Road", "Leicester", "LE2 0QS"),
+        ("S1000004", "999000004", "NOWAK", "Piotr", date(1962, 1, 9), "Male", "2 Loughborough Road", "Leicester", "LE4 5LE"),
+        ("S1000005", "999000005", "JONES", "Ellie", date(2012, 9, 21), "Female", "17 Hinckley Road", "Leicester", "LE3 0TE"),
+    ]
+    patients = []
+    for s_number, stem, family, given, dob, gender, street, town, postcode in rows:
+        patients.append(
+            dict(
+                s_number=s_number,
+                nhs_number=_nhs_number(stem),
+                family_name=family,
+                given_name=given,
+                dob=dob,
+                gender=gender,
+                address_line1=street,
+                town=town,
+                county="Leicestershire",
+                postcode=postcode,
+            )
+        )
+    return patients
+
+
+def demo_password(email: str) -> str:
+    return email.split("@")[0] + DEMO_PASSWORD_SUFFIX
+
+
+@demo_cli.command("seed")
+def seed() -> None:
+    """Add demo users, institutions and PAS patients, and print the demo logins."""
+    for email, name, role, department, phone in DEMO_USERS:
+        if db.session.scalar(sa.select(User).where(User.email == email)) is None:
+            user = User(email=email, name=name, role=role, department=department, phone=phone)
+            user.set_password(demo_password(email))
+            db.session.add(user)
+    for name, email in INSTITUTIONS:
+        if db.session.scalar(sa.select(Institution).where(Institution.name == name)) is None:
+            db.session.add(Institution(name=name, email=email))
+    for values in _demo_patients():
+        if db.session.scalar(sa.select(Patient).where(Patient.s_number == values["s_number"])) is None:
+            db.session.add(Patient(**values))
+    db.session.commit()
+    click.echo("Demo logins (development only):")
+    for email, _name, role, _dept, _phone in DEMO_USERS:
+        click.echo(f"  {role.value:<13} {email:<24} password: {demo_password(email)}")
+    click.echo("Demo PAS patients: " + ", ".join(p["s_number"] for p in _demo_patients()))

@@ -1,0 +1,163 @@
+"""Requests, their examination lines, institutions and call references."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+
+from app.auth.models import User
+from app.extensions import db
+from app.patients.models import Patient
+from app.timeutil import utcnow
+from app.workflow.statuses import Kind, Priority, Status
+
+
+def _str_enum(enum_cls: type, name: str, length: int = 20) -> sa.Enum:
+    # VARCHAR plus a CHECK constraint: portable, and no PostgreSQL ENUM type to migrate.
+    return sa.Enum(
+        enum_cls,
+        native_enum=False,
+        length=length,
+        create_constraint=True,
+        values_callable=lambda members: [m.value for m in members],
+        name=name,
+    )
+
+
+class Institution(db.Model):
+    """An NHS or private hospital we exchange images with."""
+
+    __tablename__ = "institutions"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(160), unique=True)
+    email: so.Mapped[str] = so.mapped_column(sa.String(254), default="")
+
+    def __repr__(self) -> str:
+        return f"<Institution {self.id}>"
+
+
+class CallRefCounter(db.Model):
+    """The last call reference number issued in a year."""
+
+    __tablename__ = "call_ref_counters"
+
+    year: so.Mapped[int] = so.mapped_column(primary_key=True, autoincrement=False)
+    last: so.Mapped[int] = so.mapped_column(default=0)
+
+
+class Request(db.Model):
+    """One import, export, CD-import or trauma request, from submission to completion.
+
+    Columns common to every kind come first; kind-specific ones are nullable. The
+    patient's details are kept as submitted (the form is the formal written request,
+    guideline 2.7 a) beside the link to the PAS record they were checked against.
+    """
+
+    __tablename__ = "requests"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    call_ref: so.Mapped[str] = so.mapped_column(sa.String(20), unique=True)
+    kind: so.Mapped[Kind] = so.mapped_column(_str_enum(Kind, "kind"), index=True)
+    status: so.Mapped[Status] = so.mapped_column(
+        _str_enum(Status, "status"), default=Status.NEW, index=True
+    )
+    priority: so.Mapped[Priority] = so.mapped_column(
+        _str_enum(Priority, "priority"), default=Priority.STANDARD, index=True
+    )
+    priority_reason: so.Mapped[str] = so.mapped_column(sa.String(200), default="")
+    requester_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("users.id"), index=True)
+    created_at: so.Mapped[datetime] = so.mapped_column(
+        sa.DateTime(timezone=True), default=utcnow, index=True
+    )
+    updated_at: so.Mapped[datetime] = so.mapped_column(
+        sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+    # Optimistic locking for the desk's inline edits.
+    version: so.Mapped[int] = so.mapped_column(default=1)
+
+    # Patient, as submitted, and the PAS record it was checked against.
+    patient_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("patients.id"), index=True)
+    s_number: so.Mapped[str] = so.mapped_column(sa.String(8), index=True)
+    nhs_number: so.Mapped[str] = so.mapped_column(sa.String(10), default="", index=True)
+    family_name: so.Mapped[str] = so.mapped_column(sa.String(80))
+    given_name: so.Mapped[str] = so.mapped_column(sa.String(80))
+    dob: so.Mapped[date]
+    gender: so.Mapped[str] = so.mapped_column(sa.String(20), default="")
+    address_line1: so.Mapped[str] = so.mapped_column(sa.String(120), default="")
+    address_line2: so.Mapped[str] = so.mapped_column(sa.String(120), default="")
+    town: so.Mapped[str] = so.mapped_column(sa.String(80), default="")
+    county: so.Mapped[str] = so.mapped_column(sa.String(80), default="")
+    postcode: so.Mapped[str] = so.mapped_column(sa.String(10), default="")
+
+    # UHL staff contact (every form).
+    contact_name: so.Mapped[str] = so.mapped_column(sa.String(120))
+    contact_phone: so.Mapped[str] = so.mapped_column(sa.String(40), default="")
+    contact_email: so.Mapped[str] = so.mapped_column(sa.String(254), default="")
+    comments: so.Mapped[str] = so.mapped_column(sa.Text, default="")
+    required_by: so.Mapped[date | None]
+
+    # Import (Appendix 2; Appendix 1 steps 1-6): the other institution sends.
+    # Export (Appendix 3): the other institution receives.
+    institution_id: so.Mapped[int | None] = so.mapped_column(
+        sa.ForeignKey("institutions.id"), index=True
+    )
+    institution_name: so.Mapped[str] = so.mapped_column(sa.String(160), default="")
+    requesting_clinician: so.Mapped[str] = so.mapped_column(sa.String(120), default="")
+    consultant: so.Mapped[str] = so.mapped_column(sa.String(120), default="")
+    department: so.Mapped[str] = so.mapped_column(sa.String(120), default="")
+
+    # Export: the receiving site's contact.
+    site_contact_name: so.Mapped[str] = so.mapped_column(sa.String(120), default="")
+    site_contact_position: so.Mapped[str] = so.mapped_column(sa.String(120), default="")
+    site_contact_phone: so.Mapped[str] = so.mapped_column(sa.String(40), default="")
+    site_contact_email: so.Mapped[str] = so.mapped_column(sa.String(254), default="")
+
+    # CD import (Appendix 6).
+    cd_count: so.Mapped[int | None]
+    internal_post_address: so.Mapped[str] = so.mapped_column(sa.String(200), default="")
+    drop_off_site: so.Mapped[str] = so.mapped_column(sa.String(10), default="")
+
+    # "For use by MBP" (Appendix 2, 3).
+    mbp_call_ref: so.Mapped[str] = so.mapped_column(sa.String(40), default="")
+    imaging_uploaded_by: so.Mapped[str] = so.mapped_column(sa.String(120), default="")
+    images_fixed_up_by: so.Mapped[str] = so.mapped_column(sa.String(120), default="")
+    date_imaging_sent: so.Mapped[date | None]
+
+    requester: so.Mapped[User] = so.relationship(foreign_keys=[requester_id])
+    patient: so.Mapped[Patient] = so.relationship()
+    institution: so.Mapped[Institution | None] = so.relationship()
+    exams: so.Mapped[list[ExamLine]] = so.relationship(
+        back_populates="request",
+        order_by="ExamLine.position",
+        cascade="all, delete-orphan",
+    )
+
+    __mapper_args__ = {"version_id_col": version}
+
+    @property
+    def patient_display_name(self) -> str:
+        return f"{self.family_name.upper()}, {self.given_name}"
+
+    def __repr__(self) -> str:
+        # Call reference only: no patient data in logs (PITFALLS "Web").
+        return f"<Request {self.call_ref}>"
+
+
+class ExamLine(db.Model):
+    """One examination asked for: its date, what it is, and its exam code if known."""
+
+    __tablename__ = "exam_lines"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    request_id: so.Mapped[int] = so.mapped_column(
+        sa.ForeignKey("requests.id", ondelete="CASCADE"), index=True
+    )
+    position: so.Mapped[int] = so.mapped_column(default=0)
+    exam_date: so.Mapped[date]
+    description: so.Mapped[str] = so.mapped_column(sa.String(200), default="")
+    exam_code: so.Mapped[str] = so.mapped_column(sa.String(20), default="")
+
+    request: so.Mapped[Request] = so.relationship(back_populates="exams")

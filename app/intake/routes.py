@@ -1,0 +1,126 @@
+"""Request pages: the three forms, one request, my requests."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import flash, redirect, render_template, request, url_for
+from flask_login import current_user
+
+from app import audit
+from app.extensions import db
+from app.intake import bp
+from app.intake.access import visible_request
+from app.intake.forms import CDForm, ExportForm, ImportForm, RequestForm
+from app.intake.models import Institution, Request
+from app.intake.service import create_request, kind_of
+from app.workflow.statuses import Kind
+
+PAGE_SIZE = 25
+FORMS: dict[Kind, type[RequestForm]] = {Kind.IMPORT: ImportForm, Kind.EXPORT: ExportForm, Kind.CD: CDForm}
+
+
+def _prefill_contact(form: RequestForm) -> None:
+    form.contact_name.data = current_user.name
+    form.contact_email.data = current_user.email
+    form.contact_phone.data = current_user.phone
+    if isinstance(form, ImportForm):
+        form.department.data = current_user.department
+
+
+def _edit_exam_lines(form: RequestForm, action: str) -> bool:
+    """Add or remove an exam line (no validation, nothing saved). True if it did."""
+    if action == "add_exam":
+        if len(form.exams.entries) < form.exams.max_entries:
+            form.exams.append_entry()
+            form.exams.entries[-1].form.exam_date.render_kw = {"autofocus": True}
+        return True
+    if action.startswith("remove_exam:"):
+        index = action.partition(":")[2]
+        if index.isdigit() and len(form.exams.entries) > 1 and int(index) < len(form.exams.entries):
+            kept = [e.form.data for i, e in enumerate(form.exams.entries) if i != int(index)]
+            while form.exams.entries:
+                form.exams.pop_entry()
+            for data in kept:
+                form.exams.append_entry(data)
+        return True
+    return False
+
+
+def _form_page(kind: Kind):  # noqa: ANN202
+    form = FORMS[kind]()
+    action = request.form.get("action", "")
+    refused = False
+    if request.method == "GET":
+        _prefill_contact(form)
+    elif _edit_exam_lines(form, action):
+        if request.headers.get("HX-Request"):
+            return render_template("intake/_exam_lines.html", form=form, kind=kind)
+    elif form.validate_on_submit():
+        req = create_request(form, current_user)
+        db.session.commit()
+        flash(f"Request {req.call_ref} submitted.", "success")
+        return redirect(url_for("intake.show", call_ref=req.call_ref, submitted=1))
+    else:
+        refused = True
+    institutions = db.session.scalars(sa.select(Institution.name).order_by(Institution.name)).all()
+    # 422 on a refused submission: the page shows the errors; nothing was saved.
+    status = 422 if refused else 200
+    return (
+        render_template(f"intake/new_{kind.value}.html", form=form, kind=kind, institutions=institutions),
+        status,
+    )
+
+
+@bp.route("/requests/new/import", methods=["GET", "POST"])
+def new_import():
+    """Request images from another hospital (Appendix 2)."""
+    return _form_page(Kind.IMPORT)
+
+
+@bp.route("/requests/new/export", methods=["GET", "POST"])
+def new_export():
+    """Ask for UHL images to be sent to another hospital (Appendix 3)."""
+    return _form_page(Kind.EXPORT)
+
+
+@bp.route("/requests/new/cd", methods=["GET", "POST"])
+def new_cd():
+    """Hand in CDs for upload to PACS (Appendix 6)."""
+    return _form_page(Kind.CD)
+
+
+@bp.route("/requests/<call_ref>")
+def show(call_ref: str):
+    """Everything submitted on one request (audited: it shows patient data)."""
+    req = visible_request(call_ref)
+    audit.record(audit.Action.VIEW, request_id=req.id, detail=req.call_ref)
+    db.session.commit()
+    return render_template("intake/show.html", req=req, submitted=request.args.get("submitted") == "1")
+
+
+@bp.route("/requests")
+def mine():
+    """My requests, newest first, with a search box (call reference or patient name)."""
+    query = (request.args.get("q") or "").strip()[:80]
+    page = max(request.args.get("page", 1, type=int) or 1, 1)
+    stmt = sa.select(Request).where(Request.requester_id == current_user.id)
+    if query:
+        like = f"%{query.lower()}%"
+        stmt = stmt.where(
+            sa.or_(
+                sa.func.lower(Request.call_ref).like(like),
+                sa.func.lower(Request.family_name).like(like),
+                sa.func.lower(Request.given_name).like(like),
+                Request.s_number == query.upper(),
+            )
+        )
+    total = db.session.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0
+    rows = db.session.scalars(
+        stmt.order_by(Request.created_at.desc(), Request.id.desc())
+        .limit(PAGE_SIZE)
+        .offset((page - 1) * PAGE_SIZE)
+    ).all()
+    template = "intake/_my_rows.html" if request.headers.get("HX-Request") and not request.headers.get("HX-History-Restore-Request") else "intake/mine.html"
+    return render_template(
+        template, rows=rows, q=query, page=page, total=total, pages=max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1)
+    )

@@ -1,0 +1,36 @@
+"""Home page and health check."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import jsonify, redirect, url_for
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.extensions import db, redis_conn
+from app.main import bp
+
+
+@bp.route("/")
+def home():
+    """Start page: what you can ask for, and your requests."""
+    return redirect(url_for("intake.mine"))
+
+
+@bp.route("/healthz")
+def healthz():
+    """200 when the database and Redis answer, 503 otherwise (for the load balancer)."""
+    checks = {}
+    try:
+        db.session.execute(sa.text("SELECT 1"))
+        checks["database"] = "ok"
+    except SQLAlchemyError:
+        db.session.rollback()
+        checks["database"] = "unreachable"
+    try:
+        redis_conn().ping()
+        checks["redis"] = "ok"
+    except (RedisError, OSError):
+        checks["redis"] = "unreachable"
+    healthy = all(value == "ok" for value in checks.values())
+    return jsonify(status="ok" if healthy else "unavailable", **checks), 200 if healthy else 503

@@ -1,0 +1,57 @@
+"""The status vocabulary (DESIGN "Requests, statuses and rules"; Appendix 1 "Statuses")."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Status(enum.StrEnum):
+    NEW = "New"
+    AWAITING_DETAILS = "Awaiting Details"
+    ACCEPTED = "Accepted"
+    DOWNLOAD_REQUEST = "Download Request"
+    DOWNLOADING = "Downloading"
+    UPLOADING = "Uploading"
+    ON_IEP = "On IEP"
+    DELIVERED = "Delivered"
+    COMPLETED = "Completed"
+    DECLINED = "Declined"
+    FAILED = "Failed"
+    CANCELLED = "Cancelled"
+    PURGED = "Purged"
+
+    @property
+    def css(self) -> str:
+        """A CSS class name for the status badge."""
+        return "status-" + self.value.lower().replace(" ", "-")
+
+
+class Priority(enum.StrEnum):
+    BLUE_LIGHT = "Blue Light"
+    STANDARD = "Standard"
+    BATCH = "Batch"
+
+
+class Kind(enum.StrEnum):
+    IMPORT = "import"
+    EXPORT = "export"
+    CD = "cd"
+    TRAUMA = "trauma"
+
+    @property
+    def label(self) -> str:
+        return {
+            "import": "Import",
+            "export": "Export",
+            "cd": "CD import",
+            "trauma": "Trauma transfer",
+        }[self.value]
+
+    @property
+    def appendix(self) -> str:
+        return {
+            "import": "Appendix 2",
+            "export": "Appendix 3",
+            "cd": "Appendix 6",
+            "trauma": "Appendix 4",
+        }[self.value]

