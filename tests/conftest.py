@@ -27,9 +27,13 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app import create_app
+from app.auth import models as auth_models
 from app.config import Settings
 from app.embedded_redis import ensure_embedded_redis
 from app.extensions import db
+
+# Cheap hashes keep a signed-in test fast; production keeps scrypt.
+auth_models.PASSWORD_METHOD = "pbkdf2:sha256:1000"
 
 TEST_DB = os.environ.get("IEP_TEST_DB", "sqlite")
 POSTGRES_ADMIN_URL = os.environ.get(

@@ -37,6 +37,10 @@ class Role(enum.StrEnum):
 DESK_ROLES = frozenset({Role.ANALYST, Role.AM_RADIOLOGY, Role.ADMIN})
 
 
+# Werkzeug's default (scrypt). The test suite lowers it: hashing is not what it tests.
+PASSWORD_METHOD = "scrypt"
+
+
 def _new_session_token() -> str:
     return secrets.token_urlsafe(24)
 
@@ -66,7 +70,7 @@ class User(UserMixin, db.Model):
     )
 
     def set_password(self, password: str) -> None:
-        self.password_hash = generate_password_hash(password)
+        self.password_hash = generate_password_hash(password, method=PASSWORD_METHOD)
 
     def check_password(self, password: str) -> bool:
         return check_password_hash(self.password_hash, password)

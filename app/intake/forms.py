@@ -23,7 +23,16 @@ from wtforms import (
     TextAreaField,
     widgets,
 )
-from wtforms.validators import Email, InputRequired, Length, NumberRange, Optional, ValidationError
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import (
+    Email,
+    InputRequired,
+    Length,
+    NumberRange,
+    Optional,
+    StopValidation,
+    ValidationError,
+)
 
 from app.extensions import db
 from app.intake import validators as rules
@@ -34,9 +43,9 @@ from app.workflow.statuses import Priority
 MAX_EXAM_LINES = 20
 
 DROP_OFF_SITES = [
-    ("LRI", "LRI – Leicester Royal Infirmary, Radiology Reception"),
-    ("GH", "GH – Glenfield Hospital, Radiology Reception"),
-    ("LGH", "LGH – Leicester General Hospital, Radiology Reception"),
+    SelectChoice("LRI", "LRI – Leicester Royal Infirmary, Radiology Reception"),
+    SelectChoice("GH", "GH – Glenfield Hospital, Radiology Reception"),
+    SelectChoice("LGH", "LGH – Leicester General Hospital, Radiology Reception"),
 ]
 
 BLUE_LIGHT_EXPORT_REASON = "Blue Light – emergency admission or surgery in next 12 hours only"
@@ -49,7 +58,7 @@ EXPORT_REASONS = [
     "Other",
 ]
 
-GENDERS = [("", "Not stated"), ("Female", "Female"), ("Male", "Male"), ("Other", "Other"), ("Unknown", "Unknown")]
+GENDERS = [SelectChoice("", "Not stated")] + [SelectChoice(g) for g in ("Female", "Male", "Other", "Unknown")]
 
 
 class UKDateField(Field):
@@ -98,8 +107,17 @@ def _apply(rule, field: Field, *args) -> None:  # noqa: ANN001
         field.errors.append(str(exc))
 
 
+class _Required(InputRequired):
+    """Like InputRequired, but blank or whitespace-only input counts as missing."""
+
+    def __call__(self, form, field) -> None:  # noqa: ANN001
+        if not field.raw_data or not str(field.raw_data[0]).strip():
+            field.errors[:] = []
+            raise StopValidation(self.message)
+
+
 def _required(message: str) -> InputRequired:
-    return InputRequired(message)
+    return _Required(message)
 
 
 class ExamLineForm(Form):
@@ -187,7 +205,13 @@ class RequestForm(FlaskForm):
         self._check_exams(today)
         self._check_pas()
         self.validate_kind(today)
-        return not self.errors
+        return not self.has_errors()
+
+    def has_errors(self) -> bool:
+        # FieldList caches its errors during validate(); errors added to exam lines
+        # afterwards are only seen by asking each line's form again.
+        own = any(f.errors for name, f in self._fields.items() if name != "exams")
+        return own or any(entry.form.errors for entry in self.exams.entries)
 
     def validate_kind(self, today: date) -> None:
         """Rules of one form only."""
@@ -264,7 +288,7 @@ class ImportForm(RequestForm):
     )
     priority = RadioField(
         "Priority",
-        choices=[(p.value, p.value) for p in (Priority.STANDARD, Priority.BLUE_LIGHT, Priority.BATCH)],
+        choices=[SelectChoice(p.value) for p in (Priority.STANDARD, Priority.BLUE_LIGHT, Priority.BATCH)],
         default=Priority.STANDARD.value,
         validators=[_required("Choose a priority.")],
     )
@@ -323,15 +347,15 @@ class ExportForm(RequestForm):
     priority = RadioField(
         "Priority of request",
         choices=[
-            (Priority.STANDARD.value, "Standard"),
-            (Priority.BLUE_LIGHT.value, "Blue Light (emergency only)"),
+            SelectChoice(Priority.STANDARD.value, "Standard"),
+            SelectChoice(Priority.BLUE_LIGHT.value, "Blue Light (emergency only)"),
         ],
         default=Priority.STANDARD.value,
         validators=[_required("Choose a priority.")],
     )
     priority_reason = SelectField(
         "Reason for priority",
-        choices=[("", "Choose a reason")] + [(r, r) for r in EXPORT_REASONS],
+        choices=[SelectChoice("", "Choose a reason")] + [SelectChoice(r) for r in EXPORT_REASONS],
         validators=[_required("Choose the reason for the priority.")],
     )
     required_by = UKDateField("Date required by", validators=[_required("Enter the date the studies are required by.")])

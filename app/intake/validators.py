@@ -28,6 +28,8 @@ _PHONE = re.compile(r"[0-9 +()x.-]{3,25}", re.IGNORECASE)
 def clean_nhs_number(raw: str) -> str:
     """10 digits with a valid modulus-11 check digit; spaces and dashes allowed."""
     value = _SEPARATORS.sub("", raw or "")
+    if not value:
+        raise FieldError("Enter the NHS number: 10 digits.")
     if not value.isdigit():
         raise FieldError("An NHS number has only digits (spaces and dashes are allowed).")
     if len(value) != 10:
