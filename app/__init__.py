@@ -78,5 +78,8 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
             response.vary.add("HX-Request")
         return response
 
-    logging.getLogger("app").setLevel(logging.INFO)
+    from app.logs import configure_logging
+
+    configure_logging(app.logger)
+    app.logger.setLevel(logging.INFO)
     return app

@@ -27,6 +27,7 @@ class Action(enum.StrEnum):
     VIEW = "view"
     DOWNLOAD_PDF = "download_pdf"
     USER_CREATED = "user_created"
+    USER_CHANGED = "user_changed"
     PAS_IMPORT = "pas_import"
 
 

@@ -128,3 +128,55 @@ def test_healthz_is_503_when_redis_is_unreachable(app, client):
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json["redis"] == "unreachable"
+
+
+def test_idle_session_is_ended_by_the_server_not_only_by_the_cookie(client, login_as, monkeypatch):
+    import time as real_time
+
+    login_as("requester")
+    assert client.get("/requests").status_code == 200
+    later = real_time.time() + 31 * 60
+    monkeypatch.setattr("time.time", lambda: later)  # the cookie is still sent, but too old
+    response = client.get("/requests")
+    assert response.status_code == 302 and response.headers["Location"].startswith("/login")
+    assert "Your session has ended" in client.get(response.headers["Location"]).get_data(as_text=True)
+
+
+def test_csrf_token_of_a_page_left_open_for_hours_still_works_while_the_session_lives(client, login_as, monkeypatch):
+    import time as real_time
+
+    login_as("requester")
+    token = csrf_token(client, "/requests")
+    start = real_time.time()
+    # The page stays open for three hours; its polling keeps the session alive.
+    for minutes in range(20, 181, 20):
+        monkeypatch.setattr("time.time", lambda m=minutes: start + m * 60)
+        assert client.get("/requests", headers={"HX-Request": "true"}).status_code == 200
+    response = client.post("/requests", data={"q": "x"}, headers={"X-CSRFToken": token, "HX-Request": "true"})
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def test_htmx_post_with_csrf_header_only_is_accepted_and_without_it_refused(client, login_as):
+    login_as("requester")
+    token = csrf_token(client, "/requests")
+    assert client.post("/requests", data={"q": ""}, headers={"X-CSRFToken": token, "HX-Request": "true"}).status_code == 200
+    assert client.post("/requests", data={"q": ""}, headers={"HX-Request": "true"}).status_code == 400
+
+
+def test_role_change_ends_the_users_sessions(runner, client, login_as):
+    user = login_as("requester")
+    assert client.get("/requests").status_code == 200
+    result = runner.invoke(args=["users", "set-role", "--email", user.email, "--role", "analyst"])
+    assert result.exit_code == 0, result.output
+    assert client.get("/requests").status_code == 302
+
+
+def test_log_lines_cannot_be_forged_with_newlines():
+    import logging
+
+    from app.logs import SingleLineFormatter
+
+    forged = "x@y" + chr(10) + "2026-11-28 INFO sign_in ok"
+    record = logging.LogRecord("app", logging.INFO, __file__, 1, "sign in failed for %s", (forged,), None)
+    line = SingleLineFormatter("%(message)s").format(record)
+    assert chr(10) not in line and line.endswith("x@y\\n2026-11-28 INFO sign_in ok")

@@ -291,10 +291,24 @@ def test_my_requests_search_and_empty_state(client, requester):
     assert "You have not submitted any requests yet" in page
     response = post_form(client, "/requests/new/cd", valid_cd())
     call_ref = response.headers["Location"].split("/")[2].split("?")[0]
-    assert call_ref in client.get("/requests?q=smith").get_data(as_text=True)
-    assert call_ref in client.get("/requests?q=S1234567").get_data(as_text=True)
-    fragment = client.get("/requests?q=nobody", headers={"HX-Request": "true"}).get_data(as_text=True)
+    # Searches are POSTed: a patient's name never appears in a URL or a server log.
+    assert call_ref in post_form(client, "/requests", {"q": "smith"}).get_data(as_text=True)
+    assert call_ref in post_form(client, "/requests", {"q": "S1234567"}).get_data(as_text=True)
+    assert call_ref not in post_form(client, "/requests", {"q": "patel"}).get_data(as_text=True)
+    fragment = post_form(client, "/requests", {"q": "nobody"}, headers={"HX-Request": "true"}).get_data(as_text=True)
     assert "<html" not in fragment and "No request of yours matches" in fragment
+
+
+def test_my_requests_pages_through_long_lists(client, requester):
+    from app.intake import routes
+
+    for _ in range(routes.PAGE_SIZE + 2):
+        post_form(client, "/requests/new/import", valid_import())
+    first = client.get("/requests").get_data(as_text=True)
+    assert "Page 1 of 2" in first and first.count("<tr>") == routes.PAGE_SIZE + 1  # + header row
+    second = post_form(client, "/requests", {"q": "", "page": "2"}).get_data(as_text=True)
+    assert "Page 2 of 2" in second and second.count("<tr>") == 2 + 1
+    assert f"IEP-{local_today().year}-000001" in second  # oldest last
 
 
 def test_forms_are_prefilled_with_the_signed_in_users_contact(client, requester):

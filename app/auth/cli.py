@@ -45,3 +45,32 @@ def list_users() -> None:
     """List users and their roles."""
     for user in db.session.scalars(db.select(User).order_by(User.email)):
         click.echo(f"{user.email}\t{user.role.value}\t{'active' if user.active else 'inactive'}")
+
+
+@users_cli.command("set-role")
+@click.option("--email", required=True)
+@click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
+def set_role(email: str, role: str) -> None:
+    """Change a user's role; their open sessions end at once."""
+    user = user_by_email(email)
+    if user is None:
+        raise click.ClickException(f"no user with e-mail {email}")
+    user.role = Role(role)
+    user.revoke_sessions()
+    audit.record(audit.Action.USER_CHANGED, actor="cli", detail=f"user {user.id} role -> {role}")
+    db.session.commit()
+    click.echo(f"{user.email} is now {role}; their sessions have ended")
+
+
+@users_cli.command("deactivate")
+@click.option("--email", required=True)
+def deactivate(email: str) -> None:
+    """Stop a user signing in; their open sessions end at once."""
+    user = user_by_email(email)
+    if user is None:
+        raise click.ClickException(f"no user with e-mail {email}")
+    user.active = False
+    user.revoke_sessions()
+    audit.record(audit.Action.USER_CHANGED, actor="cli", detail=f"user {user.id} deactivated")
+    db.session.commit()
+    click.echo(f"{user.email} can no longer sign in")

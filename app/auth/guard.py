@@ -33,13 +33,17 @@ def load_user(session_id: str) -> User | None:
 def install_guard(app: Flask) -> None:
     @app.before_request
     def require_sign_in() -> Response | None:
-        # Every session expires after PERMANENT_SESSION_LIFETIME without a request.
+        # Idle timeout: Flask re-signs the cookie on every request and refuses one whose
+        # signature is older than PERMANENT_SESSION_LIFETIME, on the server, whatever
+        # the browser keeps.
         session.permanent = True
         if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
             return None
         if current_user.is_authenticated:
             return None
-        login_url = url_for("auth.login", next=request.full_path.rstrip("?"))
+        # A session cookie that no longer signs anyone in: it expired or was revoked.
+        ended = app.config["SESSION_COOKIE_NAME"] in request.cookies
+        login_url = url_for("auth.login", next=request.full_path.rstrip("?"), ended=1 if ended else None)
         if request.headers.get("HX-Request"):
             # A 302 would be swapped into the table cell that asked (PITFALLS "Web").
             response = Response(status=401)

@@ -98,11 +98,15 @@ def show(call_ref: str):
     return render_template("intake/show.html", req=req, submitted=request.args.get("submitted") == "1")
 
 
-@bp.route("/requests")
+@bp.route("/requests", methods=["GET", "POST"])
 def mine():
-    """My requests, newest first, with a search box (call reference or patient name)."""
-    query = (request.args.get("q") or "").strip()[:80]
-    page = max(request.args.get("page", 1, type=int) or 1, 1)
+    """My requests, newest first, with a search box (call reference or patient name).
+
+    The search is POSTed so that patient names never appear in URLs, server logs or
+    the browser's history (PITFALLS "Web").
+    """
+    query = (request.form.get("q") or "").strip()[:80]
+    page = max(request.form.get("page", 1, type=int) or 1, 1)
     stmt = sa.select(Request).where(Request.requester_id == current_user.id)
     if query:
         like = f"%{query.lower()}%"
