@@ -104,6 +104,24 @@ def test_call_references_are_sequential_and_unique(client, requester):
     assert refs == [f"IEP-{year}-000001", f"IEP-{year}-000002", f"IEP-{year}-000003"]
 
 
+def test_double_clicked_submit_makes_one_request(client, requester):
+    page = client.get("/requests/new/import").get_data(as_text=True)
+    key = re.search(r'name="submission_key" type="hidden" value="([^"]+)"', page).group(1)
+    first = post_form(client, "/requests/new/import", {**valid_import(), "submission_key": key})
+    second = post_form(client, "/requests/new/import", {**valid_import(), "submission_key": key})
+    assert request_count() == 1
+    assert second.status_code == 302
+    assert second.headers["Location"].split("?")[0] == first.headers["Location"].split("?")[0]
+    assert "already submitted as" in client.get(second.headers["Location"]).get_data(as_text=True)
+
+
+def test_submission_key_survives_a_refused_submission(client, requester):
+    page = client.get("/requests/new/import").get_data(as_text=True)
+    key = re.search(r'name="submission_key" type="hidden" value="([^"]+)"', page).group(1)
+    refused = post_form(client, "/requests/new/import", {**valid_import(), "family_name": "", "submission_key": key})
+    assert f'value="{key}"' in refused.get_data(as_text=True)
+
+
 def test_submission_and_views_are_audited_with_the_request(client, requester):
     response = post_form(client, "/requests/new/import", valid_import())
     client.get(response.headers["Location"])

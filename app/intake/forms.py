@@ -16,6 +16,7 @@ from wtforms import (
     FieldList,
     Form,
     FormField,
+    HiddenField,
     IntegerField,
     RadioField,
     SelectField,
@@ -181,6 +182,8 @@ class RequestForm(FlaskForm):
     comments = TextAreaField("Comments / additional instructions", validators=[Length(max=4000)])
 
     exams = FieldList(FormField(ExamLineForm), min_entries=1, max_entries=MAX_EXAM_LINES)
+    # One key per filled-in form, so a double-clicked Submit cannot make two requests.
+    submission_key = HiddenField()
 
     # Set by `validate`: the PAS record the patient was matched to.
     patient: Patient | None = None

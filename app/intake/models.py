@@ -75,6 +75,8 @@ class Request(db.Model):
     updated_at: so.Mapped[datetime] = so.mapped_column(
         sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
+    # The form's one-time key: a double-clicked Submit finds the request it already made.
+    submission_key: so.Mapped[str | None] = so.mapped_column(sa.String(36), unique=True)
     # Optimistic locking for the desk's inline edits.
     version: so.Mapped[int] = so.mapped_column(default=1)
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import uuid
+
 import sqlalchemy as sa
 from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user
+from sqlalchemy.exc import IntegrityError
 
 from app import audit
 from app.extensions import db
@@ -12,10 +16,11 @@ from app.intake import bp
 from app.intake.access import visible_request
 from app.intake.forms import CDForm, ExportForm, ImportForm, RequestForm
 from app.intake.models import Institution, Request
-from app.intake.service import create_request, kind_of
+from app.intake.service import already_submitted, create_request
 from app.workflow.statuses import Kind
 
 PAGE_SIZE = 25
+_KEY = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 FORMS: dict[Kind, type[RequestForm]] = {Kind.IMPORT: ImportForm, Kind.EXPORT: ExportForm, Kind.CD: CDForm}
 
 
@@ -50,14 +55,27 @@ def _form_page(kind: Kind):  # noqa: ANN202
     form = FORMS[kind]()
     action = request.form.get("action", "")
     refused = False
+    if not _KEY.fullmatch(form.submission_key.data or ""):
+        form.submission_key.data = str(uuid.uuid4())
     if request.method == "GET":
         _prefill_contact(form)
     elif _edit_exam_lines(form, action):
         if request.headers.get("HX-Request"):
             return render_template("intake/_exam_lines.html", form=form, kind=kind)
+    elif (earlier := already_submitted(form.submission_key.data, current_user)) is not None:
+        flash(f"This form was already submitted as {earlier.call_ref}; it was not sent twice.", "info")
+        return redirect(url_for("intake.show", call_ref=earlier.call_ref))
     elif form.validate_on_submit():
-        req = create_request(form, current_user)
-        db.session.commit()
+        try:
+            req = create_request(form, current_user)
+            db.session.commit()
+        except IntegrityError:
+            # The same form's other click won the race: show the request it made.
+            db.session.rollback()
+            earlier = already_submitted(form.submission_key.data, current_user)
+            if earlier is None:
+                raise
+            return redirect(url_for("intake.show", call_ref=earlier.call_ref))
         flash(f"Request {req.call_ref} submitted.", "success")
         return redirect(url_for("intake.show", call_ref=req.call_ref, submitted=1))
     else:

@@ -59,6 +59,7 @@ def create_request(form: RequestForm, requester: User) -> Request:
         status=Status.NEW,
         requester=requester,
         patient=form.patient,
+        submission_key=form.submission_key.data or None,
     )
     for name in _PATIENT_FIELDS + _CONTACT_FIELDS + _KIND_FIELDS[kind]:
         setattr(req, name, _text(getattr(form, name).data) or _empty(name))
@@ -82,6 +83,15 @@ def create_request(form: RequestForm, requester: User) -> Request:
     db.session.flush()
     audit.record(audit.Action.SUBMIT, request_id=req.id, detail=f"{req.call_ref} {kind.value}")
     return req
+
+
+def already_submitted(key: str | None, requester: User) -> Request | None:
+    """The request this form already created, if its Submit was pressed before."""
+    if not key:
+        return None
+    return db.session.scalar(
+        sa.select(Request).where(Request.submission_key == key, Request.requester_id == requester.id)
+    )
 
 
 def _empty(name: str) -> object:

@@ -74,6 +74,7 @@ def upgrade():
     sa.Column('requester_id', sa.Integer(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('submission_key', sa.String(length=36), nullable=True),
     sa.Column('version', sa.Integer(), nullable=False),
     sa.Column('patient_id', sa.Integer(), nullable=False),
     sa.Column('s_number', sa.String(length=8), nullable=False),
@@ -112,7 +113,8 @@ def upgrade():
     sa.ForeignKeyConstraint(['patient_id'], ['patients.id'], name=op.f('fk_requests_patient_id_patients')),
     sa.ForeignKeyConstraint(['requester_id'], ['users.id'], name=op.f('fk_requests_requester_id_users')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_requests')),
-    sa.UniqueConstraint('call_ref', name=op.f('uq_requests_call_ref'))
+    sa.UniqueConstraint('call_ref', name=op.f('uq_requests_call_ref')),
+    sa.UniqueConstraint('submission_key', name=op.f('uq_requests_submission_key'))
     )
     with op.batch_alter_table('requests', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_requests_created_at'), ['created_at'], unique=False)
