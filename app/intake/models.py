@@ -122,6 +122,17 @@ class Request(db.Model):
     internal_post_address: so.Mapped[str] = so.mapped_column(sa.String(200), default="")
     drop_off_site: so.Mapped[str] = so.mapped_column(sa.String(10), default="")
 
+    # Working the request (the desk).
+    assigned_to_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("users.id"), index=True)
+    status_changed_at: so.Mapped[datetime] = so.mapped_column(
+        sa.DateTime(timezone=True), default=utcnow, index=True
+    )
+    # Guideline 2.5: why the other institution declined (and its own words).
+    decline_reason: so.Mapped[str] = so.mapped_column(sa.String(40), default="")
+    status_note: so.Mapped[str] = so.mapped_column(sa.Text, default="")
+    # Set at submission when the same patient and examination were already requested.
+    duplicate_of_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("requests.id"))
+
     # "For use by MBP" (Appendix 2, 3).
     mbp_call_ref: so.Mapped[str] = so.mapped_column(sa.String(40), default="")
     imaging_uploaded_by: so.Mapped[str] = so.mapped_column(sa.String(120), default="")
@@ -129,6 +140,8 @@ class Request(db.Model):
     date_imaging_sent: so.Mapped[date | None]
 
     requester: so.Mapped[User] = so.relationship(foreign_keys=[requester_id])
+    assigned_to: so.Mapped[User | None] = so.relationship(foreign_keys=[assigned_to_id])
+    duplicate_of: so.Mapped[Request | None] = so.relationship(remote_side=[id])
     patient: so.Mapped[Patient] = so.relationship()
     institution: so.Mapped[Institution | None] = so.relationship()
     exams: so.Mapped[list[ExamLine]] = so.relationship(
@@ -138,6 +151,21 @@ class Request(db.Model):
     )
 
     __mapper_args__ = {"version_id_col": version}
+    # The desk's queue: filters by status/kind/assignee, newest first, keyset pages on
+    # (created_at, id); patient-name search by prefix of the upper-cased family name.
+    __table_args__ = (
+        sa.Index("ix_requests_created_id", "created_at", "id"),
+        sa.Index("ix_requests_status_created_id", "status", "created_at", "id"),
+        sa.Index("ix_requests_kind_created_id", "kind", "created_at", "id"),
+        sa.Index("ix_requests_assigned_created_id", "assigned_to_id", "created_at", "id"),
+        sa.Index("ix_requests_priority_status", "priority", "status"),
+        sa.Index("ix_requests_institution_name", "institution_name"),
+        sa.Index(
+            "ix_requests_family_name_upper",
+            sa.text("upper(family_name)"),
+            postgresql_ops={"upper(family_name)": "text_pattern_ops"},
+        ),
+    )
 
     @property
     def patient_display_name(self) -> str:

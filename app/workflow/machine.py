@@ -1,0 +1,106 @@
+"""The status machine (DESIGN "Requests, statuses and rules"; Appendix 1 "Statuses").
+
+Every status change, from a page, an HTMX row, the CLI or a job, goes through
+`transition`, which refuses what the table does not allow and audits what it does.
+"""
+
+from __future__ import annotations
+
+from app import audit
+from app.extensions import db
+from app.intake.models import Request
+from app.timeutil import utcnow
+from app.workflow.models import Message, MessageKind
+from app.workflow.statuses import Status
+
+S = Status
+
+ALLOWED: dict[Status, frozenset[Status]] = {
+    S.NEW: frozenset({S.AWAITING_DETAILS, S.ACCEPTED, S.DECLINED, S.CANCELLED}),
+    S.AWAITING_DETAILS: frozenset({S.NEW, S.ACCEPTED, S.DECLINED, S.CANCELLED}),
+    S.ACCEPTED: frozenset(
+        {S.AWAITING_DETAILS, S.DOWNLOAD_REQUEST, S.UPLOADING, S.ON_IEP, S.DECLINED, S.FAILED, S.CANCELLED}
+    ),
+    S.DOWNLOAD_REQUEST: frozenset({S.DOWNLOADING, S.UPLOADING, S.FAILED, S.CANCELLED}),
+    S.DOWNLOADING: frozenset({S.DELIVERED, S.FAILED, S.CANCELLED}),
+    S.UPLOADING: frozenset({S.ON_IEP, S.DELIVERED, S.FAILED, S.CANCELLED}),
+    S.ON_IEP: frozenset({S.DOWNLOAD_REQUEST, S.DELIVERED, S.PURGED, S.FAILED, S.CANCELLED}),
+    S.DELIVERED: frozenset({S.COMPLETED}),
+    S.COMPLETED: frozenset(),
+    # Guideline 2.5 b: the desk re-processes a declined request.
+    S.DECLINED: frozenset({S.AWAITING_DETAILS, S.ACCEPTED, S.CANCELLED}),
+    S.FAILED: frozenset({S.DOWNLOAD_REQUEST, S.ACCEPTED, S.CANCELLED}),
+    S.CANCELLED: frozenset(),
+    S.PURGED: frozenset({S.ACCEPTED, S.CANCELLED}),
+}
+
+# Guideline 2.5 a: why another institution declines.
+DECLINE_REASONS = {
+    "not_found": "The requested study does not exist at that organisation",
+    "clinically_inappropriate": "The request is deemed clinically inappropriate",
+    "other": "Other",
+}
+
+FINISHED = frozenset({S.COMPLETED, S.CANCELLED})
+
+
+class TransitionRefused(ValueError):
+    """The change is not allowed; the message says which changes are."""
+
+    def __init__(self, current: Status, wanted: Status, detail: str = "") -> None:
+        allowed = sorted(ALLOWED[current], key=list(Status).index)
+        options = ", ".join(s.value for s in allowed) if allowed else "none (it is finished)"
+        message = detail or (
+            f"A request that is {current.value} cannot become {wanted.value}. "
+            f"From {current.value} it can become: {options}."
+        )
+        super().__init__(message)
+        self.current, self.wanted, self.allowed = current, wanted, allowed
+
+
+def allowed_next(current: Status) -> list[Status]:
+    return sorted(ALLOWED[current], key=list(Status).index)
+
+
+def transition(
+    req: Request,
+    wanted: Status,
+    *,
+    actor_id: int | None,
+    note: str = "",
+    decline_reason: str = "",
+) -> None:
+    """Move `req` to `wanted`, or raise TransitionRefused. The caller commits."""
+    current = req.status
+    if wanted == current:
+        return
+    if wanted not in ALLOWED[current]:
+        raise TransitionRefused(current, wanted)
+    if wanted == S.DECLINED:
+        if decline_reason not in DECLINE_REASONS:
+            raise TransitionRefused(
+                current, wanted, "Say why the other institution declined: study does not exist, "
+                "clinically inappropriate, or other (with their words)."
+            )
+        if decline_reason == "other" and not note.strip():
+            raise TransitionRefused(current, wanted, "Give the other institution's reason for declining.")
+        req.decline_reason = decline_reason
+    req.status = wanted
+    req.status_changed_at = utcnow()
+    req.status_note = note.strip()
+    text = f"Status changed from {current.value} to {wanted.value}."
+    if wanted == S.DECLINED:
+        text += f" Reason: {DECLINE_REASONS[decline_reason]}."
+    if note.strip():
+        text += f" {note.strip()}"
+    db.session.add(Message(request_id=req.id, author_id=actor_id, kind=MessageKind.SYSTEM.value, body=text))
+    audit.record(
+        audit.Action.STATUS_CHANGE,
+        request_id=req.id,
+        user_id=actor_id,
+        actor="" if actor_id else "desk",
+        detail=f"{req.call_ref} {current.value} -> {wanted.value}",
+    )
+    from app.workflow import notices
+
+    notices.on_transition(req, current, wanted)

@@ -1,0 +1,68 @@
+"""Messages on a request, and the e-mail outbox."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+
+from app.auth.models import User
+from app.extensions import db
+from app.timeutil import utcnow
+
+
+class MessageKind(enum.StrEnum):
+    MESSAGE = "message"  # between the requester and the desk
+    INTERNAL = "internal"  # desk-only note
+    INSTITUTION = "institution"  # what the other institution said (shown to both)
+    SYSTEM = "system"  # written by the desk itself (status changes, notices)
+
+
+class Message(db.Model):
+    __tablename__ = "messages"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    request_id: so.Mapped[int] = so.mapped_column(
+        sa.ForeignKey("requests.id", ondelete="CASCADE"), index=True
+    )
+    author_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("users.id"))
+    kind: so.Mapped[str] = so.mapped_column(sa.String(20), default=MessageKind.MESSAGE.value)
+    body: so.Mapped[str] = so.mapped_column(sa.Text)
+    created_at: so.Mapped[datetime] = so.mapped_column(
+        sa.DateTime(timezone=True), default=utcnow, index=True
+    )
+
+    author: so.Mapped[User | None] = so.relationship()
+
+    @property
+    def internal(self) -> bool:
+        return self.kind == MessageKind.INTERNAL.value
+
+
+class OutboxStatus(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+
+
+class OutboxEmail(db.Model):
+    """An e-mail to send. Rows stay until sent; a failed send is retried, never lost."""
+
+    __tablename__ = "outbox_emails"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    request_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("requests.id"), index=True)
+    # Makes queueing idempotent: the same notice for the same event is queued once.
+    dedup_key: so.Mapped[str | None] = so.mapped_column(sa.String(200), unique=True)
+    to_addr: so.Mapped[str] = so.mapped_column(sa.String(254))
+    subject: so.Mapped[str] = so.mapped_column(sa.String(200))
+    body: so.Mapped[str] = so.mapped_column(sa.Text)
+    status: so.Mapped[str] = so.mapped_column(sa.String(10), default=OutboxStatus.PENDING.value, index=True)
+    attempts: so.Mapped[int] = so.mapped_column(default=0)
+    last_error: so.Mapped[str] = so.mapped_column(sa.String(500), default="")
+    next_attempt_at: so.Mapped[datetime] = so.mapped_column(
+        sa.DateTime(timezone=True), default=utcnow, index=True
+    )
+    created_at: so.Mapped[datetime] = so.mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    sent_at: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True))
