@@ -1,0 +1,62 @@
+"""Helpers for browser tests: a live server for the test app, Debian's Chromium, screenshots.
+
+Playwright drives the Chromium that Debian installs (scripts/setup): its own browser
+download cannot work on our machines. A missing browser fails the test, locally and on CI.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from flask import Flask
+from playwright.sync_api import Browser, Page, Playwright
+from werkzeug.serving import make_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless as root, and no background traffic: the machine's network is closed, and
+# Chromium's own connections (sync, updates, QUIC probes) would only be refused.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@contextmanager
+def live_server(app: Flask) -> Iterator[str]:
+    """Serve `app` on a free port of 127.0.0.1 in a thread; yield its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def launch_chromium(playwright: Playwright) -> Browser:
+    """Debian's Chromium, headless; fails with the fix when it is not installed."""
+    assert CHROMIUM.exists(), (
+        f"{CHROMIUM} is missing: browser tests need Debian's chromium (scripts/setup installs it)"
+    )
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+
+
+def save_screenshot(page: Page, test_name: str) -> Path:
+    """A full-page screenshot in test-artifacts/, named after the test."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / (re.sub(r"[^A-Za-z0-9_.-]+", "_", test_name) + ".png")
+    page.screenshot(path=str(path), full_page=True)
+    return path

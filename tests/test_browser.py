@@ -1,0 +1,114 @@
+"""The import form in a real browser: sign in, add an exam line without a reload, submit.
+
+Headless Chromium (Debian's) through Playwright, against the test app served live. On a
+failure the page is saved to test-artifacts/<test>.png.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from flask import Flask
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.browser_support import launch_chromium, live_server, save_screenshot
+
+pytestmark = pytest.mark.browser
+
+PASSWORD = "correct-horse-9"
+CALL_REF = re.compile(r"^IEP-\d{4}-\d{6}$")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def live_url(app: Flask) -> Iterator[str]:
+    with live_server(app) as url:
+        yield url
+
+
+@pytest.fixture
+def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+    """A fresh browser context per test; a screenshot when the test failed."""
+    failures_before = request.session.testsfailed
+    context = browser.new_context(locale="en-GB", timezone_id="Europe/London")
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    yield page
+    # The call's report is logged before teardown, so a failed test has counted by now.
+    if request.session.testsfailed > failures_before:
+        print("screenshot:", save_screenshot(page, request.node.name))
+    context.close()
+
+
+def sign_in(page: Page, live_url: str, email: str) -> None:
+    page.goto(f"{live_url}/login")
+    page.get_by_label("NHS e-mail address").fill(email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{live_url}/requests")
+
+
+def test_import_request_with_two_exams_gets_a_call_ref(page, live_url, make_user, pas_patients):
+    user = make_user("requester", password=PASSWORD)
+    sign_in(page, live_url, user.email)
+
+    page.goto(f"{live_url}/requests/new/import")
+    page.get_by_label("Sending hospital or trust").fill("Nottingham University Hospitals NHS Trust")
+    page.get_by_label("S number (UHL hospital number)").fill("S1234567")
+    page.get_by_label("NHS number (if available)").fill("999 000 0018")
+    page.get_by_label("Family name").fill("SMITH")
+    page.get_by_label("Given name").fill("Margaret")
+    page.get_by_label("Date of birth").fill("1948-03-14")
+    page.get_by_label("Address line 1").fill("12 Welford Road")
+    page.get_by_label("Town").fill("Leicester")
+    page.get_by_label("Postcode").fill("LE2 7AA")
+    page.get_by_label("Requesting clinician").fill("Dr Priya Shah")
+    page.get_by_label("Consultant").fill("Dr Ahmed")
+    page.get_by_label("Department").fill("Respiratory Medicine")
+
+    # HTMX swaps in the new line: the page (and this marker) must survive the click.
+    page.evaluate("window.__marker = 1")
+    page.get_by_role("button", name="Add another examination").click()
+    expect(page.get_by_label("Exam line 2: Date of examination")).to_be_visible()
+    assert page.evaluate("window.__marker") == 1, "adding an exam line reloaded the page"
+    expect(page.locator("tr.exam-line")).to_have_count(2)
+
+    page.get_by_label("Exam line 1: Date of examination").fill("2026-10-01")
+    page.get_by_label("Exam line 1: Examination (type and body part)").fill("CT chest abdomen pelvis")
+    page.get_by_label("Exam line 1: Exam code (if known)").fill("CCAPC")
+    page.get_by_label("Exam line 2: Date of examination").fill("2026-10-15")
+    page.get_by_label("Exam line 2: Examination (type and body part)").fill("MRI head")
+    page.get_by_role("button", name="Submit request").click()
+
+    expect(page.get_by_role("heading", name="Request submitted")).to_be_visible()
+    call_ref_box = page.locator(".call-ref-big")
+    expect(call_ref_box).to_have_text(CALL_REF)
+    call_ref = call_ref_box.inner_text().strip()
+    expect(page.get_by_role("cell", name="CT chest abdomen pelvis")).to_be_visible()
+    expect(page.get_by_role("cell", name="MRI head")).to_be_visible()
+
+    page.goto(f"{live_url}/requests")
+    expect(page.get_by_role("link", name=call_ref)).to_be_visible()
+
+
+def test_sign_in_with_the_keyboard_only(page, live_url, make_user):
+    user = make_user("requester", password=PASSWORD)
+    page.goto(f"{live_url}/login")
+    email = page.get_by_label("NHS e-mail address")
+    expect(email).to_be_focused()  # autofocus: no pointer needed to start
+    page.keyboard.type(user.email)
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Password")).to_be_focused()
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page).to_have_url(f"{live_url}/requests")
+    expect(page.get_by_role("heading", name="My requests")).to_be_visible()
