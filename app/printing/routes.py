@@ -158,6 +158,11 @@ def _pdf_response(pdf: bytes, call_ref: str, name: str) -> Response:
     # The call reference only: no patient data in file names (PITFALLS "Web").
     response.headers["Content-Disposition"] = f'inline; filename="{call_ref}-{name}"'
     response.headers["Cache-Control"] = "no-store"
+    # The site-wide CSP has object-src 'none', which makes Chrome's built-in viewer show
+    # "This content is blocked" for the PDF itself (crbug.com/271452: it renders through
+    # an internal <embed>). A PDF served with nosniff is never run as HTML; keep only the
+    # framing rule. The site-wide hook uses setdefault, so this one stands.
+    response.headers["Content-Security-Policy"] = "frame-ancestors 'self'"
     return response
 
 
