@@ -1,21 +1,32 @@
 """Logging that cannot be forged: newlines in logged values are escaped.
 
 A value such as a typed e-mail address containing "\\n2026-11-28 ... sign_in ok" would
-otherwise write a fake line into the log (log injection, PITFALLS "Web"). Patient data
-is never logged in the first place: log call references and ids only.
+otherwise write a fake line into the log (log injection, PITFALLS "Web"). Only the
+values are escaped; the message text we wrote ourselves keeps its own line breaks.
+Patient data is never logged in the first place: log call references and ids only.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+
+
+def _one_line(value: object) -> object:
+    if isinstance(value, str):
+        return value.replace("\r", "\\r").replace("\n", "\\n")
+    return value
 
 
 class SingleLineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        head, sep, trace = text.partition("\nTraceback")
-        head = head.replace("\r", "\\r").replace("\n", "\\n")
-        return head + (sep + trace if sep else "")
+        if record.args:
+            record = copy.copy(record)
+            if isinstance(record.args, dict):
+                record.args = {k: _one_line(v) for k, v in record.args.items()}
+            else:
+                record.args = tuple(_one_line(v) for v in record.args)
+        return super().format(record)
 
 
 def configure_logging(app_logger: logging.Logger) -> None:
@@ -23,7 +34,6 @@ def configure_logging(app_logger: logging.Logger) -> None:
     formatter = SingleLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     for logger in (app_logger, logging.getLogger("werkzeug"), logging.getLogger("iep")):
         if not logger.handlers:
-            handler = logging.StreamHandler()
-            logger.addHandler(handler)
+            logger.addHandler(logging.StreamHandler())
         for handler in logger.handlers:
             handler.setFormatter(formatter)

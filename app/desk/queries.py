@@ -1,0 +1,265 @@
+"""The queue's queries: tabs, filters, sorting and keyset pages (no Flask here).
+
+Pages are keyset pages: "the rows after (value, id)" in the chosen order, so the
+100,000th request costs what the first does; each sort has an index that serves it
+(migration 0002).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+
+from app.extensions import db
+from app.intake.models import Request
+from app.timeutil import LONDON, utcnow
+from app.workflow.models import Message, MessageKind
+from app.workflow.statuses import Kind, Priority, Status
+
+S = Status
+BLUE_LIGHT_TARGET = timedelta(hours=4)  # glossary "Blue Light": expected within 4 hours
+IN_PROGRESS = (S.DOWNLOAD_REQUEST, S.DOWNLOADING, S.UPLOADING, S.ON_IEP)
+NOT_STARTED = (S.NEW, S.AWAITING_DETAILS, S.ACCEPTED)
+CLOSED = (S.DELIVERED, S.COMPLETED, S.CANCELLED, S.DECLINED, S.PURGED)
+
+TABS = {
+    "action": "Action Required",
+    "accepted": "Accepted",
+    "progress": "In Progress",
+    "failed": "Failed",
+    "all": "All",
+}
+
+
+def _requester_replied() -> sa.ColumnElement[bool]:
+    """The requester wrote after the request was put in Awaiting Details."""
+    return sa.exists().where(
+        Message.request_id == Request.id,
+        Message.kind == MessageKind.MESSAGE.value,
+        Message.author_id == Request.requester_id,
+        Message.created_at > Request.status_changed_at,
+    )
+
+
+def tab_condition(tab: str) -> sa.ColumnElement[bool]:
+    if tab == "action":
+        return sa.or_(
+            Request.status.in_([S.NEW, S.FAILED, S.DECLINED]),
+            sa.and_(Request.status == S.AWAITING_DETAILS, _requester_replied()),
+            sa.and_(Request.priority == Priority.BLUE_LIGHT, Request.status.in_(NOT_STARTED)),
+        )
+    if tab == "accepted":
+        return Request.status == S.ACCEPTED
+    if tab == "progress":
+        return Request.status.in_(IN_PROGRESS)
+    if tab == "failed":
+        return Request.status == S.FAILED
+    return sa.true()
+
+
+@dataclass
+class Filters:
+    """What the analyst asked for; every field optional."""
+
+    call_ref: str = ""
+    patient_name: str = ""
+    nhs_number: str = ""
+    s_number: str = ""
+    institution: str = ""
+    kind: str = ""
+    status: str = ""
+    priority: str = ""
+    date_from: date | None = None
+    date_to: date | None = None
+    assigned: str = ""  # "" any, "me", "none", or a user id
+
+    def conditions(self, me: int) -> list[sa.ColumnElement[bool]]:
+        conds: list[sa.ColumnElement[bool]] = []
+        if self.call_ref:
+            conds.append(Request.call_ref.like(_prefix(self.call_ref.strip().upper()), escape="\\"))
+        if self.patient_name:
+            family, _, given = self.patient_name.partition(",")
+            conds.append(sa.func.upper(Request.family_name).like(_prefix(family.strip().upper()), escape="\\"))
+            if given.strip():
+                conds.append(sa.func.upper(Request.given_name).like(_prefix(given.strip().upper()), escape="\\"))
+        if self.nhs_number:
+            conds.append(Request.nhs_number == re.sub(r"[\s-]", "", self.nhs_number))
+        if self.s_number:
+            conds.append(Request.s_number == self.s_number.strip().upper())
+        if self.institution:
+            conds.append(sa.func.lower(Request.institution_name).like(f"%{_escape(self.institution.lower())}%", escape="\\"))
+        if self.kind in {k.value for k in Kind}:
+            conds.append(Request.kind == Kind(self.kind))
+        if self.status in {s.value for s in Status}:
+            conds.append(Request.status == Status(self.status))
+        if self.priority in {p.value for p in Priority}:
+            conds.append(Request.priority == Priority(self.priority))
+        if self.date_from:
+            conds.append(Request.created_at >= _local_midnight(self.date_from))
+        if self.date_to:
+            conds.append(Request.created_at < _local_midnight(self.date_to + timedelta(days=1)))
+        if self.assigned == "me":
+            conds.append(Request.assigned_to_id == me)
+        elif self.assigned == "none":
+            conds.append(Request.assigned_to_id.is_(None))
+        elif self.assigned.isdigit():
+            conds.append(Request.assigned_to_id == int(self.assigned))
+        return conds
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _prefix(text: str) -> str:
+    return _escape(text) + "%"
+
+
+def _local_midnight(day: date) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=LONDON)
+
+
+# Sort key -> (column, label). Every order ends with the id, so keys are unique.
+SORTS: dict[str, tuple[Any, str]] = {
+    "created": (Request.created_at, "Submitted"),
+    "call_ref": (Request.call_ref, "Call reference"),
+    "patient": (sa.func.upper(Request.family_name), "Patient"),
+    "status": (Request.status, "Status"),
+    "priority": (Request.priority, "Priority"),
+    "institution": (Request.institution_name, "Institution"),
+    "assigned": (Request.assigned_to_id, "Assigned"),
+}
+
+
+@dataclass
+class Page:
+    rows: list[Request]
+    pinned: list[Request]
+    next_cursor: str | None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def encode_cursor(value: Any, row_id: int) -> str:
+    if isinstance(value, datetime):
+        value = {"dt": value.isoformat()}
+    elif hasattr(value, "value"):
+        value = value.value
+    raw = json.dumps([value, row_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[Any, int] | None:
+    """The (value, id) a page ends on; None for a cursor we did not write."""
+    try:
+        value, row_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(row_id, int):
+        return None
+    if isinstance(value, dict) and "dt" in value:
+        try:
+            value = datetime.fromisoformat(value["dt"])
+        except (TypeError, ValueError):
+            return None
+    return value, row_id
+
+
+def _sort_value(req: Request, sort: str) -> Any:
+    if sort == "patient":
+        return req.family_name.upper()
+    return getattr(req, {"created": "created_at", "assigned": "assigned_to_id"}.get(sort, sort))
+
+
+def _with_rows(stmt: sa.Select) -> sa.Select:
+    # One query for the page: the people and the earlier request each row shows.
+    return stmt.options(
+        so.joinedload(Request.assigned_to),
+        so.joinedload(Request.requester),
+        so.joinedload(Request.duplicate_of).load_only(Request.call_ref, Request.status),
+    )
+
+
+def is_pinned() -> sa.ColumnElement[bool]:
+    """Blue Light requests not yet delivered or closed: shown above everything."""
+    return sa.and_(Request.priority == Priority.BLUE_LIGHT, Request.status.not_in(CLOSED))
+
+
+def queue_page(
+    *,
+    tab: str,
+    filters: Filters,
+    me: int,
+    sort: str = "created",
+    descending: bool = True,
+    cursor: str | None = None,
+    size: int = 50,
+) -> Page:
+    """One page of the queue, with the pinned Blue Light rows on the first page."""
+    sort = sort if sort in SORTS else "created"
+    column = SORTS[sort][0]
+    base = [tab_condition(tab if tab in TABS else "action"), *filters.conditions(me)]
+    stmt = sa.select(Request).where(*base, sa.not_(is_pinned()))
+    # NULL assignees sort as 0 so that keyset comparisons stay well-defined.
+    key = sa.func.coalesce(column, 0) if sort == "assigned" else column
+    order = (key.desc(), Request.id.desc()) if descending else (key.asc(), Request.id.asc())
+    after = decode_cursor(cursor) if cursor else None
+    if after is not None and after[0] is None and sort != "assigned":
+        after = None  # a cursor from another sort: start from the top
+    if after is not None:
+        value, row_id = after
+        if sort == "assigned":
+            value = value or 0
+        elif sort in ("status", "priority"):
+            enum_cls = Status if sort == "status" else Priority
+            value = enum_cls(value) if value in {m.value for m in enum_cls} else None
+        bound = sa.literal(value, type_=key.type)
+        if descending:
+            stmt = stmt.where(sa.or_(key < bound, sa.and_(key == bound, Request.id < row_id)))
+        else:
+            stmt = stmt.where(sa.or_(key > bound, sa.and_(key == bound, Request.id > row_id)))
+    rows = list(db.session.scalars(_with_rows(stmt.order_by(*order).limit(size + 1))).unique())
+    next_cursor = None
+    if len(rows) > size:
+        rows = rows[:size]
+        last = rows[-1]
+        next_cursor = encode_cursor(_sort_value(last, sort), last.id)
+    pinned: list[Request] = []
+    if after is None:
+        pinned = list(
+            db.session.scalars(
+                _with_rows(sa.select(Request).where(*base, is_pinned()).order_by(Request.created_at.asc()))
+            ).unique()
+        )
+    return Page(rows=rows, pinned=pinned, next_cursor=next_cursor)
+
+
+def tab_counts(filters: Filters, me: int) -> dict[str, int]:
+    """Each tab's count under the current filters, in one query."""
+    conds = filters.conditions(me)
+    columns = [
+        sa.func.count(sa.case((tab_condition(tab), 1))).label(tab) for tab in TABS if tab != "all"
+    ]
+    row = db.session.execute(sa.select(*columns, sa.func.count().label("all")).select_from(Request).where(*conds)).one()
+    return dict(row._mapping)
+
+
+def time_left(req: Request) -> timedelta:
+    """Time left of the Blue Light 4-hour target (negative once breached)."""
+    # SQLite hands back naive datetimes; they were stored as UTC.
+    created = req.created_at if req.created_at.tzinfo else req.created_at.replace(tzinfo=UTC)
+    return created + BLUE_LIGHT_TARGET - utcnow()
+
+
+def queue_stamp() -> str:
+    """Changes whenever any request changes: lets a poll answer "nothing new" cheaply."""
+    count, latest = db.session.execute(
+        sa.select(sa.func.count(Request.id), sa.func.max(Request.updated_at))
+    ).one()
+    return f"{count}:{latest.isoformat() if latest else ''}"

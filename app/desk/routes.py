@@ -1,0 +1,186 @@
+"""The analyst workbench: queue, filters, live refresh, inline edits."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import Response, flash, make_response, redirect, render_template, request, url_for
+from flask_login import current_user
+from sqlalchemy.orm.exc import StaleDataError
+
+from app import audit
+from app.auth.guard import roles_required
+from app.auth.models import DESK_ROLES, User
+from app.desk import bp
+from app.desk.forms import EditForm, FilterForm
+from app.desk.queries import SORTS, TABS, Filters, queue_page, queue_stamp, tab_counts, time_left
+from app.extensions import db
+from app.intake.access import visible_request
+from app.intake.models import Request
+from app.workflow.machine import TransitionRefused, allowed_next, transition
+from app.workflow.statuses import Status
+
+DESK = tuple(DESK_ROLES)
+MBP_FIELDS = ("mbp_call_ref", "imaging_uploaded_by", "images_fixed_up_by", "date_imaging_sent")
+
+
+def _desk_users() -> list[User]:
+    return list(
+        db.session.scalars(sa.select(User).where(User.role.in_(DESK), User.active).order_by(User.name))
+    )
+
+
+def _filters(form: FilterForm) -> Filters:
+    return Filters(
+        call_ref=form.call_ref.data or "",
+        patient_name=form.patient_name.data or "",
+        nhs_number=form.nhs_number.data or "",
+        s_number=form.s_number.data or "",
+        institution=form.institution.data or "",
+        kind=form.kind.data or "",
+        status=form.status.data or "",
+        priority=form.priority.data or "",
+        date_from=form.date_from.data if not form.date_from.errors else None,
+        date_to=form.date_to.data if not form.date_to.errors else None,
+        assigned=form.assigned.data or "",
+    )
+
+
+def _queue_context(form: FilterForm, *, keep_page: bool = False) -> dict[str, object]:
+    """Resolve the view from the form: tab, sort and page buttons change it; a poll
+    (`keep_page`) shows the same page again; any other submission starts at page one."""
+    form.validate()  # fills .errors for bad dates; other filters are free text
+    tab = form.tab.data if form.tab.data in TABS else "action"
+    sort = form.sort.data if form.sort.data in SORTS else "created"
+    descending = form.direction.data != "asc"
+    tab_choice = request.form.get("tab_choice")
+    sort_choice = request.form.get("sort_choice")
+    if tab_choice in TABS:
+        tab = tab_choice
+    if sort_choice in SORTS:
+        # The same column again flips the direction; a new column starts descending
+        # (newest, Z-A) except text columns, which read best A-Z.
+        descending = (not descending) if sort_choice == sort else sort_choice in ("created", "priority")
+        sort = sort_choice
+    if "page_cursor" in request.form:
+        form.cursor.data = request.form["page_cursor"]
+    elif not keep_page:
+        form.cursor.data = ""
+    form.tab.data, form.sort.data = tab, sort
+    filters = _filters(form)
+    page = queue_page(
+        tab=tab, filters=filters, me=current_user.id, sort=sort, descending=descending,
+        cursor=form.cursor.data or None,
+    )
+    return {
+        "form": form,
+        "tab": tab,
+        "tabs": TABS,
+        "sort": sort,
+        "descending": descending,
+        "sorts": SORTS,
+        "page": page,
+        "counts": tab_counts(filters, current_user.id),
+        "stamp": queue_stamp(),
+        "time_left": time_left,
+    }
+
+
+def _filter_form() -> FilterForm:
+    form = FilterForm(formdata=request.form if request.method == "POST" else None)
+    form.assigned.choices = [("", "Anyone"), ("me", "Me"), ("none", "Nobody")] + [
+        (str(u.id), u.name) for u in _desk_users()
+    ]
+    return form
+
+
+@bp.route("/desk", methods=["GET", "POST"])
+@roles_required(*DESK)
+def queue():
+    """The queue: tabs with counts, Blue Light on top, filters, sortable columns."""
+    context = _queue_context(_filter_form())
+    htmx = request.headers.get("HX-Request") and not request.headers.get("HX-History-Restore-Request")
+    template = "desk/_table.html" if htmx else "desk/page.html"
+    return render_template(template, **context)
+
+
+@bp.route("/desk/table", methods=["POST"])
+@roles_required(*DESK)
+def table():
+    """The live refresh: the table again, or 204 when nothing changed since `stamp`."""
+    if request.form.get("stamp") == queue_stamp():
+        return Response(status=204)
+    return render_template("desk/_table.html", **_queue_context(_filter_form(), keep_page=True))
+
+
+def _edit_form(req: Request, formdata=None) -> EditForm:  # noqa: ANN001
+    form = EditForm(formdata=formdata, obj=None if formdata else req)
+    if formdata is None:
+        form.version.data = str(req.version)
+        form.status.data = req.status.value
+        form.assigned_to.data = str(req.assigned_to_id or "")
+        form.note.data = ""
+    form.status.choices = [(req.status.value, f"{req.status.value} (now)")] + [
+        (s.value, s.value) for s in allowed_next(req.status)
+    ]
+    form.assigned_to.choices = [("", "Nobody")] + [(str(u.id), u.name) for u in _desk_users()]
+    return form
+
+
+def _editor(req: Request, form: EditForm, status: int = 200, **extra: object) -> Response:
+    context = {"req": req, "form": form, "time_left": time_left, **extra}
+    if request.headers.get("HX-Request"):
+        body = render_template("desk/_editor.html", **context)
+        if extra.get("saved"):
+            body += render_template("desk/_row.html", oob=True, **context)
+        return make_response(body, status)
+    return make_response(render_template("desk/edit.html", **context), status)
+
+
+@bp.route("/desk/requests/<call_ref>/edit", methods=["GET", "POST"])
+@roles_required(*DESK)
+def edit(call_ref: str):
+    """Change status, assignee and MBP fields; a stale version is refused (409)."""
+    req = visible_request(call_ref)
+    if request.method == "GET":
+        return _editor(req, _edit_form(req))
+    form = _edit_form(req, request.form)
+    if not form.validate():
+        return _editor(req, form, 422)
+    if form.version.data != str(req.version):
+        current = _edit_form(req)
+        form.version.data = str(req.version)  # a deliberate second save overwrites
+        return _editor(req, form, 409, conflict=current)
+    submitted = {
+        name: getattr(form, name).data if name == "date_imaging_sent" else (getattr(form, name).data or "").strip()
+        for name in MBP_FIELDS
+    }
+    changed = [name for name, value in submitted.items() if value != getattr(req, name)]
+    for name in changed:
+        setattr(req, name, submitted[name])
+    assignee = int(form.assigned_to.data) if (form.assigned_to.data or "").isdigit() else None
+    if assignee != req.assigned_to_id:
+        req.assigned_to_id = assignee
+        changed.append("assigned_to")
+    wanted = Status(form.status.data) if form.status.data in {s.value for s in Status} else req.status
+    try:
+        transition(req, wanted, actor_id=current_user.id, note=form.note.data or "",
+                   decline_reason=form.decline_reason.data or "")
+    except TransitionRefused as refusal:
+        db.session.rollback()
+        form.status.errors.append(str(refusal))
+        return _editor(db.session.get(Request, req.id), form, 422)
+    if changed:
+        audit.record(audit.Action.EDIT, request_id=req.id, detail=f"{req.call_ref} changed {', '.join(changed)}")
+    try:
+        db.session.commit()
+    except StaleDataError:
+        # Another analyst saved between our read and our write.
+        db.session.rollback()
+        fresh = db.session.get(Request, req.id)
+        current = _edit_form(fresh)
+        form.version.data = str(fresh.version)
+        return _editor(fresh, form, 409, conflict=current)
+    if not request.headers.get("HX-Request"):
+        flash(f"{req.call_ref} saved.", "success")
+        return redirect(url_for("desk.queue"))
+    return _editor(req, _edit_form(req), saved=True)

@@ -1,0 +1,75 @@
+"""Messages on a request, and the live status panel of the request page."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+from flask_wtf import FlaskForm
+from wtforms import RadioField, TextAreaField
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import Length
+
+from app import audit
+from app.extensions import db
+from app.intake.access import visible_request
+from app.intake.models import Request
+from app.workflow.models import Message, MessageKind
+
+bp = Blueprint("workflow", __name__)
+
+
+class MessageForm(FlaskForm):
+    body = TextAreaField("Message", validators=[Length(max=4000)])
+    kind = RadioField(
+        "Who sees it",
+        choices=[
+            SelectChoice(MessageKind.MESSAGE.value, "Message to the requester (they see it)"),
+            SelectChoice(MessageKind.INTERNAL.value, "Internal note (desk only)"),
+            SelectChoice(MessageKind.INSTITUTION.value, "What the other institution said"),
+        ],
+        default=MessageKind.MESSAGE.value,
+    )
+
+
+def thread_for(req: Request) -> list[Message]:
+    """The request's messages that the signed-in user may read, oldest first."""
+    stmt = sa.select(Message).where(Message.request_id == req.id).order_by(Message.created_at, Message.id)
+    if not current_user.is_desk:
+        stmt = stmt.where(Message.kind != MessageKind.INTERNAL.value)
+    return list(db.session.scalars(stmt.options(sa.orm.joinedload(Message.author))))
+
+
+def _panel(req: Request, form: MessageForm, status: int = 200):  # noqa: ANN202
+    return render_template("workflow/_live.html", req=req, messages=thread_for(req), form=form), status
+
+
+@bp.route("/requests/<call_ref>/live", methods=["GET"])
+def live(call_ref: str):
+    """Status and messages of one request, for the page's poll."""
+    req = visible_request(call_ref)
+    return _panel(req, MessageForm())
+
+
+@bp.route("/requests/<call_ref>/messages", methods=["POST"])
+def post_message(call_ref: str):
+    """Add a message (requester or desk) or a desk-only note."""
+    req = visible_request(call_ref)
+    form = MessageForm()
+    if not current_user.is_desk:
+        form.kind.data = MessageKind.MESSAGE.value  # a requester cannot write desk notes
+    body = (form.body.data or "").strip()
+    if not form.validate() or not body:
+        if not body:
+            form.body.errors = [*form.body.errors, "Write a message before sending it."]
+        if request.headers.get("HX-Request"):
+            return _panel(req, form, 422)
+        flash(" ".join(form.body.errors + form.kind.errors) or "The message could not be sent.", "error")
+        return redirect(url_for("intake.show", call_ref=req.call_ref))
+    db.session.add(Message(request_id=req.id, author_id=current_user.id, kind=form.kind.data, body=body))
+    audit.record(audit.Action.MESSAGE, request_id=req.id, detail=f"{req.call_ref} {form.kind.data}")
+    db.session.commit()
+    if request.headers.get("HX-Request"):
+        return _panel(req, MessageForm())
+    flash("Message sent.", "success")
+    return redirect(url_for("intake.show", call_ref=req.call_ref) + "#messages")
