@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
     from app.auth import models as _auth_models  # noqa: F401
     from app.intake import models as _intake_models  # noqa: F401
     from app.patients import models as _patient_models  # noqa: F401
+    from app.transfers import models as _transfer_models  # noqa: F401
     from app.workflow import models as _workflow_models  # noqa: F401
 
     from app.auth import bp as auth_bp

@@ -1,0 +1,169 @@
+"""DICOM nodes, transfers and their instances, inbound studies, RIS entries.
+
+The database is the truth for every transfer (DESIGN "Transfers"): RQ carries only a
+transfer's id; the row holds the nodes, the studies, progress, attempts and the last
+error, and each instance's own row says whether it was sent and whether the
+destination confirmed it. A re-run therefore resumes, never repeats.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import date, datetime
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+
+from app.extensions import db
+from app.intake.models import Institution, Request
+from app.timeutil import utcnow
+
+
+class NodeRole(enum.StrEnum):
+    LOCAL_PACS = "local_pacs"
+    GATEWAY = "gateway"
+    REMOTE = "remote"
+
+    @property
+    def label(self) -> str:
+        return {"local_pacs": "Local PACS", "gateway": "Exchange gateway", "remote": "Remote hospital"}[self.value]
+
+
+class DicomNode(db.Model):
+    __tablename__ = "dicom_nodes"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(120), unique=True)
+    ae_title: so.Mapped[str] = so.mapped_column(sa.String(16))
+    host: so.Mapped[str] = so.mapped_column(sa.String(255))
+    port: so.Mapped[int]
+    role: so.Mapped[str] = so.mapped_column(sa.String(20), default=NodeRole.REMOTE.value)
+    institution_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("institutions.id"))
+    # Whether the node answers our C-GET (else we use C-MOVE to our own AE).
+    supports_get: so.Mapped[bool] = so.mapped_column(default=True)
+    active: so.Mapped[bool] = so.mapped_column(default=True)
+    last_echo_at: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True))
+    last_echo_result: so.Mapped[str] = so.mapped_column(sa.String(300), default="")
+
+    institution: so.Mapped[Institution | None] = so.relationship()
+
+
+class Direction(enum.StrEnum):
+    OUTBOUND = "outbound"  # export / trauma: local PACS -> destination
+    INBOUND = "inbound"  # gateway copy -> local PACS (import)
+    PULL = "pull"  # remote node -> gateway store (direct pull of an import)
+
+
+class TransferState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    VERIFYING = "verifying"
+    WAITING_CONFIRMATION = "waiting_confirmation"  # import: PAS mismatch, analyst decides
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def active(self) -> bool:
+        return self in (TransferState.QUEUED, TransferState.RUNNING, TransferState.VERIFYING)
+
+
+class Transfer(db.Model):
+    __tablename__ = "transfers"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    request_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("requests.id"), index=True)
+    direction: so.Mapped[str] = so.mapped_column(sa.String(10))
+    priority: so.Mapped[str] = so.mapped_column(sa.String(20))  # Priority value
+    state: so.Mapped[str] = so.mapped_column(sa.String(24), default=TransferState.QUEUED.value, index=True)
+    source_node_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("dicom_nodes.id"))
+    dest_node_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("dicom_nodes.id"))
+    study_uids: so.Mapped[list[str]] = so.mapped_column(sa.JSON, default=list)
+    instances_total: so.Mapped[int] = so.mapped_column(default=0)
+    instances_done: so.Mapped[int] = so.mapped_column(default=0)
+    instances_confirmed: so.Mapped[int] = so.mapped_column(default=0)
+    bytes_total: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    bytes_done: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    attempts: so.Mapped[int] = so.mapped_column(default=0)
+    max_attempts: so.Mapped[int] = so.mapped_column(default=5)
+    last_error: so.Mapped[str] = so.mapped_column(sa.Text, default="")
+    job_id: so.Mapped[str] = so.mapped_column(sa.String(64), default="")
+    cancel_requested: so.Mapped[bool] = so.mapped_column(default=False)
+    not_before: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True))
+    created_by_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("users.id"))
+    created_at: so.Mapped[datetime] = so.mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    started_at: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True))
+    # Heartbeat: moved on every instance; the watchdog flags a transfer that stops moving.
+    progressed_at: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True), index=True)
+    finished_at: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True))
+    stalled: so.Mapped[bool] = so.mapped_column(default=False)
+    # Report to send with an export (typed text or an uploaded PDF kept on disk).
+    report_text: so.Mapped[str] = so.mapped_column(sa.Text, default="")
+    report_pdf_path: so.Mapped[str] = so.mapped_column(sa.String(500), default="")
+
+    request: so.Mapped[Request | None] = so.relationship()
+    source_node: so.Mapped[DicomNode | None] = so.relationship(foreign_keys=[source_node_id])
+    dest_node: so.Mapped[DicomNode | None] = so.relationship(foreign_keys=[dest_node_id])
+
+
+class TransferItem(db.Model):
+    """One instance of a transfer: where its file is, and how far it got."""
+
+    __tablename__ = "transfer_items"
+    __table_args__ = (sa.UniqueConstraint("transfer_id", "sop_uid"),)
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    transfer_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("transfers.id", ondelete="CASCADE"), index=True)
+    study_uid: so.Mapped[str] = so.mapped_column(sa.String(64))
+    sop_uid: so.Mapped[str] = so.mapped_column(sa.String(64))
+    path: so.Mapped[str] = so.mapped_column(sa.String(500), default="")
+    size: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    sent: so.Mapped[bool] = so.mapped_column(default=False)
+    confirmed: so.Mapped[bool] = so.mapped_column(default=False)
+    error: so.Mapped[str] = so.mapped_column(sa.String(300), default="")
+
+
+class InboundStudy(db.Model):
+    """A study received by the gateway SCP, matched (or not) to an import request."""
+
+    __tablename__ = "inbound_studies"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    study_uid: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
+    request_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("requests.id"), index=True)
+    sender_ae: so.Mapped[str] = so.mapped_column(sa.String(16), default="")
+    patient_id: so.Mapped[str] = so.mapped_column(sa.String(64), default="")
+    issuer_of_patient_id: so.Mapped[str] = so.mapped_column(sa.String(64), default="")
+    patient_name: so.Mapped[str] = so.mapped_column(sa.String(200), default="")
+    birth_date: so.Mapped[str] = so.mapped_column(sa.String(8), default="")
+    other_ids: so.Mapped[str] = so.mapped_column(sa.String(200), default="")
+    accession: so.Mapped[str] = so.mapped_column(sa.String(64), default="")
+    study_date: so.Mapped[str] = so.mapped_column(sa.String(8), default="")
+    description: so.Mapped[str] = so.mapped_column(sa.String(200), default="")
+    modalities: so.Mapped[str] = so.mapped_column(sa.String(64), default="")
+    instances: so.Mapped[int] = so.mapped_column(default=0)
+    bytes: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    folder: so.Mapped[str] = so.mapped_column(sa.String(500), default="")
+    received_at: so.Mapped[datetime] = so.mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    last_received_at: so.Mapped[datetime] = so.mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    delivered_at: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True))
+    purged_at: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True))
+    purge_reason: so.Mapped[str] = so.mapped_column(sa.String(300), default="")
+
+    request: so.Mapped[Request | None] = so.relationship()
+
+
+class RisEntry(db.Model):
+    """One imported examination recorded on RIS (guideline 2.3 f): unique per study."""
+
+    __tablename__ = "ris_entries"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    request_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("requests.id"), index=True)
+    study_uid: so.Mapped[str] = so.mapped_column(sa.String(64), unique=True)
+    accession: so.Mapped[str] = so.mapped_column(sa.String(64), default="")
+    exam_code: so.Mapped[str] = so.mapped_column(sa.String(20), default="")
+    # The date the images were acquired, never the transfer date (guideline 2.3 f).
+    event_date: so.Mapped[date | None] = so.mapped_column(sa.Date)
+    s_number: so.Mapped[str] = so.mapped_column(sa.String(8))
+    created_at: so.Mapped[datetime] = so.mapped_column(sa.DateTime(timezone=True), default=utcnow)
