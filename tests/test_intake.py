@@ -46,6 +46,11 @@ def request_count() -> int:
     return db.session.scalar(sa.select(sa.func.count(Request.id)))
 
 
+def other_exam(n: int) -> dict[str, str]:
+    """Exam line 1 moved back `n` days: a different examination of the same patient."""
+    return {"exams-0-exam_date": (local_today() - timedelta(days=30 + n)).isoformat()}
+
+
 @pytest.fixture
 def requester(login_as, pas_patients):
     return login_as("requester")
@@ -97,8 +102,9 @@ def test_each_kind_keeps_its_own_fields(client, requester):
 
 def test_call_references_are_sequential_and_unique(client, requester):
     refs = []
-    for _ in range(3):
-        response = post_form(client, "/requests/new/import", valid_import())
+    for n in range(3):
+        # A different examination each time: the same one again would be warned about.
+        response = post_form(client, "/requests/new/import", {**valid_import(), **other_exam(n)})
         refs.append(response.headers["Location"].split("/")[2].split("?")[0])
     year = local_today().year
     assert refs == [f"IEP-{year}-000001", f"IEP-{year}-000002", f"IEP-{year}-000003"]
@@ -220,7 +226,7 @@ def test_bad_field_is_refused_beside_the_field_and_nothing_is_saved(client, requ
 def test_nhs_number_may_be_left_out_and_address_may_be_left_out_only_with_it(client, requester):
     without_address = {**valid_import(), "address_line1": "", "town": "", "postcode": ""}
     assert post_form(client, "/requests/new/import", without_address).status_code == 302
-    without_nhs = {**valid_import(), "nhs_number": ""}
+    without_nhs = {**valid_import(), **other_exam(1), "nhs_number": ""}
     assert post_form(client, "/requests/new/import", without_nhs).status_code == 302
     assert request_count() == 2
 
@@ -320,8 +326,8 @@ def test_my_requests_search_and_empty_state(client, requester):
 def test_my_requests_pages_through_long_lists(client, requester):
     from app.intake import routes
 
-    for _ in range(routes.PAGE_SIZE + 2):
-        post_form(client, "/requests/new/import", valid_import())
+    for n in range(routes.PAGE_SIZE + 2):
+        post_form(client, "/requests/new/import", {**valid_import(), **other_exam(n)})
     first = client.get("/requests").get_data(as_text=True)
     assert "Page 1 of 2" in first and first.count("<tr>") == routes.PAGE_SIZE + 1  # + header row
     second = post_form(client, "/requests", {"q": "", "page": "2"}).get_data(as_text=True)

@@ -11,6 +11,7 @@ from datetime import date, datetime
 import sqlalchemy as sa
 from flask_wtf import FlaskForm
 from wtforms import (
+    BooleanField,
     EmailField,
     Field,
     FieldList,
@@ -184,6 +185,9 @@ class RequestForm(FlaskForm):
     exams = FieldList(FormField(ExamLineForm), min_entries=1, max_entries=MAX_EXAM_LINES)
     # One key per filled-in form, so a double-clicked Submit cannot make two requests.
     submission_key = HiddenField()
+    # Shown only beside a duplicate warning (app/intake/duplicates.py): ticked, the
+    # request is saved and linked to the earlier one.
+    confirm_duplicate = BooleanField("Submit anyway: this is a new request for the same examination")
 
     # Set by `validate`: the PAS record the patient was matched to.
     patient: Patient | None = None
@@ -191,6 +195,13 @@ class RequestForm(FlaskForm):
 
     def filled_exams(self) -> list[ExamLineForm]:
         return [entry.form for entry in self.exams.entries if not entry.form.is_blank()]
+
+    def exam_keys(self) -> list[tuple[date, str, str]]:
+        """The filled exam lines as (date, description, code), for the duplicate check."""
+        return [
+            (line.exam_date.data, (line.description.data or "").strip(), (line.exam_code.data or "").strip())
+            for line in self.filled_exams()
+        ]
 
     def validate(self, extra_validators=None) -> bool:  # noqa: ANN001
         super().validate(extra_validators)

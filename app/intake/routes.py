@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from flask import flash, redirect, render_template, request, url_for
@@ -14,9 +15,12 @@ from app import audit
 from app.extensions import db
 from app.intake import bp
 from app.intake.access import visible_request
+from app.intake.duplicates import find_duplicate
 from app.intake.forms import CDForm, ExportForm, ImportForm, RequestForm
 from app.intake.models import Institution, Request
 from app.intake.service import already_submitted, create_request
+from app.timeutil import utcnow
+from app.workflow.hours import desk_status
 from app.workflow.statuses import Kind
 
 PAGE_SIZE = 25
@@ -30,6 +34,31 @@ def _prefill_contact(form: RequestForm) -> None:
     form.contact_phone.data = current_user.phone
     if isinstance(form, ImportForm):
         form.department.data = current_user.department
+
+
+@dataclass(frozen=True)
+class DuplicateNotice:
+    """What the form may say about an earlier request for the same examination.
+
+    Only its call reference always (call references are not patient data); its status
+    and a link only to someone who may open it (its requester, or the desk).
+    """
+
+    call_ref: str
+    status: str | None
+    own: bool
+    visible: bool
+
+
+def _duplicate_notice(earlier: Request) -> DuplicateNotice:
+    own = earlier.requester_id == current_user.id
+    visible = own or current_user.is_desk
+    return DuplicateNotice(
+        call_ref=earlier.call_ref,
+        status=earlier.status.value if visible else None,
+        own=own,
+        visible=visible,
+    )
 
 
 def _edit_exam_lines(form: RequestForm, action: str) -> bool:
@@ -54,7 +83,8 @@ def _edit_exam_lines(form: RequestForm, action: str) -> bool:
 def _form_page(kind: Kind):  # noqa: ANN202
     form = FORMS[kind]()
     action = request.form.get("action", "")
-    refused = False
+    status = 200
+    duplicate: DuplicateNotice | None = None
     if not _KEY.fullmatch(form.submission_key.data or ""):
         form.submission_key.data = str(uuid.uuid4())
     if request.method == "GET":
@@ -65,9 +95,19 @@ def _form_page(kind: Kind):  # noqa: ANN202
     elif (earlier := already_submitted(form.submission_key.data, current_user)) is not None:
         flash(f"This form was already submitted as {earlier.call_ref}; it was not sent twice.", "info")
         return redirect(url_for("intake.show", call_ref=earlier.call_ref))
-    elif form.validate_on_submit():
+    elif not form.validate_on_submit():
+        # 422 on a refused submission: the page shows the errors; nothing was saved.
+        status = 422
+    elif (same_exam := find_duplicate(form.s_number.data, form.exam_keys(), kind)) is not None and not (
+        form.confirm_duplicate.data
+    ):
+        # 409: valid, but the same examination is already asked for; nothing is saved
+        # until the requester says it is a new request (the box beside the warning).
+        duplicate = _duplicate_notice(same_exam)
+        status = 409
+    else:
         try:
-            req = create_request(form, current_user)
+            req = create_request(form, current_user, duplicate_of=same_exam)
             db.session.commit()
         except IntegrityError:
             # The same form's other click won the race: show the request it made.
@@ -78,13 +118,16 @@ def _form_page(kind: Kind):  # noqa: ANN202
             return redirect(url_for("intake.show", call_ref=earlier.call_ref))
         flash(f"Request {req.call_ref} submitted.", "success")
         return redirect(url_for("intake.show", call_ref=req.call_ref, submitted=1))
-    else:
-        refused = True
     institutions = db.session.scalars(sa.select(Institution.name).order_by(Institution.name)).all()
-    # 422 on a refused submission: the page shows the errors; nothing was saved.
-    status = 422 if refused else 200
     return (
-        render_template(f"intake/new_{kind.value}.html", form=form, kind=kind, institutions=institutions),
+        render_template(
+            f"intake/new_{kind.value}.html",
+            form=form,
+            kind=kind,
+            institutions=institutions,
+            duplicate=duplicate,
+            hours=desk_status(utcnow()),
+        ),
         status,
     )
 
@@ -113,7 +156,15 @@ def show(call_ref: str):
     req = visible_request(call_ref)
     audit.record(audit.Action.VIEW, request_id=req.id, detail=req.call_ref)
     db.session.commit()
-    return render_template("intake/show.html", req=req, submitted=request.args.get("submitted") == "1")
+    submitted = request.args.get("submitted") == "1"
+    earlier = req.duplicate_of
+    return render_template(
+        "intake/show.html",
+        req=req,
+        submitted=submitted,
+        duplicate=_duplicate_notice(earlier) if earlier is not None else None,
+        hours=desk_status(utcnow()) if submitted else None,
+    )
 
 
 @bp.route("/requests", methods=["GET", "POST"])

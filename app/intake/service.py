@@ -45,8 +45,11 @@ def _text(value: object) -> object:
     return value.strip() if isinstance(value, str) else value
 
 
-def create_request(form: RequestForm, requester: User) -> Request:
+def create_request(form: RequestForm, requester: User, duplicate_of: Request | None = None) -> Request:
     """Save a validated form as a `New` request with a fresh call reference.
+
+    `duplicate_of`: the earlier request for the same examination that the requester was
+    warned about and chose to submit anyway (app/intake/duplicates.py).
 
     All or nothing: the caller commits once; on any error it rolls back and nothing of
     the request is left behind.
@@ -60,6 +63,7 @@ def create_request(form: RequestForm, requester: User) -> Request:
         requester=requester,
         patient=form.patient,
         submission_key=form.submission_key.data or None,
+        duplicate_of=duplicate_of,
     )
     for name in _PATIENT_FIELDS + _CONTACT_FIELDS + _KIND_FIELDS[kind]:
         setattr(req, name, _text(getattr(form, name).data) or _empty(name))
@@ -81,7 +85,10 @@ def create_request(form: RequestForm, requester: User) -> Request:
         )
     db.session.add(req)
     db.session.flush()
-    audit.record(audit.Action.SUBMIT, request_id=req.id, detail=f"{req.call_ref} {kind.value}")
+    detail = f"{req.call_ref} {kind.value}"
+    if duplicate_of is not None:
+        detail += f" same examination as {duplicate_of.call_ref}"
+    audit.record(audit.Action.SUBMIT, request_id=req.id, detail=detail)
     return req
 
 
