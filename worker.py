@@ -6,6 +6,11 @@
 Each lane is a set of queues in priority order and a worker count. The supervisor
 starts one process per worker, replaces any that dies, and on SIGTERM/SIGINT asks every
 worker for a warm shutdown (finish the job in hand), then exits.
+
+Beside the workers it runs one `cron` process: RQ's CronScheduler, which enqueues the
+periodic jobs of `app/workflow/schedule.py` (outbox flush, auto-cancel) on the
+`maintenance` queue. It is supervised like a worker. A second pool on another host may
+set IEP_CRON=0 to skip it; two would only enqueue the same idempotent jobs twice.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing import Process
 
 from app import create_app
@@ -42,6 +48,22 @@ def parse_lanes(spec: str) -> list[tuple[list[str], int]]:
     return lanes
 
 
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _child(target: Callable[..., None], args: tuple[object, ...]) -> None:
+    """Run `target` in a supervised child, with the default stop signals until RQ sets its own.
+
+    The child is forked with SIGTERM/SIGINT blocked (see `supervise.start`) and inherits
+    the supervisor's handlers; it resets them before unblocking, so a SIGTERM arriving
+    while it starts ends it instead of running the supervisor's stop() in the child.
+    """
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+    target(*args)
+
+
 def run_worker(queues: list[str], name: str) -> None:
     """One RQ worker process: its own app, its own database and Redis connections."""
     from rq import Queue, Worker
@@ -56,41 +78,71 @@ def run_worker(queues: list[str], name: str) -> None:
         worker.work(with_scheduler=("maintenance" in queues), logging_level="INFO")
 
 
-def supervise(lanes: list[tuple[list[str], int]]) -> None:
-    """Start every worker, replace the ones that die, stop them all on SIGTERM."""
+def run_cron(name: str) -> None:
+    """The pool's cron process: RQ's CronScheduler enqueueing the periodic jobs.
+
+    It only enqueues (on `maintenance`); the maintenance worker runs the jobs. SIGTERM
+    makes CronScheduler stop cleanly.
+    """
+    from rq.cron import CronScheduler
+
+    from app.extensions import redis_conn
+    from app.workflow.schedule import register_cron
+
+    app = create_app()
+    with app.app_context():
+        db.engine.dispose()
+        scheduler = CronScheduler(connection=redis_conn(), name=name)
+        register_cron(scheduler)
+        scheduler.start()
+
+
+def supervise(lanes: list[tuple[list[str], int]], *, cron: bool = True) -> None:
+    """Start every worker and the cron process, replace any that dies, stop all on SIGTERM."""
     stopping = False
-    procs: dict[str, tuple[Process, list[str]]] = {}
+    procs: dict[str, tuple[Process, Callable[..., None], tuple[object, ...]]] = {}
     host = os.uname().nodename
 
-    def start(name: str, queues: list[str]) -> None:
-        proc = Process(target=run_worker, args=(queues, name), name=name, daemon=False)
-        proc.start()
-        procs[name] = (proc, queues)
-        log.info("started %s on %s (pid %s)", name, ",".join(queues), proc.pid)
+    def start(name: str, target: Callable[..., None], args: tuple[object, ...], what: str) -> None:
+        proc = Process(target=_child, args=(target, args), name=name, daemon=False)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        procs[name] = (proc, target, args)
+        log.info("started %s (%s, pid %s)", name, what, proc.pid)
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
-        for proc, _queues in procs.values():
+        for proc, _target, _args in procs.values():
             if proc.is_alive() and proc.pid:
-                os.kill(proc.pid, signal.SIGTERM)  # RQ: warm shutdown
+                os.kill(proc.pid, signal.SIGTERM)  # RQ: warm shutdown; cron: clean stop
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     for lane_no, (queues, count) in enumerate(lanes):
         for n in range(count):
-            start(f"{host}.{os.getpid()}.lane{lane_no}.{n}", queues)
+            name = f"{host}.{os.getpid()}.lane{lane_no}.{n}"
+            start(name, run_worker, (queues, name), "worker on " + ",".join(queues))
+    if cron:
+        name = f"{host}.{os.getpid()}.cron"
+        start(name, run_cron, (name,), "cron scheduler for the maintenance queue")
     while not stopping:
-        for name, (proc, queues) in list(procs.items()):
+        for name, (proc, target, args) in list(procs.items()):
             if not proc.is_alive() and not stopping:
                 log.warning("%s exited with %s; replacing it", name, proc.exitcode)
-                start(name, queues)
+                start(name, target, args, "replacement")
         time.sleep(1)
-    for proc, _queues in procs.values():
+    for proc, _target, _args in procs.values():
         proc.join(timeout=60)
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    supervise(parse_lanes(os.environ.get("IEP_WORKERS", DEFAULT_LANES)))
+    supervise(
+        parse_lanes(os.environ.get("IEP_WORKERS", DEFAULT_LANES)),
+        cron=os.environ.get("IEP_CRON", "1").strip() not in {"0", "false", "no", "off"},
+    )
     sys.exit(0)

@@ -1,0 +1,50 @@
+"""The desk's periodic jobs, registered on RQ's own CronScheduler (rq.cron, RQ 3).
+
+`worker.py` runs one CronScheduler process per pool; it only *enqueues* these jobs on the
+`maintenance` queue, where the maintenance worker runs them. No timer loops live in the
+web process. Every job listed here is idempotent, so two pools (two cron processes) or a
+run enqueued twice do no harm, only duplicate work.
+
+Add a job by adding a line to `PERIODIC`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from app.workflow import jobs, mail
+
+QUEUE = "maintenance"
+
+
+@dataclass(frozen=True)
+class Periodic:
+    func: Callable[[], object]
+    every_seconds: int
+    job_timeout: int
+    # A run still waiting after this long is dropped (the next one replaces it), so runs
+    # do not pile up while the maintenance worker is down.
+    ttl: int
+
+
+PERIODIC: tuple[Periodic, ...] = (
+    # Outbox retries and anything the web side could not enqueue (Redis down).
+    Periodic(mail.flush_outbox, every_seconds=60, job_timeout=300, ttl=300),
+    # Guideline 2.4 d: Awaiting Details for 14 days -> Cancelled.
+    Periodic(jobs.auto_cancel_stale, every_seconds=15 * 60, job_timeout=600, ttl=15 * 60),
+)
+
+
+def register_cron(scheduler) -> None:  # noqa: ANN001 - rq.cron.CronScheduler
+    """Register every periodic job on `scheduler`, on the maintenance queue."""
+    for job in PERIODIC:
+        scheduler.register(
+            job.func,
+            queue_name=QUEUE,
+            interval=job.every_seconds,
+            job_timeout=job.job_timeout,
+            ttl=job.ttl,
+            result_ttl=3600,
+            failure_ttl=7 * 24 * 3600,
+        )
