@@ -104,12 +104,20 @@ class Settings:
             gateway_port=_env_int("GATEWAY_PORT", 11112),
         )
 
+    def engine_options(self) -> dict[str, object]:
+        options: dict[str, object] = {"pool_pre_ping": True}
+        if self.database_url.startswith("postgresql"):
+            # The queue's short queries cost more to JIT-compile than to run (measured:
+            # tab counts 170 ms with JIT, 50 ms without, at 100,000 requests).
+            options["connect_args"] = {"options": "-c jit=off"}
+        return options
+
     def flask_config(self) -> dict[str, object]:
         """The Flask config keys these settings imply."""
         return {
             "SECRET_KEY": self.secret_key,
             "SQLALCHEMY_DATABASE_URI": self.database_url,
-            "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+            "SQLALCHEMY_ENGINE_OPTIONS": self.engine_options(),
             "PERMANENT_SESSION_LIFETIME": timedelta(minutes=self.session_idle_minutes),
             "SESSION_REFRESH_EACH_REQUEST": True,
             "SESSION_COOKIE_HTTPONLY": True,

@@ -152,7 +152,7 @@ def test_inline_edit_answers_with_the_updated_row(requests_made, analyst):
                      date_imaging_sent="2026-11-01")
     html = response.get_data(as_text=True)
     assert response.status_code == 200
-    row = re.search(rf'<tr id="row-{ref}"[^>]*hx-swap-oob="true".*?</tr>', html, re.S).group(0)
+    row = re.search(rf'<template>\s*<tr id="row-{ref}"[^>]*hx-swap-oob="true".*?</tr>\s*</template>', html, re.S).group(0)
     assert "Accepted" in row and user.name in row
     req = _req(ref)
     assert (req.status, req.assigned_to_id, req.mbp_call_ref, req.imaging_uploaded_by) == (

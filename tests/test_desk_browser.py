@@ -110,15 +110,8 @@ def _accept(page: Page, call_ref: str) -> None:
     expect(editor).to_contain_text("Saved")
 
 
-# htmx parses a response in a <template>; after the editor's <section>, a bare <tr> is
-# dropped by the HTML parser and its cells land in the editor as loose text, so the
-# out-of-band row never reaches the table. htmx 2 swaps out-of-band elements found inside
-# <template> tags: wrapping the row there (app/desk/routes.py `_editor`) makes this pass
-# (checked by patching the route). Strict: the fix turns this into a failure to remove.
-@pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="the edit response's out-of-band <tr> is not wrapped in <template>; htmx cannot swap it",
-)
+# The save's answer carries the new row out of band, wrapped in <template> (a bare <tr>
+# after the editor's <section> would be dropped by the HTML parser).
 def test_saved_edit_updates_the_row_in_place_without_a_page_load(open_page, live_url, make_user, queue):
     target = queue["import-1"]
     page = open_page("analyst-a")

@@ -219,11 +219,11 @@ def queue_page(
         elif sort in ("status", "priority"):
             enum_cls = Status if sort == "status" else Priority
             value = enum_cls(value) if value in {m.value for m in enum_cls} else None
-        bound = sa.literal(value, type_=key.type)
-        if descending:
-            stmt = stmt.where(sa.or_(key < bound, sa.and_(key == bound, Request.id < row_id)))
-        else:
-            stmt = stmt.where(sa.or_(key > bound, sa.and_(key == bound, Request.id > row_id)))
+        # A row-value comparison is an index range on both SQLite and PostgreSQL; the
+        # equivalent OR of two conditions makes both walk the index from the top.
+        after_row = sa.tuple_(sa.literal(value, type_=key.type), sa.literal(row_id))
+        row = sa.tuple_(key, Request.id)
+        stmt = stmt.where(row < after_row if descending else row > after_row)
     rows = list(db.session.scalars(_with_rows(stmt.order_by(*order).limit(size + 1))).unique())
     next_cursor = None
     if len(rows) > size:
@@ -258,8 +258,10 @@ def time_left(req: Request) -> timedelta:
 
 
 def queue_stamp() -> str:
-    """Changes whenever any request changes: lets a poll answer "nothing new" cheaply."""
-    count, latest = db.session.execute(
-        sa.select(sa.func.count(Request.id), sa.func.max(Request.updated_at))
+    """Changes whenever a request is added or changed, and every minute (the Blue Light
+    clocks): lets a poll answer "nothing new" with two index look-ups."""
+    newest, latest = db.session.execute(
+        sa.select(sa.func.max(Request.id), sa.func.max(Request.updated_at))
     ).one()
-    return f"{count}:{latest.isoformat() if latest else ''}"
+    minute = utcnow().strftime("%H%M")
+    return f"{newest}:{latest.isoformat() if latest else ''}:{minute}"

@@ -45,7 +45,7 @@ def _filters(form: FilterForm) -> Filters:
     )
 
 
-def _queue_context(form: FilterForm, *, keep_page: bool = False) -> dict[str, object]:
+def _queue_context(form: FilterForm, *, keep_page: bool = False, stamp: str | None = None) -> dict[str, object]:
     """Resolve the view from the form: tab, sort and page buttons change it; a poll
     (`keep_page`) shows the same page again; any other submission starts at page one."""
     form.validate()  # fills .errors for bad dates; other filters are free text
@@ -67,6 +67,7 @@ def _queue_context(form: FilterForm, *, keep_page: bool = False) -> dict[str, ob
         form.cursor.data = ""
     form.tab.data, form.sort.data = tab, sort
     filters = _filters(form)
+    stamp = stamp or queue_stamp()
     page = queue_page(
         tab=tab, filters=filters, me=current_user.id, sort=sort, descending=descending,
         cursor=form.cursor.data or None,
@@ -80,7 +81,7 @@ def _queue_context(form: FilterForm, *, keep_page: bool = False) -> dict[str, ob
         "sorts": SORTS,
         "page": page,
         "counts": tab_counts(filters, current_user.id),
-        "stamp": queue_stamp(),
+        "stamp": stamp,
         "time_left": time_left,
     }
 
@@ -90,6 +91,8 @@ def _filter_form() -> FilterForm:
     form.assigned.choices = [("", "Anyone"), ("me", "Me"), ("none", "Nobody")] + [
         (str(u.id), u.name) for u in _desk_users()
     ]
+    for field in form:
+        field.id = f"filter-{field.name}"  # the editor beside it has fields of the same names
     return form
 
 
@@ -107,9 +110,12 @@ def queue():
 @roles_required(*DESK)
 def table():
     """The live refresh: the table again, or 204 when nothing changed since `stamp`."""
-    if request.form.get("stamp") == queue_stamp():
+    # The stamp is read before the rows: a change made while the page is being built
+    # then shows up in the next poll instead of hiding behind a newer stamp.
+    stamp = queue_stamp()
+    if request.form.get("stamp") == stamp:
         return Response(status=204)
-    return render_template("desk/_table.html", **_queue_context(_filter_form(), keep_page=True))
+    return render_template("desk/_table.html", **_queue_context(_filter_form(), keep_page=True, stamp=stamp))
 
 
 def _edit_form(req: Request, formdata=None) -> EditForm:  # noqa: ANN001
@@ -131,7 +137,9 @@ def _editor(req: Request, form: EditForm, status: int = 200, **extra: object) ->
     if request.headers.get("HX-Request"):
         body = render_template("desk/_editor.html", **context)
         if extra.get("saved"):
-            body += render_template("desk/_row.html", oob=True, **context)
+            # A bare <tr> after a <section> is dropped by the HTML parser; htmx swaps
+            # table rows out of band only inside a <template>.
+            body += "<template>" + render_template("desk/_row.html", oob=True, **context) + "</template>"
         return make_response(body, status)
     return make_response(render_template("desk/edit.html", **context), status)
 

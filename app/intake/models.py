@@ -160,11 +160,13 @@ class Request(db.Model):
         sa.Index("ix_requests_assigned_created_id", "assigned_to_id", "created_at", "id"),
         sa.Index("ix_requests_priority_status", "priority", "status"),
         sa.Index("ix_requests_institution_name", "institution_name"),
+        sa.Index("ix_requests_updated_at", "updated_at"),
         sa.Index(
             "ix_requests_family_name_upper",
             sa.text("upper(family_name)"),
             postgresql_ops={"upper(family_name)": "text_pattern_ops"},
         ),
+        sa.Index("ix_requests_family_name_upper_sort", sa.text("upper(family_name)"), "id"),
     )
 
     @property

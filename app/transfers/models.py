@@ -88,6 +88,10 @@ class Transfer(db.Model):
     max_attempts: so.Mapped[int] = so.mapped_column(default=5)
     last_error: so.Mapped[str] = so.mapped_column(sa.Text, default="")
     job_id: so.Mapped[str] = so.mapped_column(sa.String(64), default="")
+    # A lease, not a lock in Redis: whoever holds an unexpired lease runs the transfer.
+    # It survives a Redis restart, and expires by itself when a worker is killed.
+    lease_token: so.Mapped[str] = so.mapped_column(sa.String(40), default="")
+    lease_until: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True), index=True)
     cancel_requested: so.Mapped[bool] = so.mapped_column(default=False)
     not_before: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True))
     created_by_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("users.id"))

@@ -97,6 +97,8 @@ def upgrade():
     sa.Column('max_attempts', sa.Integer(), nullable=False),
     sa.Column('last_error', sa.Text(), nullable=False),
     sa.Column('job_id', sa.String(length=64), nullable=False),
+    sa.Column('lease_token', sa.String(length=40), nullable=False),
+    sa.Column('lease_until', sa.DateTime(timezone=True), nullable=True),
     sa.Column('cancel_requested', sa.Boolean(), nullable=False),
     sa.Column('not_before', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_by_id', sa.Integer(), nullable=True),
@@ -114,6 +116,7 @@ def upgrade():
     sa.PrimaryKeyConstraint('id', name=op.f('pk_transfers'))
     )
     with op.batch_alter_table('transfers', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_transfers_lease_until'), ['lease_until'], unique=False)
         batch_op.create_index(batch_op.f('ix_transfers_progressed_at'), ['progressed_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_transfers_request_id'), ['request_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_transfers_state'), ['state'], unique=False)
@@ -148,6 +151,7 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_transfers_state'))
         batch_op.drop_index(batch_op.f('ix_transfers_request_id'))
         batch_op.drop_index(batch_op.f('ix_transfers_progressed_at'))
+        batch_op.drop_index(batch_op.f('ix_transfers_lease_until'))
 
     op.drop_table('transfers')
     with op.batch_alter_table('ris_entries', schema=None) as batch_op:

@@ -1,0 +1,14 @@
+"""The desk's DICOM layer: pure library, no Flask (the job layer in app/transfers uses it).
+
+ae.py      nodes, timeouts, our AE, presentation contexts, associations (TCP_NODELAY)
+errors.py  pynetdicom outcomes -> DicomFailure(code, plain, retryable)
+scu.py     echo, find_studies, find_instances, send_files, retrieve_study (C-GET / C-MOVE)
+scp.py     GatewaySCP: the Storage SCP that receives inbound studies, with quarantine
+fixup.py   fix_up (Patient ID := S number), compare_with_register
+synth.py   synthetic studies for tests, demos and benchmarks
+"""
+
+from app.dicom.ae import AEConfig, Node, Timeouts
+from app.dicom.errors import DicomFailure
+
+__all__ = ["AEConfig", "DicomFailure", "Node", "Timeouts"]

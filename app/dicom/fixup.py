@@ -1,0 +1,197 @@
+"""Header fix-up of imported instances, and the check against the patient register.
+
+`fix_up` makes an inbound instance ours: Patient ID becomes the S number (issuer: the
+hospital), and the sender's Patient ID with its issuer is kept as an item of Other
+Patient IDs Sequence (0010,1002). Nothing else changes. It streams: the header (every
+element before Pixel Data) is parsed and re-encoded in the file's own transfer syntax —
+unchanged elements are written back from their raw bytes — and everything from Pixel Data
+to the end of the file is copied byte for byte, never decoded or held in memory.
+
+`compare_with_register` lists where the sender's demographics differ from the register,
+for the analyst to judge; it changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Mapping
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from stdnum.gb import nhs
+
+# The elements fix_up may change. Anything else differing afterwards is a bug.
+CHANGED_TAGS = frozenset({
+    0x00100020,  # Patient ID
+    0x00100021,  # Issuer of Patient ID
+    0x00100024,  # Issuer of Patient ID Qualifiers Sequence (moves with the sender's ID)
+    0x00101002,  # Other Patient IDs Sequence
+})
+
+_COPY_CHUNK = 1024 * 1024
+
+
+def _same(a: object, b: object) -> bool:
+    return str(a or "").strip() == str(b or "").strip()
+
+
+def fix_up(
+    src_path: Path | str,
+    dst_path: Path | str,
+    *,
+    s_number: str,
+    issuer_of_local_id: str = "UHL",
+) -> bool:
+    """Write `src_path` to `dst_path` with Patient ID := `s_number`; return True if changed.
+
+    The sender's Patient ID, Issuer of Patient ID and (if any) Issuer of Patient ID
+    Qualifiers Sequence go into a new item of Other Patient IDs Sequence (existing items
+    are kept; Type of Patient ID "TEXT", PS3.3 C.7.1.1). Issuer of Patient ID becomes
+    `issuer_of_local_id`. Idempotent: a file already carrying the S number under that
+    issuer is copied unchanged, and an identical item is never added twice.
+    `dst_path` is written atomically (temporary file, then rename); it may equal src_path.
+    Retired group-length elements (gggg,0000) outside the file meta are not carried over
+    (PS3.5 7.2; pydicom never writes them).
+    """
+    s_number = s_number.strip()
+    if not s_number or len(s_number) > 64:
+        raise ValueError("an S number is needed (at most 64 characters)")
+    src, dst = Path(src_path), Path(dst_path)
+    temp = dst.parent / f".{dst.name}.{uuid.uuid4().hex[:8]}.part"
+    try:
+        with src.open("rb") as fp:
+            ds = dcmread(fp, stop_before_pixels=True)
+            tail_offset = fp.tell()  # pydicom rewinds to the start of Pixel Data (or EOF)
+            syntax = ds.file_meta.TransferSyntaxUID if "TransferSyntaxUID" in ds.file_meta else None
+            if _same(ds.get("PatientID"), s_number) and _same(ds.get("IssuerOfPatientID"), issuer_of_local_id):
+                if src != dst:
+                    fp.seek(0)
+                    with temp.open("wb") as out:
+                        shutil.copyfileobj(fp, out, _COPY_CHUNK)
+                    os.replace(temp, dst)
+                return False
+            if syntax is not None and syntax.is_deflated:
+                # The whole data set is one deflate stream: no raw tail to copy.
+                fp.seek(0)
+                ds = dcmread(fp)
+                _apply(ds, s_number, issuer_of_local_id)
+                ds.save_as(temp)
+            else:
+                _apply(ds, s_number, issuer_of_local_id)
+                with temp.open("wb") as out:
+                    ds.save_as(out)
+                    fp.seek(tail_offset)
+                    shutil.copyfileobj(fp, out, _COPY_CHUNK)
+        os.replace(temp, dst)
+        return True
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _apply(ds: Dataset, s_number: str, issuer: str) -> None:
+    sender_id = str(ds.get("PatientID", "") or "")
+    sender_issuer = str(ds.get("IssuerOfPatientID", "") or "")
+    if sender_id.strip() and not _same(sender_id, s_number):
+        items = ds.OtherPatientIDsSequence if "OtherPatientIDsSequence" in ds else Sequence([])
+        known = any(
+            _same(item.get("PatientID"), sender_id) and _same(item.get("IssuerOfPatientID"), sender_issuer)
+            for item in items
+        )
+        if not known:
+            item = Dataset()
+            item.PatientID = sender_id
+            if sender_issuer:
+                item.IssuerOfPatientID = sender_issuer
+            if "IssuerOfPatientIDQualifiersSequence" in ds:
+                item.IssuerOfPatientIDQualifiersSequence = ds.IssuerOfPatientIDQualifiersSequence
+            item.TypeOfPatientID = "TEXT"
+            items.append(item)
+        ds.OtherPatientIDsSequence = items
+        if "IssuerOfPatientIDQualifiersSequence" in ds:
+            del ds.IssuerOfPatientIDQualifiersSequence  # it described the sender's issuer
+    ds.PatientID = s_number
+    ds.IssuerOfPatientID = issuer
+
+
+# -- register comparison --------------------------------------------------------------------
+
+
+def _get(meta: Any, key: str) -> Any:
+    if isinstance(meta, Mapping):
+        return meta.get(key)
+    return getattr(meta, key, None)
+
+
+def _letters(value: str) -> str:
+    """Upper case letters only: 'O'Brien' == 'OBRIEN', 'Smith-Jones' == 'SMITH JONES'."""
+    return re.sub(r"[^A-Z]", "", value.upper())
+
+
+def _first_name(value: str) -> str:
+    parts = value.replace("^", " ").split()
+    return _letters(parts[0]) if parts else ""
+
+
+def _parse_date(value: object) -> date | None:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    text = str(value or "").strip().replace("-", "")
+    try:
+        return datetime.strptime(text, "%Y%m%d").date() if text else None
+    except ValueError:
+        return None
+
+
+def sender_nhs_number(meta: Any) -> str:
+    """The NHS number the sender gave, if any: the Patient ID or an Other Patient ID whose
+    issuer names the NHS, or a Patient ID that is itself a valid NHS number."""
+    candidates = [(str(_get(meta, "patient_id") or ""), str(_get(meta, "issuer_of_patient_id") or ""))]
+    candidates += [(str(i), str(s)) for i, s in (_get(meta, "other_patient_ids") or ())]
+    for value, issuer in candidates:
+        digits = re.sub(r"\D", "", value)
+        if "NHS" in issuer.upper() and digits:
+            return digits
+    for value, _ in candidates:
+        digits = re.sub(r"[\s-]", "", value)
+        if nhs.is_valid(digits):
+            return digits
+    return ""
+
+
+def compare_with_register(meta: Any, register: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(field, sender value, register value) for each demographic that differs.
+
+    `meta`: an InstanceMeta or a mapping with patient_name (DICOM PN, FAMILY^GIVEN^MIDDLE),
+    birth_date (DA), patient_id, issuer_of_patient_id, other_patient_ids.
+    `register`: family_name, given_name, dob (date or YYYY-MM-DD), nhs_number.
+    Names compare on letters only, case-insensitive; given names on the first given name.
+    An NHS number is compared only when the sender gives one (most senders do not).
+    """
+    mismatches: list[tuple[str, str, str]] = []
+    pn = str(_get(meta, "patient_name") or "").split("=")[0]  # alphabetic group only
+    parts = pn.split("^") + ["", ""]
+    family, given = parts[0].strip(), parts[1].strip()
+    reg_family = str(register.get("family_name") or "").strip()
+    reg_given = str(register.get("given_name") or "").strip()
+    if _letters(family) != _letters(reg_family):
+        mismatches.append(("family_name", family, reg_family))
+    if _first_name(given) != _first_name(reg_given):
+        mismatches.append(("given_name", given, reg_given))
+    sender_dob_text = str(_get(meta, "birth_date") or "").strip()
+    reg_dob = _parse_date(register.get("dob"))
+    if _parse_date(sender_dob_text) != reg_dob:
+        mismatches.append(("dob", sender_dob_text, reg_dob.isoformat() if reg_dob else ""))
+    sender_nhs = sender_nhs_number(meta)
+    reg_nhs = re.sub(r"\D", "", str(register.get("nhs_number") or ""))
+    if sender_nhs and sender_nhs != reg_nhs:
+        mismatches.append(("nhs_number", sender_nhs, reg_nhs))
+    return mismatches

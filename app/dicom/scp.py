@@ -1,0 +1,516 @@
+"""The gateway's Storage SCP: receive instances to disk, quarantine what is malformed.
+
+`GatewaySCP` accepts C-ECHO and C-STORE for the storage SOP classes in every transfer
+syntax pynetdicom knows (we never decode pixel data, so compressed syntaxes are fine).
+Each instance is handled by `receive_instance`, which C-GET retrieval reuses:
+
+1. the encoded data set, as received, is written behind File Meta Information to a
+   temporary file beside its destination (no decoding);
+2. its structure is walked element by element — tags and lengths only, values skipped —
+   so a truncated or inconsistent data set is caught (pydicom silently stops at a
+   truncation);
+3. the header is read with `stop_before_pixels` for the attributes we need;
+4. UIDs are checked against the UID grammar before they name a directory or a file;
+5. a good instance is renamed into `<storage>/<study uid>/<sop uid>.dcm` (atomic, and a
+   re-sent instance overwrites its earlier copy); anything else goes to the quarantine
+   directory under a generated name, with a `.reason.txt` beside it.
+
+The handler never raises: every outcome is a C-STORE status (PS3.4 B.2.3, Table B.2-1)
+with an Error Comment, and the SCP keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import struct
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+from pynetdicom import AllStoragePresentationContexts, evt
+from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from app.dicom.ae import (
+    DEFAULT_CONFIG,
+    RECEIVE_TRANSFER_SYNTAXES,
+    AEConfig,
+    make_ae,
+    set_tcp_nodelay,
+)
+
+log = logging.getLogger(__name__)
+
+# C-STORE response statuses (PS3.4 B.2.3, Table B.2-1; PS3.7 Annex C).
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700  # Refused: out of resources (disk full, not recorded)
+STATUS_SOP_CLASS_MISMATCH = 0xA900  # Error: data set does not match SOP class
+# Error: cannot understand (0xC000-0xCFFF). pynetdicom itself uses 0xC210/0xC211, so ours
+# start at 0xC220 to tell them apart in a peer's log.
+STATUS_MALFORMED = 0xC220  # unparseable, truncated or inconsistent data set
+STATUS_MISSING_ATTRIBUTE = 0xC221  # SOP Instance UID, Study UID or Patient ID missing/empty
+STATUS_INVALID_UID = 0xC222  # a UID breaks the UID grammar (and would be unsafe as a path)
+STATUS_UID_MISMATCH = 0xC223  # data set's SOP Instance UID differs from the request's
+STATUS_INTERNAL = 0xC22F  # anything unexpected on our side
+
+# PS3.5 9.1: a UID is components of digits separated by '.', at most 64 characters.
+# Leading zeros in a component are not conformant but common in the wild and harmless in a
+# path, so they are tolerated; empty components (and so '..' and leading dots) are not.
+_UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+MAX_SEQUENCE_DEPTH = 32
+
+
+def valid_uid(value: object) -> bool:
+    """True if `value` is a UID safe to use as a path component (digits and dots, ≤64)."""
+    return isinstance(value, str) and 0 < len(value) <= 64 and _UID_RE.fullmatch(value) is not None
+
+
+def _safe(text: object, limit: int = 200) -> str:
+    """An untrusted value for a log line or reason file: repr'd (no raw newlines), cut."""
+    shown = repr(text)
+    return shown if len(shown) <= limit else shown[:limit] + "...'"
+
+
+class Malformed(ValueError):
+    """The data set's structure is broken (truncated, bad delimiters, lengths past EOF)."""
+
+
+# -- structure walk -------------------------------------------------------------------------
+
+# Explicit VR with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_ITEM = (0xFFFE, 0xE000)
+_ITEM_END = (0xFFFE, 0xE00D)
+_SEQUENCE_END = (0xFFFE, 0xE0DD)
+_UNDEFINED = 0xFFFFFFFF
+
+
+_PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}  # Float, Double Float, Pixel Data
+
+
+def check_structure(fp: BinaryIO, start: int, end: int, *, implicit: bool, little: bool) -> bool:
+    """Walk the data set between byte offsets start and end without reading values;
+    return whether it has (float) pixel data at the top level.
+
+    Raises Malformed if an element header is cut short, a length runs past the end,
+    a delimiter is missing or misplaced, or sequences nest deeper than MAX_SEQUENCE_DEPTH.
+    A cut exactly between two elements leaves a well-formed, shorter data set: the caller
+    catches the usual case (an image cut before its pixel data) with the return value.
+    """
+    fp.seek(start)
+    top: set[int] = set()
+    _walk_dataset(fp, end, implicit, "<" if little else ">", 0, in_undefined_item=False, top=top)
+    return bool(top & _PIXEL_TAGS)
+
+
+def _walk_dataset(fp: BinaryIO, end: int, implicit: bool, endian: str, depth: int,
+                  in_undefined_item: bool, top: set[int] | None = None) -> None:
+    while True:
+        pos = fp.tell()
+        if pos >= end:
+            if in_undefined_item:
+                raise Malformed("data set ends inside a sequence item (item delimiter missing)")
+            return
+        head = fp.read(8)
+        if len(head) < 8 or pos + 8 > end:
+            raise Malformed(f"data set ends inside an element header at byte {pos}")
+        group, elem = struct.unpack(endian + "HH", head[:4])
+        if group == 0xFFFE:
+            if (group, elem) == _ITEM_END and in_undefined_item:
+                return
+            raise Malformed(f"unexpected delimiter ({group:04X},{elem:04X}) at byte {pos}")
+        if top is not None:
+            top.add(group << 16 | elem)
+        vr: bytes | None = None
+        if implicit:
+            (length,) = struct.unpack(endian + "I", head[4:8])
+        else:
+            vr = head[4:6]
+            if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):  # two upper-case letters
+                raise Malformed(f"invalid VR {vr!r} at byte {pos}")
+            if vr in _LONG_VRS:
+                more = fp.read(4)
+                if len(more) < 4:
+                    raise Malformed(f"data set ends inside an element header at byte {pos}")
+                (length,) = struct.unpack(endian + "I", more)
+            else:
+                (length,) = struct.unpack(endian + "H", head[6:8])
+        if length == _UNDEFINED:
+            if vr is not None and vr not in (b"SQ", b"UN", b"OB", b"OW"):
+                raise Malformed(f"undefined length on VR {vr!r} at byte {pos}")
+            # PS3.5 6.2.2: an undefined-length UN holds implicit VR little endian items.
+            if vr == b"UN":
+                _walk_items(fp, end, True, "<", depth + 1)
+            else:
+                _walk_items(fp, end, implicit, endian, depth + 1)
+            continue
+        if fp.tell() + length > end:
+            raise Malformed(
+                f"element ({group:04X},{elem:04X}) at byte {pos} claims {length} bytes; "
+                f"only {end - fp.tell()} remain (truncated)"
+            )
+        fp.seek(length, os.SEEK_CUR)
+
+
+def _walk_items(fp: BinaryIO, end: int, implicit: bool, endian: str, depth: int) -> None:
+    if depth > MAX_SEQUENCE_DEPTH:
+        raise Malformed(f"sequences nested deeper than {MAX_SEQUENCE_DEPTH}")
+    while True:
+        pos = fp.tell()
+        head = fp.read(8)
+        if len(head) < 8 or pos + 8 > end:
+            raise Malformed("data set ends inside a sequence (sequence delimiter missing)")
+        group, elem, length = struct.unpack(endian + "HHI", head)
+        if (group, elem) == _SEQUENCE_END:
+            return
+        if (group, elem) != _ITEM:
+            raise Malformed(f"expected an item at byte {pos}, found ({group:04X},{elem:04X})")
+        if length == _UNDEFINED:
+            _walk_dataset(fp, end, implicit, endian, depth, in_undefined_item=True)
+        elif fp.tell() + length > end:
+            raise Malformed(f"item at byte {pos} claims {length} bytes past the end (truncated)")
+        else:
+            fp.seek(length, os.SEEK_CUR)
+
+
+# -- metadata -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InstanceMeta:
+    """What the desk needs to know about a received instance (read with stop_before_pixels)."""
+
+    patient_id: str
+    patient_name: str
+    birth_date: str
+    accession: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    study_date: str
+    modality: str
+    acquisition_date: str
+    study_description: str = ""
+    issuer_of_patient_id: str = ""
+    other_patient_ids: tuple[tuple[str, str], ...] = ()  # (id, issuer) from (0010,1002)
+    transfer_syntax: str = ""
+    calling_ae: str = ""
+    size_bytes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    try:
+        value = ds.get(keyword, "")
+        return "" if value is None else str(value).strip()
+    except Exception:  # noqa: BLE001 - odd charsets or values must not stop a receive
+        return ""
+
+
+def read_meta(ds: Dataset, **extra: Any) -> InstanceMeta:
+    """InstanceMeta from a data set read with stop_before_pixels."""
+    others: list[tuple[str, str]] = []
+    try:
+        for item in ds.get("OtherPatientIDsSequence", None) or []:
+            others.append((_text(item, "PatientID"), _text(item, "IssuerOfPatientID")))
+    except Exception:  # noqa: BLE001 - an odd sequence must not stop a receive
+        log.warning("unreadable Other Patient IDs Sequence; ignored")
+    return InstanceMeta(
+        patient_id=_text(ds, "PatientID"),
+        patient_name=_text(ds, "PatientName"),
+        birth_date=_text(ds, "PatientBirthDate"),
+        accession=_text(ds, "AccessionNumber"),
+        study_uid=_text(ds, "StudyInstanceUID"),
+        series_uid=_text(ds, "SeriesInstanceUID"),
+        sop_uid=_text(ds, "SOPInstanceUID"),
+        sop_class_uid=_text(ds, "SOPClassUID"),
+        study_date=_text(ds, "StudyDate"),
+        modality=_text(ds, "Modality"),
+        acquisition_date=_text(ds, "AcquisitionDate"),
+        study_description=_text(ds, "StudyDescription"),
+        issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
+        other_patient_ids=tuple(others),
+        **extra,
+    )
+
+
+# -- receiving one instance -----------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    """The outcome of one C-STORE: status for the peer, and where the bytes went."""
+
+    status: int
+    reason: str = ""
+    path: Path | None = None  # the stored file (success) or the quarantined one
+    meta: InstanceMeta | None = None
+    quarantined: bool = False
+    request_sop_uid: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == STATUS_SUCCESS
+
+    def status_dataset(self) -> Dataset:
+        ds = Dataset()
+        ds.Status = self.status
+        if self.reason:
+            # (0000,0902) Error Comment, LO: at most 64 characters (PS3.7 C.4.1.1.3).
+            ds.ErrorComment = self.reason.encode("ascii", "replace").decode()[:64]
+        return ds
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def quarantine(
+    quarantine_dir: Path, source: Path | None, reason: str, details: Mapping[str, object]
+) -> Path:
+    """Move `source` (if any) into quarantine under a generated name; write the reason."""
+    quarantine_dir.mkdir(parents=True, exist_ok=True)
+    stem = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:12]
+    target = quarantine_dir / f"{stem}.dcm"
+    if source is not None and source.exists():
+        os.replace(source, target)
+    lines = [f"reason: {reason}"] + [f"{key}: {_safe(value)}" for key, value in details.items()]
+    (quarantine_dir / f"{stem}.reason.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return target
+
+
+def receive_instance(
+    event: evt.Event,
+    *,
+    storage_dir: Path,
+    quarantine_dir: Path,
+    study_folders: bool = True,
+    fsync: bool = False,
+) -> Received:
+    """Store one C-STORE request's data set (see the module docstring). Never raises."""
+    request_sop = ""
+    temp: Path | None = None
+    details: dict[str, object] = {}
+    try:
+        request = event.request
+        request_sop = str(request.AffectedSOPInstanceUID or "")
+        request_class = str(request.AffectedSOPClassUID or "")
+        calling = str(getattr(event.assoc.requestor, "ae_title", "") or "").strip()
+        details = {
+            "calling_ae": calling,
+            "peer": getattr(event.assoc.requestor, "address", ""),
+            "affected_sop_class_uid": request_class,
+            "affected_sop_instance_uid": request_sop,
+            "received_at": datetime.now(UTC).isoformat(),
+        }
+        incoming = storage_dir / ".incoming"
+        incoming.mkdir(parents=True, exist_ok=True)
+        temp = incoming / f"{uuid.uuid4().hex}.part"
+        syntax = UID(str(event.context.transfer_syntax))
+        details["transfer_syntax"] = str(syntax)
+        data = event.encoded_dataset(include_meta=False)
+        try:
+            header = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+        except Exception:  # noqa: BLE001 - a garbage request UID can break the meta
+            header = b""
+        with temp.open("wb") as out:
+            out.write(header)
+            out.write(data)
+            if fsync:
+                out.flush()
+                os.fsync(out.fileno())
+        del data
+        if not header:
+            raise _Reject(STATUS_INVALID_UID, "request UIDs cannot be encoded")
+        meta = _validate(temp, len(header), syntax, request_sop, request_class)
+        meta = InstanceMeta(**{**meta.as_dict(), "calling_ae": calling,
+                               "size_bytes": temp.stat().st_size,
+                               "other_patient_ids": meta.other_patient_ids})
+        folder = storage_dir / meta.study_uid if study_folders else storage_dir
+        final = folder / f"{meta.sop_uid}.dcm"
+        # Belt and braces: the UID grammar already rules out separators and '..'.
+        if final.resolve().parent != folder.resolve():
+            raise _Reject(STATUS_INVALID_UID, "UID would leave the storage directory")
+        folder.mkdir(parents=True, exist_ok=True)
+        os.replace(temp, final)
+        temp = None
+        return Received(STATUS_SUCCESS, path=final, meta=meta, request_sop_uid=request_sop)
+    except _Reject as reject:
+        where = _quarantine_quietly(quarantine_dir, temp, reject.reason, details)
+        log.warning("C-STORE quarantined (%s, 0x%04X): %s", _safe(request_sop, 80),
+                    reject.status, reject.reason)
+        return Received(reject.status, reject.reason, where, quarantined=True,
+                        request_sop_uid=request_sop)
+    except OSError as exc:
+        log.error("C-STORE could not be written: %s", exc)
+        if temp is not None:
+            temp.unlink(missing_ok=True)
+        return Received(STATUS_OUT_OF_RESOURCES, f"cannot write: {exc.strerror or exc}",
+                        request_sop_uid=request_sop)
+    except Exception as exc:  # noqa: BLE001 - the SCP must keep serving
+        log.exception("C-STORE failed unexpectedly")
+        reason = f"internal error: {type(exc).__name__}"
+        where = _quarantine_quietly(quarantine_dir, temp, reason, details)
+        return Received(STATUS_INTERNAL, reason, where, quarantined=where is not None,
+                        request_sop_uid=request_sop)
+
+
+def _quarantine_quietly(quarantine_dir: Path, temp: Path | None, reason: str,
+                        details: Mapping[str, object]) -> Path | None:
+    try:
+        return quarantine(quarantine_dir, temp, reason, details)
+    except Exception:  # noqa: BLE001
+        log.exception("could not quarantine a rejected instance")
+        if temp is not None:
+            temp.unlink(missing_ok=True)
+        return None
+
+
+def _validate(path: Path, offset: int, syntax: UID, request_sop: str, request_class: str) -> InstanceMeta:
+    """Raise _Reject with a status and reason unless the file at `path` is a sound instance."""
+    with path.open("rb") as fp:
+        size = os.fstat(fp.fileno()).st_size
+        if size == offset:
+            raise _Reject(STATUS_MALFORMED, "empty data set")
+        has_pixels: bool | None = None
+        if not syntax.is_deflated:  # a deflated data set cannot be walked without inflating
+            try:
+                has_pixels = check_structure(fp, offset, size, implicit=syntax.is_implicit_VR,
+                                             little=syntax.is_little_endian)
+            except Malformed as exc:
+                raise _Reject(STATUS_MALFORMED, f"malformed data set: {exc}") from None
+        try:
+            fp.seek(0)
+            ds = dcmread(fp, stop_before_pixels=True)
+        except Exception as exc:  # noqa: BLE001 - includes RecursionError (pydicom#2330)
+            raise _Reject(STATUS_MALFORMED, f"unparseable data set: {type(exc).__name__}") from None
+    if has_pixels is False and "Rows" in ds and "Columns" in ds:
+        raise _Reject(STATUS_MALFORMED, "image without pixel data (truncated?)")
+    meta = read_meta(ds, transfer_syntax=str(syntax))
+    missing = [name for name, value in (
+        ("SOP Instance UID", meta.sop_uid),
+        ("SOP Class UID", meta.sop_class_uid),
+        ("Study Instance UID", meta.study_uid),
+        ("Patient ID", meta.patient_id),
+    ) if not value]
+    if missing:
+        raise _Reject(STATUS_MISSING_ATTRIBUTE, "missing " + ", ".join(missing))
+    for name, value in (("SOP Instance UID", meta.sop_uid), ("Study Instance UID", meta.study_uid),
+                        ("Series Instance UID", meta.series_uid or "0")):
+        if not valid_uid(value):
+            raise _Reject(STATUS_INVALID_UID, f"invalid {name} {_safe(value, 40)}")
+    if meta.sop_uid != request_sop:
+        raise _Reject(STATUS_UID_MISMATCH, "SOP Instance UID differs from the request's")
+    if meta.sop_class_uid != request_class:
+        raise _Reject(STATUS_SOP_CLASS_MISMATCH, "SOP Class UID differs from the request's")
+    return meta
+
+
+# -- the server -----------------------------------------------------------------------------
+
+OnStored = Callable[[Path, InstanceMeta], None]
+
+
+@dataclass
+class GatewaySCP:
+    """The Storage SCP for the exchange gateway. `start()` returns at once; `stop()` ends it.
+
+    `on_stored(path, meta)` runs in the association's thread after each instance is safely
+    on disk; it must be thread-safe and idempotent (a sender may re-send an instance). If it
+    raises, the peer gets 0xA700 (out of resources) and will normally retry later.
+    """
+
+    ae_title: str
+    port: int
+    storage_dir: Path
+    quarantine_dir: Path
+    on_stored: OnStored | None = None
+    bind: str = "127.0.0.1"
+    config: AEConfig = DEFAULT_CONFIG
+    max_associations: int = 10
+    fsync: bool = False
+    _server: ThreadedAssociationServer | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def start(self) -> GatewaySCP:
+        with self._lock:
+            if self._server is not None:
+                return self
+            self.storage_dir = Path(self.storage_dir)
+            self.quarantine_dir = Path(self.quarantine_dir)
+            self.storage_dir.mkdir(parents=True, exist_ok=True)
+            self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+            for stale in (self.storage_dir / ".incoming").glob("*.part"):
+                stale.unlink(missing_ok=True)  # left by a crash mid-receive
+            ae = make_ae(AEConfig(ae_title=self.ae_title, timeouts=self.config.timeouts,
+                                  max_pdu=self.config.max_pdu))
+            ae.require_called_aet = True  # reject a wrong Called AE (PS3.8 Table 9-21, reason 7)
+            ae.maximum_associations = self.max_associations
+            ae.add_supported_context(Verification)
+            for cx in AllStoragePresentationContexts:
+                ae.add_supported_context(cx.abstract_syntax, RECEIVE_TRANSFER_SYNTAXES)
+            handlers: list[Any] = [(evt.EVT_C_STORE, self._handle_store)]
+            if self.config.tcp_nodelay:
+                handlers.append((evt.EVT_CONN_OPEN, set_tcp_nodelay))
+            self._server = ae.start_server((self.bind, self.port), block=False,
+                                           evt_handlers=handlers)
+            self.port = self._server.server_address[1]
+            log.info("gateway SCP %s listening on %s:%s", self.ae_title, self.bind, self.port)
+            return self
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._server is None:
+                return
+            server, self._server = self._server, None
+        server.shutdown()
+        server.server_close()
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def __enter__(self) -> GatewaySCP:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def study_dir(self, study_uid: str) -> Path:
+        if not valid_uid(study_uid):
+            raise ValueError("not a valid Study Instance UID")
+        return Path(self.storage_dir) / study_uid
+
+    def _handle_store(self, event: evt.Event) -> Dataset:
+        """EVT_C_STORE: store or quarantine; answer with a status. Never raises."""
+        try:
+            result = receive_instance(event, storage_dir=self.storage_dir,
+                                      quarantine_dir=self.quarantine_dir, fsync=self.fsync)
+            if result.ok and self.on_stored is not None and result.path and result.meta:
+                try:
+                    self.on_stored(result.path, result.meta)
+                except Exception:  # noqa: BLE001
+                    log.exception("on_stored failed for a received instance")
+                    result = Received(STATUS_OUT_OF_RESOURCES, "stored but not recorded; retry",
+                                      result.path)
+            return result.status_dataset()
+        except Exception:  # noqa: BLE001 - last line of defence
+            log.exception("C-STORE handler failed")
+            return Received(STATUS_INTERNAL, "internal error").status_dataset()
