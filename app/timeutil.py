@@ -8,7 +8,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from zoneinfo import ZoneInfo
+
+import holidays
 
 LONDON = ZoneInfo("Europe/London")
 _frozen: datetime | None = None
@@ -33,6 +36,17 @@ def as_local(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(LONDON)
+
+
+@lru_cache(maxsize=64)
+def _bank_holidays(year: int) -> frozenset[date]:
+    # Per year and frozen: the package's own dict grows lazily and is not thread-safe.
+    return frozenset(holidays.country_holidays("GB", subdiv="ENG", years=year))
+
+
+def is_bank_holiday(day: date) -> bool:
+    """An English bank holiday (including one-off ones: jubilees, state funerals)."""
+    return day in _bank_holidays(day.year)
 
 
 @contextmanager

@@ -152,6 +152,8 @@ CASES = [
     ("nhs_check_digit_10", "import", {"nhs_number": "9990000000"}, "nhs_number", "check digit is wrong"),
     ("nhs_disagrees_with_pas", "import", {"nhs_number": "999 000 0026"}, "nhs_number", "does not match the one registered"),
     ("dob_disagrees_with_pas", "export", {"dob": "1948-03-15"}, "dob", "does not match the one registered"),
+    ("family_name_disagrees_with_pas", "import", {"family_name": "Smyth"}, "family_name",
+     "does not match the one registered"),
     ("dob_missing", "cd", {"dob": ""}, "dob", "Enter the patient's date of birth"),
     ("dob_not_a_date", "import", {"dob": "31/02/1948"}, "dob", "Enter a date as DD/MM/YYYY"),
     ("family_name_missing", "import", {"family_name": ""}, "family_name", "family name"),

@@ -97,3 +97,17 @@ def test_another_requester_cannot_read_or_write_the_thread(app, setup, make_user
     assert stranger.get(f"/requests/{call_ref}/live").status_code == 403
     token = csrf_token(stranger, "/requests")
     assert stranger.post(f"/requests/{call_ref}/messages", data={"csrf_token": token, "body": "hi"}).status_code == 403
+
+
+def test_request_page_shows_the_thread_and_a_reply_box(client, setup):
+    _requester, _analyst, desk, call_ref = setup
+    _say(desk, call_ref, "Derby will upload today.")
+    page = client.get(f"/requests/{call_ref}").get_data(as_text=True)
+    assert "Derby will upload today." in page
+    assert f'hx-post="/requests/{call_ref}/messages"' in page and 'id="live"' in page
+
+
+def test_my_requests_refresh_themselves(client, setup):
+    *_rest, call_ref = setup
+    page = client.get("/requests").get_data(as_text=True)
+    assert 'hx-trigger="every 10s"' in page and call_ref in page

@@ -101,6 +101,11 @@ class CountField(IntegerField):
             raise ValueError("Enter a whole number, e.g. 2.") from exc
 
 
+def _name_key(name: str) -> str:
+    """A name compared as the register would: letters only, case ignored (O'Brien = OBRIEN)."""
+    return "".join(ch for ch in name.upper() if ch.isalpha())
+
+
 def _apply(rule, field: Field, *args) -> None:  # noqa: ANN001
     """Run a rule from `validators.py` on a field: clean its value or attach the error."""
     try:
@@ -285,6 +290,11 @@ class RequestForm(FlaskForm):
             self.nhs_number.errors.append(
                 "This NHS number does not match the one registered for this S number. "
                 "Check both against the patient's record."
+            )
+        if (self.family_name.data or "").strip() and _name_key(self.family_name.data) != _name_key(patient.family_name):
+            self.family_name.errors.append(
+                "This family name does not match the one registered for this S number. "
+                "Check the S number, or the spelling against PatientCentre/HISS."
             )
         if self.dob.data and not self.dob.errors and patient.dob != self.dob.data:
             self.dob.errors.append(

@@ -7,9 +7,8 @@ all agree on one rule.
 from __future__ import annotations
 
 from datetime import date, timedelta
-from functools import lru_cache
 
-import holidays
+from app.timeutil import is_bank_holiday
 
 WEDNESDAY = 2  # date.weekday()
 
@@ -20,16 +19,6 @@ DROP_OFF_SITES: dict[str, str] = {
     "GH": "Radiology Reception, Glenfield Hospital",
     "LGH": "Radiology Reception, Leicester General Hospital",
 }
-
-
-@lru_cache(maxsize=64)
-def _bank_holidays(year: int) -> frozenset[date]:
-    # English bank holidays, including one-off ones (jubilees, state funerals).
-    return frozenset(holidays.country_holidays("GB", subdiv="ENG", years=year))
-
-
-def is_bank_holiday(day: date) -> bool:
-    return day in _bank_holidays(day.year)
 
 
 def is_working_day(day: date) -> bool:

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
-from functools import lru_cache
 
-import holidays
 
-from app.timeutil import LONDON, as_local
+from app.timeutil import LONDON, as_local, is_bank_holiday
 
 # Guideline 2.9: "Normal working hours are 08:00 to 17:30 (Monday to Friday)",
 # "Saturday and Sunday 08:00 – 20:00". Opening time inclusive, closing time exclusive.
@@ -40,17 +38,6 @@ TRAUMA_NOTE = (
     "Urgent trauma transfers to Nottingham are not affected: the on-call radiologist "
     "sends those images at any hour (guideline Appendix 4)."
 )
-
-
-@lru_cache(maxsize=64)
-def _bank_holidays(year: int) -> frozenset[date]:
-    # Per year and frozen: the package's own dict grows lazily and is not thread-safe.
-    return frozenset(holidays.country_holidays("GB", subdiv="ENG", years=year))
-
-
-def is_bank_holiday(day: date) -> bool:
-    """An English bank holiday (including one-off ones: jubilees, state funerals)."""
-    return day in _bank_holidays(day.year)
 
 
 def opening_hours(day: date) -> tuple[datetime, datetime] | None:
