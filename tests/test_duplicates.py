@@ -251,3 +251,19 @@ def test_same_exam_rule(a, b, same):
 def test_find_duplicate_with_no_dated_lines_finds_nothing(app):
     assert find_duplicate("S1234567", [], Kind.IMPORT) is None
     assert find_duplicate("", [(DAY, "CT head", "")], Kind.IMPORT) is None
+
+
+def test_exam_already_on_ris_from_a_cd_warns_an_import(client, login_as, pas_patients):
+    """Guideline 2.3 f: an examination imported once (here from a CD) is on RIS already."""
+    from app.transfers.models import RisEntry
+
+    login_as("requester")
+    cd = {**valid_cd(), "exams-0-exam_code": "CCAPC", "exams-0-description": "CT from CD"}
+    assert post_form(client, "/requests/new/cd", cd).status_code == 302
+    cd_request = db.session.scalar(sa.select(Request))
+    db.session.add(RisEntry(request_id=cd_request.id, study_uid="1.2.3.4", exam_code="CCAPC",
+                            event_date=cd_request.exams[0].exam_date, s_number="S1234567"))
+    db.session.commit()
+    response = post_form(client, "/requests/new/import", valid_import())
+    assert response.status_code == 409
+    assert cd_request.call_ref in response.get_data(as_text=True)

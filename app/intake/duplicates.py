@@ -57,12 +57,9 @@ def find_duplicate(s_number: str, exams: Iterable[ExamKey], kind: Kind | str) ->
     Same kind only: an import and an export of the same examination move images in
     opposite directions and are not duplicates of each other.
 
-    Extension point: the issue also counts an examination as already asked for when it
-    was already imported (a RIS entry exists) or is already in transfer. Those tables come
-    with a later issue; when they do, look them up here the same way (patient, exam date,
-    then code or description through `same_exam`) and return the `Request` that owns the
-    RIS entry or the transfer, so that callers, the form warning and `duplicate_of` need
-    no change.
+    An examination already imported (a RIS entry exists, from an IEP import or a CD)
+    counts too, for imports and CDs. One already in transfer belongs to a request of the
+    same kind, which the first look-up finds.
     """
     wanted = [exam for exam in exams if exam[0] is not None]
     if not s_number or not wanted:
@@ -81,4 +78,23 @@ def find_duplicate(s_number: str, exams: Iterable[ExamKey], kind: Kind | str) ->
     for earlier, exam_date, description, exam_code in rows:
         if any(same_exam((exam_date, description, exam_code), exam) for exam in wanted):
             return earlier
+    if Kind(kind) in (Kind.IMPORT, Kind.CD):
+        return _already_imported(s_number, wanted)
+    return None
+
+
+def _already_imported(s_number: str, wanted: list[ExamKey]) -> Request | None:
+    """An examination already on RIS for this patient (guideline 2.3 f), whichever route
+    (IEP or CD) brought it: same acquisition date and exam code."""
+    from app.transfers.models import RisEntry
+
+    entries = db.session.execute(
+        sa.select(RisEntry.request_id, RisEntry.event_date, RisEntry.exam_code).where(
+            RisEntry.s_number == s_number.strip().upper(),
+            RisEntry.event_date.in_({exam[0] for exam in wanted}),
+        )
+    ).all()
+    for request_id, event_date, exam_code in entries:
+        if any(same_exam((event_date, "", exam_code), exam) for exam in wanted):
+            return db.session.get(Request, request_id)
     return None
