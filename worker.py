@@ -97,7 +97,50 @@ def run_cron(name: str) -> None:
         scheduler.start()
 
 
-def supervise(lanes: list[tuple[list[str], int]], *, cron: bool = True) -> None:
+def run_gateway(name: str) -> None:
+    """The exchange gateway's Storage SCP (GATEWAY_AE_TITLE on GATEWAY_PORT).
+
+    Each stored instance is recorded and matched to an import request in the database;
+    if recording fails, the sender is told to try again (0xA700), so nothing is lost.
+    """
+    import threading
+
+    from app.dicom.scp import GatewaySCP
+    from app.transfers import service
+    from app.transfers.inbound import record_arrival
+
+    app = create_app()
+    with app.app_context():
+        db.engine.dispose()
+        settings = app.config["IEP_SETTINGS"]
+        store, quarantine = service.gateway_store(), service.gateway_quarantine()
+
+    def on_stored(path, meta) -> None:  # noqa: ANN001 - called from the SCP's threads
+        with app.app_context():
+            try:
+                record_arrival(path, meta)
+            finally:
+                db.session.remove()
+
+    scp = GatewaySCP(ae_title=settings.gateway_ae_title, port=settings.gateway_port, storage_dir=store,
+                     quarantine_dir=quarantine, on_stored=on_stored, config=service_config(app))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    scp.start()
+    log.info("%s: gateway %s listening on 127.0.0.1:%s", name, settings.gateway_ae_title, settings.gateway_port)
+    stop.wait()
+    scp.stop()
+
+
+def service_config(app):  # noqa: ANN001, ANN201
+    from app.transfers import service
+
+    with app.app_context():
+        return service.ae_config()
+
+
+def supervise(lanes: list[tuple[list[str], int]], *, cron: bool = True, gateway: bool = True) -> None:
     """Start every worker and the cron process, replace any that dies, stop all on SIGTERM."""
     stopping = False
     procs: dict[str, tuple[Process, Callable[..., None], tuple[object, ...]]] = {}
@@ -129,6 +172,9 @@ def supervise(lanes: list[tuple[list[str], int]], *, cron: bool = True) -> None:
     if cron:
         name = f"{host}.{os.getpid()}.cron"
         start(name, run_cron, (name,), "cron scheduler for the maintenance queue")
+    if gateway:
+        name = f"{host}.{os.getpid()}.gateway"
+        start(name, run_gateway, (name,), "gateway Storage SCP")
     while not stopping:
         for name, (proc, target, args) in list(procs.items()):
             if not proc.is_alive() and not stopping:
@@ -144,5 +190,6 @@ if __name__ == "__main__":
     supervise(
         parse_lanes(os.environ.get("IEP_WORKERS", DEFAULT_LANES)),
         cron=os.environ.get("IEP_CRON", "1").strip() not in {"0", "false", "no", "off"},
+        gateway=os.environ.get("IEP_GATEWAY", "1").strip() not in {"0", "false", "no", "off"},
     )
     sys.exit(0)

@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
     from app.desk import bp as desk_bp
     from app.main import bp as main_bp
     from app.printing import bp as printing_bp
+    from app.transfers.routes import bp as transfers_bp
     from app.workflow.routes import bp as workflow_bp
 
     app.register_blueprint(main_bp)
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
     app.register_blueprint(printing_bp)
     app.register_blueprint(desk_bp)
     app.register_blueprint(workflow_bp)
+    app.register_blueprint(transfers_bp)
     install_guard(app)
 
     from app.errors import install_error_handlers
@@ -63,12 +65,14 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
     from app.auth.cli import users_cli
     from app.demo import demo_cli
     from app.patients.cli import pas_cli
+    from app.transfers.cli import nodes_cli
     from app.workflow.cli import requests_cli
 
     app.cli.add_command(users_cli)
     app.cli.add_command(pas_cli)
     app.cli.add_command(demo_cli)
     app.cli.add_command(requests_cli)
+    app.cli.add_command(nodes_cli)
 
     @app.after_request
     def security_headers(response: Response) -> Response:

@@ -27,6 +27,8 @@ class Action(enum.StrEnum):
     VIEW = "view"
     DOWNLOAD_PDF = "download_pdf"
     STATUS_CHANGE = "status_change"
+    TRANSFER = "transfer"
+    PURGE = "purge"
     EDIT = "edit"
     MESSAGE = "message"
     USER_CREATED = "user_created"

@@ -57,6 +57,17 @@ class Settings:
     gateway_ae_title: str = "IEPDESK"
     gateway_port: int = 11112
     timezone: str = "Europe/London"
+    # Transfers (DESIGN "Transfers").
+    data_dir: Path | None = None  # gateway store and staging; default: the instance folder
+    transfer_max_attempts: int = 5
+    transfer_stall_seconds: int = 120
+    batch_window: str = "20:00-07:00"
+    auto_download: bool = False
+    dicom_timeout_seconds: int = 30
+
+    @property
+    def storage_root(self) -> Path:
+        return self.data_dir or self.instance_path
 
     @classmethod
     def from_env(cls, instance_path: Path) -> Settings:
@@ -102,6 +113,12 @@ class Settings:
             local_pacs_node=os.environ.get("LOCAL_PACS_NODE", "UHLPACSWFM01"),
             gateway_ae_title=os.environ.get("GATEWAY_AE_TITLE", "IEPDESK"),
             gateway_port=_env_int("GATEWAY_PORT", 11112),
+            data_dir=Path(os.environ["IEP_DATA_DIR"]) if os.environ.get("IEP_DATA_DIR") else None,
+            transfer_max_attempts=_env_int("TRANSFER_MAX_ATTEMPTS", 5),
+            transfer_stall_seconds=_env_int("TRANSFER_STALL_SECONDS", 120),
+            batch_window=os.environ.get("BATCH_WINDOW", "20:00-07:00"),
+            auto_download=os.environ.get("AUTO_DOWNLOAD", "0").lower() in {"1", "true", "yes"},
+            dicom_timeout_seconds=_env_int("DICOM_TIMEOUT_SECONDS", 30),
         )
 
     def engine_options(self) -> dict[str, object]:

@@ -22,6 +22,11 @@ def utcnow() -> datetime:
     return _frozen if _frozen is not None else datetime.now(UTC)
 
 
+def aware(moment: datetime) -> datetime:
+    """A stored time as aware UTC (SQLite hands back naive values, stored as UTC)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def local_now() -> datetime:
     """Now on the wall clocks of the hospital."""
     return utcnow().astimezone(LONDON)

@@ -32,6 +32,9 @@ from app.config import Settings
 from app.embedded_redis import ensure_embedded_redis
 from app.extensions import db
 
+# Real DICOM peers (Orthanc, DCMTK) as fixtures for every module; one Orthanc per run.
+pytest_plugins = ["tests.dicom_peers"]
+
 # Cheap hashes keep a signed-in test fast; production keeps scrypt.
 auth_models.PASSWORD_METHOD = "pbkdf2:sha256:1000"
 

@@ -134,10 +134,11 @@ def start_orthanc(
     check_called_aet: bool = True,
     modalities: dict[str, tuple[str, str, int]] | None = None,
     extra: dict[str, object] | None = None,
+    dicom_port: int | None = None,
 ) -> OrthancPeer:
     binary = require_binary(ORTHANC_BINARY, "orthanc")
     folder.mkdir(parents=True, exist_ok=True)
-    dicom_port, http_port = free_port(), free_port()
+    dicom_port, http_port = dicom_port or free_port(), free_port()
     config = {
         "Name": "iep-test",
         "StorageDirectory": str(folder / "storage"),

@@ -21,6 +21,7 @@ from app.intake.models import Institution, Request
 from app.intake.service import already_submitted, create_request
 from app.timeutil import utcnow
 from app.workflow.hours import desk_status
+from app.transfers.panel import panel_for
 from app.workflow.routes import thread_for
 from app.workflow.statuses import Kind
 
@@ -166,6 +167,7 @@ def show(call_ref: str):
         duplicate=_duplicate_notice(earlier) if earlier is not None else None,
         hours=desk_status(utcnow()) if submitted else None,
         messages=thread_for(req),
+        transfer_panel=panel_for(req) if current_user.is_desk else None,
     )
 
 

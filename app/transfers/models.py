@@ -101,6 +101,9 @@ class Transfer(db.Model):
     progressed_at: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True), index=True)
     finished_at: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True))
     stalled: so.Mapped[bool] = so.mapped_column(default=False)
+    # Import: the analyst saw the sender's details beside the register's and went on.
+    mismatch_accepted: so.Mapped[bool] = so.mapped_column(default=False)
+    phase: so.Mapped[str] = so.mapped_column(sa.String(40), default="")
     # Report to send with an export (typed text or an uploaded PDF kept on disk).
     report_text: so.Mapped[str] = so.mapped_column(sa.Text, default="")
     report_pdf_path: so.Mapped[str] = so.mapped_column(sa.String(500), default="")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from app.transfers import jobs as transfer_jobs
 from app.workflow import jobs, mail
 
 QUEUE = "maintenance"
@@ -33,6 +34,10 @@ PERIODIC: tuple[Periodic, ...] = (
     Periodic(mail.flush_outbox, every_seconds=60, job_timeout=300, ttl=300),
     # Guideline 2.4 d: Awaiting Details for 14 days -> Cancelled.
     Periodic(jobs.auto_cancel_stale, every_seconds=15 * 60, job_timeout=600, ttl=15 * 60),
+    # Transfers whose job was lost (Redis restarted, worker killed) or that stopped moving.
+    Periodic(transfer_jobs.reconcile, every_seconds=30, job_timeout=120, ttl=60),
+    # Appendix 1 "Purged": gateway copies go 15 days after arrival, once delivered.
+    Periodic(transfer_jobs.purge_gateway, every_seconds=3600, job_timeout=1800, ttl=3600),
 )
 
 

@@ -1,0 +1,74 @@
+"""`flask --app wsgi nodes ...`: the DICOM node register."""
+
+from __future__ import annotations
+
+import click
+import sqlalchemy as sa
+from flask.cli import AppGroup
+
+from app.dicom import scu
+from app.dicom.ae import Node
+from app.dicom.errors import DicomFailure
+from app.extensions import db
+from app.intake.models import Institution
+from app.transfers import service
+from app.transfers.models import DicomNode, NodeRole
+
+nodes_cli = AppGroup("nodes", help="DICOM nodes: the local PACS, the gateway, remote hospitals.")
+
+
+def upsert_node(name: str, ae_title: str, host: str, port: int, role: str, institution: str = "",
+                supports_get: bool = True) -> DicomNode:
+    """Add a node, or update the one with that name (idempotent). The caller commits."""
+    Node(ae_title=ae_title, host=host, port=port)  # validates AE title and port
+    node = db.session.scalar(sa.select(DicomNode).where(DicomNode.name == name))
+    if node is None:
+        node = DicomNode(name=name)
+        db.session.add(node)
+    node.ae_title, node.host, node.port, node.role, node.supports_get = ae_title.strip(), host, port, role, supports_get
+    if institution:
+        inst = db.session.scalar(sa.select(Institution).where(Institution.name == institution))
+        if inst is None:
+            inst = Institution(name=institution)
+            db.session.add(inst)
+        node.institution = inst
+    return node
+
+
+@nodes_cli.command("add")
+@click.option("--name", required=True)
+@click.option("--ae-title", required=True)
+@click.option("--host", required=True)
+@click.option("--port", required=True, type=click.IntRange(1, 65535))
+@click.option("--institution", default="")
+@click.option("--role", default=NodeRole.REMOTE.value, type=click.Choice([r.value for r in NodeRole]))
+@click.option("--no-c-get", is_flag=True, help="The node only answers C-MOVE (to our AE).")
+def add(name: str, ae_title: str, host: str, port: int, institution: str, role: str, no_c_get: bool) -> None:
+    """Add (or update) a DICOM node."""
+    try:
+        node = upsert_node(name, ae_title, host, port, role, institution, supports_get=not no_c_get)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    db.session.commit()
+    click.echo(f"Node {node.name}: {node.ae_title}@{node.host}:{node.port} ({node.role})")
+
+
+@nodes_cli.command("list")
+def list_nodes() -> None:
+    """List the nodes."""
+    for node in db.session.scalars(sa.select(DicomNode).order_by(DicomNode.name)):
+        click.echo(f"{node.name}\t{node.ae_title}@{node.host}:{node.port}\t{node.role}")
+
+
+@nodes_cli.command("echo")
+@click.argument("name")
+def echo(name: str) -> None:
+    """C-ECHO a node and print the answer."""
+    node = db.session.scalar(sa.select(DicomNode).where(DicomNode.name == name))
+    if node is None:
+        raise click.ClickException(f"no node named {name}")
+    try:
+        ms = scu.echo(service.as_node(node), config=service.ae_config())
+    except DicomFailure as failure:
+        raise click.ClickException(failure.plain) from failure
+    click.echo(f"{node.name} answered in {ms:.0f} ms")

@@ -1,0 +1,118 @@
+"""What arrives at the gateway: record it, and match it to an open import request.
+
+Called by the gateway SCP for every stored instance (and by a direct pull): idempotent,
+since a sender may send an instance twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import date
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from app.dicom.fixup import sender_nhs_number
+from app.dicom.scp import InstanceMeta
+from app.extensions import db
+from app.intake.models import ExamLine, Request
+from app.patients.models import Patient
+from app.timeutil import utcnow
+from app.transfers.models import InboundStudy
+from app.workflow.machine import ALLOWED, transition
+from app.workflow.statuses import Kind, Status
+
+log = logging.getLogger("iep.gateway")
+
+OPEN_IMPORT = (Status.NEW, Status.AWAITING_DETAILS, Status.ACCEPTED, Status.DOWNLOAD_REQUEST, Status.DOWNLOADING)
+
+
+def _letters(text: str) -> str:
+    return "".join(ch for ch in text.upper() if ch.isalpha())
+
+
+def _dicom_date(text: str) -> date | None:
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:8])) if len(text) >= 8 else None
+    except ValueError:
+        return None
+
+
+def match_request(meta: InstanceMeta) -> Request | None:
+    """The open import request this study answers, if exactly one fits.
+
+    A request fits when the sender's ids name our patient (the S number as PatientID, or
+    the NHS number anywhere), or the family name and date of birth agree with the
+    register; among several, the one with an examination on the study's date wins.
+    """
+    nhs = sender_nhs_number(meta)
+    family = _letters(meta.patient_name.split("^")[0])
+    birth = _dicom_date(meta.birth_date)
+    patients = sa.select(Patient.id).where(
+        sa.or_(
+            Patient.s_number == meta.patient_id.strip().upper(),
+            sa.and_(sa.literal(bool(nhs)), Patient.nhs_number == nhs),
+            sa.and_(Patient.dob == birth, sa.literal(birth is not None)),
+        )
+    )
+    candidates = [
+        req
+        for req in db.session.scalars(
+            sa.select(Request).where(
+                Request.patient_id.in_(patients),
+                Request.kind.in_([Kind.IMPORT]),
+                Request.status.in_(OPEN_IMPORT),
+            )
+        )
+        if req.patient.s_number == meta.patient_id.strip().upper()
+        or (nhs and req.patient.nhs_number == nhs)
+        or (_letters(req.patient.family_name) == family and req.patient.dob == birth)
+    ]
+    if len(candidates) > 1:
+        study_day = _dicom_date(meta.study_date)
+        on_day = [
+            r for r in candidates
+            if db.session.scalar(sa.select(ExamLine.id).where(ExamLine.request_id == r.id, ExamLine.exam_date == study_day))
+        ]
+        candidates = on_day
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def record_arrival(path: Path, meta: InstanceMeta) -> InboundStudy:
+    """Note an instance the gateway stored; match its study on first sight. Commits."""
+    for _ in range(3):
+        study = db.session.scalar(sa.select(InboundStudy).where(InboundStudy.study_uid == meta.study_uid))
+        if study is None:
+            study = InboundStudy(
+                study_uid=meta.study_uid,
+                sender_ae=meta.calling_ae[:16],
+                patient_id=meta.patient_id[:64],
+                issuer_of_patient_id=meta.issuer_of_patient_id[:64],
+                patient_name=meta.patient_name[:200],
+                birth_date=meta.birth_date[:8],
+                other_ids=",".join(i for i, _issuer in meta.other_patient_ids)[:200],
+                accession=meta.accession[:64],
+                study_date=meta.study_date[:8],
+                description=meta.study_description[:200],
+                folder=str(path.parent),
+            )
+            req = match_request(meta)
+            if req is not None:
+                study.request = req
+            db.session.add(study)
+        modalities = set(filter(None, (study.modalities or "").split(","))) | ({meta.modality} if meta.modality else set())
+        study.modalities = ",".join(sorted(modalities))[:64]
+        files = list(path.parent.glob("*.dcm"))
+        study.instances = len(files)
+        study.bytes = sum(f.stat().st_size for f in files)
+        study.last_received_at = utcnow()
+        try:
+            req = study.request
+            if req is not None and Status.ON_IEP in ALLOWED.get(req.status, ()) and req.status != Status.ON_IEP:
+                transition(req, Status.ON_IEP, actor_id=None, note=f"Images arrived on the gateway from {study.sender_ae or 'the sender'}.")
+            db.session.commit()
+            return study
+        except IntegrityError:
+            db.session.rollback()  # the same study's first instance came in on another association
+    raise RuntimeError("could not record the arrival")

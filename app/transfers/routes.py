@@ -1,0 +1,278 @@
+"""Transfer pages: node register, PACS search and export, imports, progress widgets."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import date
+
+import sqlalchemy as sa
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+
+from app import audit
+from app.auth.guard import roles_required
+from app.auth.models import DESK_ROLES, Role
+from app.dicom import scu
+from app.dicom.errors import DicomFailure
+from app.extensions import db
+from app.intake.access import visible_request
+from app.intake.models import Request
+from app.timeutil import utcnow
+from app.transfers import service
+from app.transfers.cli import upsert_node
+from app.transfers.models import DicomNode, Direction, InboundStudy, NodeRole, Transfer, TransferState
+from app.workflow.statuses import Kind, Priority
+
+bp = Blueprint("transfers", __name__)
+
+DESK = tuple(DESK_ROLES)
+NODE_ADMINS = (Role.AM_RADIOLOGY, Role.ADMIN)
+MAX_REPORT_BYTES = 10 * 1024 * 1024
+
+
+def _nodes(*roles: NodeRole) -> list[DicomNode]:
+    stmt = sa.select(DicomNode).where(DicomNode.active).order_by(DicomNode.name)
+    if roles:
+        stmt = stmt.where(DicomNode.role.in_([r.value for r in roles]))
+    return list(db.session.scalars(stmt))
+
+
+def transfers_of(req: Request) -> list[Transfer]:
+    return list(db.session.scalars(sa.select(Transfer).where(Transfer.request_id == req.id).order_by(Transfer.id.desc())))
+
+
+# --- Node register ---------------------------------------------------------------------------
+
+
+@bp.route("/admin/nodes", methods=["GET", "POST"])
+@roles_required(*NODE_ADMINS)
+def nodes():
+    """The DICOM node register, with a form to add one."""
+    errors: dict[str, str] = {}
+    values = {k: (request.form.get(k) or "").strip() for k in ("name", "ae_title", "host", "port", "role", "institution")}
+    if request.method == "POST":
+        if not values["name"]:
+            errors["name"] = "Give the node a name."
+        if not values["host"]:
+            errors["host"] = "Give the node's host name or address."
+        if not values["port"].isdigit() or not 0 < int(values["port"]) < 65536:
+            errors["port"] = "The port is a number from 1 to 65535."
+        if values["role"] not in {r.value for r in NodeRole}:
+            errors["role"] = "Choose a role."
+        if not errors:
+            try:
+                upsert_node(values["name"], values["ae_title"], values["host"], int(values["port"]), values["role"],
+                            values["institution"])
+            except ValueError:
+                errors["ae_title"] = "An AE title has 1 to 16 characters, no backslash."
+        if not errors:
+            audit.record(audit.Action.EDIT, detail=f"node {values['name']} saved")
+            db.session.commit()
+            flash(f"Node {values['name']} saved.", "success")
+            return redirect(url_for("transfers.nodes"))
+    return render_template("transfers/nodes.html", nodes=_nodes(), roles=list(NodeRole), errors=errors,
+                           values=values), (422 if errors else 200)
+
+
+@bp.route("/admin/nodes/<int:node_id>/echo", methods=["POST"])
+@roles_required(*DESK)
+def echo(node_id: int):
+    """The "Test" button: C-ECHO the node and show the answer."""
+    node = db.session.get(DicomNode, node_id) or abort(404)
+    try:
+        ms = scu.echo(service.as_node(node), config=service.ae_config())
+        node.last_echo_result = f"Answered in {ms:.0f} ms"
+    except DicomFailure as failure:
+        node.last_echo_result = f"No: {failure.plain}"
+    node.last_echo_at = utcnow()
+    db.session.commit()
+    if request.headers.get("HX-Request"):
+        return render_template("transfers/_echo.html", node=node)
+    flash(f"{node.name}: {node.last_echo_result}", "info")
+    return redirect(url_for("transfers.nodes"))
+
+
+# --- Export: search the PACS, choose studies, send --------------------------------------------
+
+
+def _search_form() -> dict[str, str]:
+    return {k: (request.form.get(k) or "").strip() for k in
+            ("node_id", "date_from", "date_to", "description", "modality", "accession")}
+
+
+def _date(text: str) -> date | None:
+    try:
+        return date.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+@bp.route("/requests/<call_ref>/pacs-search", methods=["POST"])
+@roles_required(*DESK)
+def pacs_search(call_ref: str):
+    """C-FIND the chosen node for this patient's studies (by S number and NHS number)."""
+    req = visible_request(call_ref)
+    form = _search_form()
+    node = db.session.get(DicomNode, int(form["node_id"])) if form["node_id"].isdigit() else service.local_pacs()
+    studies, error = [], ""
+    if node is None:
+        error = "No node to search: add the local PACS in the node register."
+    else:
+        try:
+            found: dict[str, scu.StudySummary] = {}
+            for criteria in ({"patient_id": req.s_number}, {"nhs_number": req.nhs_number} if req.nhs_number else None):
+                if criteria is None:
+                    continue
+                for study in scu.find_studies(
+                    service.as_node(node), **criteria, date_from=_date(form["date_from"]), date_to=_date(form["date_to"]),
+                    modality=form["modality"] or None, description=form["description"] or None,
+                    accession=form["accession"] or None, config=service.ae_config(),
+                ):
+                    found[study.study_uid] = study
+            studies = sorted(found.values(), key=lambda s: s.study_date, reverse=True)
+        except DicomFailure as failure:
+            error = f"The search on {node.name} failed: {failure.plain}"
+    audit.record(audit.Action.VIEW, request_id=req.id, detail=f"{req.call_ref} PACS search")
+    db.session.commit()
+    return render_template("transfers/_search_results.html", req=req, studies=studies, error=error, node=node,
+                           destinations=_nodes(NodeRole.REMOTE, NodeRole.GATEWAY), form=form)
+
+
+@bp.route("/requests/<call_ref>/transfers", methods=["POST"])
+@roles_required(*DESK)
+def start(call_ref: str):
+    """Start an export (selected studies -> destination) or a direct pull (-> gateway)."""
+    req = visible_request(call_ref)
+    uids = [u for u in request.form.getlist("study_uid") if re.fullmatch(r"[0-9.]{1,64}", u)]
+    source = db.session.get(DicomNode, request.form.get("source_id", type=int) or 0)
+    priority = request.form.get("priority") or req.priority.value
+    if priority not in {p.value for p in Priority}:
+        priority = req.priority.value
+    if not uids:
+        flash("Tick at least one study to send.", "error")
+        return redirect(url_for("intake.show", call_ref=req.call_ref) + "#transfers")
+    if req.kind == Kind.IMPORT:
+        direction, dest = Direction.PULL, None
+    else:
+        direction = Direction.OUTBOUND
+        dest = db.session.get(DicomNode, request.form.get("dest_id", type=int) or 0)
+        if dest is None:
+            flash("Choose the destination node.", "error")
+            return redirect(url_for("intake.show", call_ref=req.call_ref) + "#transfers")
+    report_path = ""
+    upload = request.files.get("report_pdf")
+    if upload is not None and upload.filename:
+        data = upload.read(MAX_REPORT_BYTES + 1)
+        if len(data) > MAX_REPORT_BYTES or not data.startswith(b"%PDF-"):
+            flash("The report must be a PDF file of at most 10 MB.", "error")
+            return redirect(url_for("intake.show", call_ref=req.call_ref) + "#transfers")
+        folder = service.settings().storage_root / "reports"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{uuid.uuid4().hex}.pdf"  # never the uploaded name
+        target.write_bytes(data)
+        report_path = str(target)
+    transfer = service.create_transfer(
+        request=req, direction=direction, priority=priority, source=source, dest=dest, study_uids=uids,
+        user_id=current_user.id, report_text=(request.form.get("report_text") or "").strip()[:20000],
+        report_pdf_path=report_path,
+    )
+    audit.record(audit.Action.TRANSFER, request_id=req.id, detail=f"{req.call_ref} transfer {transfer.id} started")
+    db.session.commit()
+    service.enqueue(transfer)
+    flash(f"Transfer of {len(uids)} stud{'y' if len(uids) == 1 else 'ies'} queued.", "success")
+    return redirect(url_for("intake.show", call_ref=req.call_ref) + "#transfers")
+
+
+# --- Import: download what arrived to PACS ----------------------------------------------------
+
+
+@bp.route("/requests/<call_ref>/import", methods=["POST"])
+@roles_required(*DESK)
+def download_to_pacs(call_ref: str):
+    """"Download to PACS": fix up, store to the local PACS, RIS entries, Delivered."""
+    req = visible_request(call_ref)
+    studies = list(db.session.scalars(sa.select(InboundStudy).where(
+        InboundStudy.request_id == req.id, InboundStudy.purged_at.is_(None))))
+    pacs = service.local_pacs()
+    if not studies or pacs is None:
+        flash("Nothing to download: no images have arrived for this request." if not studies
+              else "The local PACS node is not in the node register.", "error")
+        return redirect(url_for("intake.show", call_ref=req.call_ref) + "#transfers")
+    transfer = service.create_transfer(
+        request=req, direction=Direction.INBOUND, priority=req.priority.value, source=None, dest=pacs,
+        study_uids=[s.study_uid for s in studies], user_id=current_user.id,
+    )
+    service.add_inbound_items(transfer, studies)
+    audit.record(audit.Action.TRANSFER, request_id=req.id, detail=f"{req.call_ref} import transfer {transfer.id}")
+    db.session.commit()
+    service.enqueue(transfer)
+    flash("Download to PACS queued.", "success")
+    return redirect(url_for("intake.show", call_ref=req.call_ref) + "#transfers")
+
+
+# --- One transfer: live widget, retry, cancel, confirm -------------------------------------------
+
+
+def _transfer(transfer_id: int) -> Transfer:
+    transfer = db.session.get(Transfer, transfer_id) or abort(404)
+    if transfer.request is not None:
+        visible_request(transfer.request.call_ref)
+    elif not current_user.is_desk:
+        abort(403)
+    return transfer
+
+
+@bp.route("/transfers/<int:transfer_id>")
+def widget(transfer_id: int):
+    """The progress widget: re-polls itself while the transfer runs."""
+    return render_template("transfers/_widget.html", t=_transfer(transfer_id))
+
+
+@bp.route("/transfers/<int:transfer_id>/<action>", methods=["POST"])
+@roles_required(*DESK)
+def act(transfer_id: int, action: str):
+    """Retry, Cancel, or confirm an import whose details differ from the register."""
+    transfer = _transfer(transfer_id)
+    if action == "retry" and transfer.state in (TransferState.FAILED.value, TransferState.CANCELLED.value):
+        service.retry(transfer, current_user.id)
+    elif action == "cancel" and TransferState(transfer.state).active:
+        service.cancel(transfer)
+    elif action == "confirm" and transfer.state == TransferState.WAITING_CONFIRMATION.value:
+        transfer.mismatch_accepted = True
+        transfer.state = TransferState.QUEUED.value
+        db.session.commit()
+        service.enqueue(transfer)
+    else:
+        abort(409)
+    ref = transfer.request.call_ref if transfer.request else ""
+    audit.record(audit.Action.TRANSFER, request_id=transfer.request_id, detail=f"{ref} transfer {transfer.id} {action}")
+    db.session.commit()
+    if request.headers.get("HX-Request"):
+        return render_template("transfers/_widget.html", t=transfer)
+    return redirect(url_for("intake.show", call_ref=ref) + "#transfers" if ref else url_for("desk.queue"))
+
+
+@bp.route("/desk/arrivals", methods=["GET", "POST"])
+@roles_required(*DESK)
+def arrivals():
+    """Studies on the gateway that match no request: match one by call reference."""
+    if request.method == "POST":
+        study = db.session.get(InboundStudy, request.form.get("study_id", type=int) or 0) or abort(404)
+        req = db.session.scalar(sa.select(Request).where(Request.call_ref == (request.form.get("call_ref") or "").strip().upper()))
+        if req is None or req.kind != Kind.IMPORT:
+            flash("No import request has that call reference.", "error")
+        else:
+            study.request = req
+            from app.workflow.machine import ALLOWED, transition
+            from app.workflow.statuses import Status
+
+            if Status.ON_IEP in ALLOWED[req.status]:
+                transition(req, Status.ON_IEP, actor_id=current_user.id, note="Arrived images matched by the desk.")
+            audit.record(audit.Action.EDIT, request_id=req.id, detail=f"{req.call_ref} matched to arrived study")
+            db.session.commit()
+            flash(f"Matched to {req.call_ref}.", "success")
+        return redirect(url_for("transfers.arrivals"))
+    studies = list(db.session.scalars(sa.select(InboundStudy).where(
+        InboundStudy.request_id.is_(None), InboundStudy.purged_at.is_(None)).order_by(InboundStudy.received_at.desc())))
+    return render_template("transfers/arrivals.html", studies=studies)

@@ -1,0 +1,255 @@
+"""The transfer engine against real peers (Orthanc as PACS and as the remote hospital,
+DCMTK storescu as the sender), run by real RQ workers on the real Redis."""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+
+import pytest
+import sqlalchemy as sa
+from rq import Queue, SimpleWorker
+
+from app.dicom import scu
+from app.dicom.scp import GatewaySCP
+from app.dicom.synth import make_study
+from app.extensions import db, redis_conn
+from app.intake.models import Request
+from app.transfers import jobs, service
+from app.transfers.cli import upsert_node
+from app.transfers.models import InboundStudy, RisEntry, Transfer, TransferState
+from app.workflow.machine import transition
+from app.workflow.statuses import Status
+from tests.conftest import csrf_token, post_form
+from tests.dicom_peers import OUR_AE, QUICK, run_storescu
+from tests.forms_data import valid_export, valid_import
+
+LANES = ["outbound-bluelight", "outbound", "outbound-batch", "inbound-bluelight", "inbound"]
+
+
+@pytest.fixture(scope="module")
+def remote(orthanc_factory, gateway_port):  # noqa: F811
+    """The other hospital's PACS (it knows our AE, as NUH's would)."""
+    return orthanc_factory(aet="NUHPACS", modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
+
+
+@pytest.fixture
+def nodes(app, orthanc, remote, gateway_port):  # noqa: F811
+    settings = app.config["IEP_SETTINGS"]
+    settings.gateway_port = gateway_port
+    settings.dicom_timeout_seconds = 10
+    pacs = upsert_node("UHLPACSWFM01", orthanc.node.ae_title, "127.0.0.1", orthanc.node.port, "local_pacs")
+    nuh = upsert_node("NUH Radiology PACS", remote.node.ae_title, "127.0.0.1", remote.node.port, "remote",
+                      "Nottingham University Hospitals NHS Trust")
+    db.session.commit()
+    return pacs, nuh
+
+
+@pytest.fixture
+def clean_queues(app):
+    for name in LANES:
+        Queue(name, connection=redis_conn()).empty()
+    yield
+
+
+def run_workers() -> None:
+    """Run every queued transfer job in a real RQ worker (burst), as the pool would."""
+    conn = redis_conn()
+    SimpleWorker([Queue(name, connection=conn) for name in LANES], connection=conn).work(burst=True)
+
+
+def _login(app, make_user, role):
+    user = make_user(role)
+    browser = app.test_client()
+    post_form(browser, "/login", {"email": user.email, "password": "correct-horse-9"})
+    return browser
+
+
+def _request(client, url, data) -> Request:
+    response = post_form(client, url, data)
+    assert response.status_code == 302, response.get_data(as_text=True)[:500]
+    call_ref = response.headers["Location"].split("/")[2].split("?")[0]
+    db.session.expire_all()
+    return db.session.scalar(sa.select(Request).where(Request.call_ref == call_ref))
+
+
+def test_export_sends_every_instance_from_the_pacs_to_the_remote_node(
+    app, client, login_as, make_user, pas_patients, nodes, orthanc, remote, tmp_path, clean_queues  # noqa: F811
+):
+    study_files = make_study(tmp_path / "study", patient_id="S1234567", patient_name="SMITH^MARGARET",
+                             birth_date="19480314", study_date="20261001", n_series=3, n_per_series=4,
+                             accession="UHL0001")
+    assert scu.send_files(orthanc.node, study_files, config=QUICK).ok
+    login_as("requester")
+    req = _request(client, "/requests/new/export", valid_export())
+    am = _login(app, make_user, "am_radiology")
+    token = csrf_token(am, f"/requests/{req.call_ref}")
+    found = am.post(f"/requests/{req.call_ref}/pacs-search", data={"csrf_token": token, "node_id": str(nodes[0].id)},
+                    headers={"HX-Request": "true"}).get_data(as_text=True)
+    study_uid = re.search(r'name="study_uid" value="([0-9.]+)"', found).group(1)
+    response = am.post(f"/requests/{req.call_ref}/transfers", data={
+        "csrf_token": token, "study_uid": study_uid, "source_id": str(nodes[0].id), "dest_id": str(nodes[1].id),
+        "priority": "Standard", "report_text": "CT chest: no acute abnormality."})
+    assert response.status_code == 302
+    db.session.expire_all()
+    assert _req(req).status == Status.DOWNLOAD_REQUEST
+    run_workers()
+    db.session.expire_all()
+    transfer = db.session.scalar(sa.select(Transfer).where(Transfer.request_id == req.id))
+    assert transfer.state == TransferState.DELIVERED.value, transfer.last_error
+    held = remote.sop_uids(study_uid)
+    sent = {_sop_uid(f) for f in study_files}
+    assert sent <= held and len(held) == len(sent) + 1  # every image, plus the report (Encapsulated PDF)
+    assert transfer.instances_confirmed == transfer.instances_total == 13
+    assert _req(req).status == Status.DELIVERED
+    page = am.get(f"/transfers/{transfer.id}").get_data(as_text=True)
+    assert "13 of 13 instances sent" in page and "13 confirmed at the destination" in page
+
+
+def _req(req: Request) -> Request:
+    db.session.expire_all()
+    return db.session.get(Request, req.id)
+
+
+@pytest.fixture
+def gateway(app, gateway_port, tmp_path):
+    """The desk's gateway SCP, recording arrivals as worker.py's gateway process does."""
+
+    def on_stored(path, meta):  # noqa: ANN001
+        from app.transfers.inbound import record_arrival
+
+        with app.app_context():
+            try:
+                record_arrival(path, meta)
+            finally:
+                db.session.remove()
+
+    scp = GatewaySCP(ae_title=OUR_AE, port=gateway_port, storage_dir=service.gateway_store(),
+                     quarantine_dir=service.gateway_quarantine(), on_stored=on_stored)
+    scp.start()
+    yield scp
+    scp.stop()
+
+
+def _pacs_tags(orthanc, study_uid):  # noqa: F811
+    hits = orthanc.rest_post("/tools/lookup", study_uid)
+    study = next(h for h in hits if h["Type"] == "Study")
+    instance = orthanc.rest(f"/studies/{study['ID']}/instances")[0]
+    return orthanc.rest(f"/instances/{instance['ID']}/tags?simplify")
+
+
+def test_import_pushed_by_storescu_lands_in_pacs_with_the_s_number_and_one_ris_entry(
+    app, client, login_as, make_user, pas_patients, nodes, orthanc, gateway, tmp_path, clean_queues  # noqa: F811
+):
+    login_as("requester")
+    req = _request(client, "/requests/new/import", {**valid_import(), "exams-0-exam_date": "2026-09-15",
+                                                     "exams-0-exam_code": "CCHES"})
+    transition(req, Status.ACCEPTED, actor_id=None)
+    db.session.commit()
+    files = make_study(tmp_path / "nuh", patient_id="NUH998877", patient_name="SMITH^MARGARET",
+                       birth_date="19480314", study_date="20260915", n_series=2, n_per_series=3, accession="NUH42")
+    pushed = run_storescu(service.our_node(), files, calling_ae="NUHPACS")
+    assert pushed.returncode == 0, pushed.stderr
+    db.session.expire_all()
+    study = db.session.scalar(sa.select(InboundStudy))
+    assert study.request_id == req.id and study.instances == 6
+    assert _req(req).status == Status.ON_IEP
+    analyst = _login(app, make_user, "analyst")
+    token = csrf_token(analyst, f"/requests/{req.call_ref}")
+    assert analyst.post(f"/requests/{req.call_ref}/import", data={"csrf_token": token}).status_code == 302
+    run_workers()
+    db.session.expire_all()
+    transfer = db.session.scalar(sa.select(Transfer).where(Transfer.request_id == req.id))
+    assert transfer.state == TransferState.DELIVERED.value, transfer.last_error
+    tags = _pacs_tags(orthanc, study.study_uid)
+    assert tags["PatientID"] == "S1234567"
+    assert "NUH998877" in [item["PatientID"] for item in tags["OtherPatientIDsSequence"]]
+    assert tags["PatientName"] == "SMITH^MARGARET" and tags["AccessionNumber"] == "NUH42"
+    assert len(orthanc.sop_uids(study.study_uid)) == 6
+    entries = db.session.execute(sa.select(RisEntry.study_uid, RisEntry.exam_code, RisEntry.event_date)).all()
+    assert entries == [(study.study_uid, "CCHES", date(2026, 9, 15))]
+    assert _req(req).status == Status.DELIVERED
+    # Running the job again (a retry after a crash, an RQ double run) adds nothing.
+    jobs.run_transfer(transfer.id)
+    transfer.state = TransferState.QUEUED.value
+    db.session.commit()
+    jobs.run_transfer(transfer.id)
+    assert db.session.scalar(sa.select(sa.func.count(RisEntry.id))) == 1
+
+
+def test_import_stops_when_the_senders_details_disagree_with_the_register(
+    app, client, login_as, make_user, pas_patients, nodes, orthanc, gateway, tmp_path, clean_queues  # noqa: F811
+):
+    login_as("requester")
+    req = _request(client, "/requests/new/import", valid_import())
+    transition(req, Status.ACCEPTED, actor_id=None)
+    db.session.commit()
+    files = make_study(tmp_path / "x", patient_id="S1234567", patient_name="SMITH^MARGARET",
+                       birth_date="19480315", study_date="20260901", n_series=1, n_per_series=2)
+    assert run_storescu(service.our_node(), files).returncode == 0
+    db.session.expire_all()
+    analyst = _login(app, make_user, "analyst")
+    token = csrf_token(analyst, f"/requests/{req.call_ref}")
+    analyst.post(f"/requests/{req.call_ref}/import", data={"csrf_token": token})
+    run_workers()
+    db.session.expire_all()
+    transfer = db.session.scalar(sa.select(Transfer))
+    assert transfer.state == TransferState.WAITING_CONFIRMATION.value
+    assert "sender '1948-03-15'" in transfer.last_error or "19480315" in transfer.last_error
+    assert orthanc.sop_uids(_study_uid(files[0])) == set()  # nothing was stored or rewritten
+    page = analyst.get(f"/requests/{req.call_ref}").get_data(as_text=True)
+    assert "I have checked the patient" in page
+    analyst.post(f"/transfers/{transfer.id}/confirm", data={"csrf_token": token})
+    run_workers()
+    db.session.expire_all()
+    assert db.session.get(Transfer, transfer.id).state == TransferState.DELIVERED.value
+
+
+def test_destination_down_retries_then_fails_in_plain_words_and_retry_delivers(
+    app, client, login_as, make_user, pas_patients, nodes, orthanc, orthanc_factory, tmp_path, clean_queues, gateway_port  # noqa: F811
+):
+    from tests.dicom_peers import free_port
+
+    files = make_study(tmp_path / "s", patient_id="S1234567", patient_name="SMITH^MARGARET", birth_date="19480314",
+                       study_date="20261002", n_series=1, n_per_series=3)
+    assert scu.send_files(orthanc.node, files, config=QUICK).ok
+    port = free_port()
+    down = upsert_node("Derby PACS", "DERBYPACS", "127.0.0.1", port, "remote")
+    login_as("requester")
+    req = _request(client, "/requests/new/export", valid_export())
+    transfer = service.create_transfer(request=req, direction=service.Direction.OUTBOUND, priority="Standard",
+                                       source=nodes[0], dest=down, study_uids=[_study_uid(files[0])],
+                                       user_id=None)
+    transfer.max_attempts = 2
+    db.session.commit()
+    jobs.run_transfer(transfer.id)
+    db.session.expire_all()
+    transfer = db.session.get(Transfer, transfer.id)
+    assert transfer.state == TransferState.QUEUED.value and "Trying again" in transfer.last_error
+    transfer.not_before = None
+    db.session.commit()
+    jobs.run_transfer(transfer.id)
+    db.session.expire_all()
+    transfer = db.session.get(Transfer, transfer.id)
+    assert transfer.state == TransferState.FAILED.value
+    assert "connection refused" in transfer.last_error.lower() and "gave up after 2 attempts" in transfer.last_error
+    assert _req(req).status == Status.FAILED
+    # The node comes up; Retry delivers.
+    orthanc_factory(aet="DERBYPACS", dicom_port=port, modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
+    service.retry(transfer, None)
+    run_workers()
+    db.session.expire_all()
+    assert db.session.get(Transfer, transfer.id).state == TransferState.DELIVERED.value
+    assert _req(req).status == Status.DELIVERED
+
+
+def _study_uid(path):
+    from pydicom import dcmread
+
+    return str(dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+
+
+def _sop_uid(path):
+    from pydicom import dcmread
+
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
