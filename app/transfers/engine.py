@@ -63,6 +63,8 @@ class Progress:
         if not force and now - self.last < 0.5:
             return
         self.last = now
+        if isinstance(values.get("phase"), str):
+            values["phase"] = values["phase"][:200]
         values = {**values, "progressed_at": utcnow(), "lease_until": utcnow() + self.lease}
         result = db.session.execute(
             sa.update(Transfer).where(Transfer.id == self.transfer_id, Transfer.lease_token == self.token).values(**values)

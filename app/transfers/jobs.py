@@ -125,6 +125,13 @@ def _run(transfer_id: int, token: str) -> str:
             return transfer.state
         return _fail(transfer, failure.plain + ("" if not failure.retryable else
                                                 f" (gave up after {transfer.attempts} attempts)"))
+    except Exception as exc:
+        # A bug, not the network: fail visibly (no endless re-runs), and let RQ record it.
+        db.session.rollback()
+        log.exception("%s: transfer %s hit an unexpected error", ref, transfer_id)
+        _fail(db.session.get(Transfer, transfer_id),
+              f"The desk hit an unexpected error ({type(exc).__name__}); it is logged. Retry, or call IM&T.")
+        raise
     return db.session.get(Transfer, transfer_id).state
 
 

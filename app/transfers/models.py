@@ -103,7 +103,7 @@ class Transfer(db.Model):
     stalled: so.Mapped[bool] = so.mapped_column(default=False)
     # Import: the analyst saw the sender's details beside the register's and went on.
     mismatch_accepted: so.Mapped[bool] = so.mapped_column(default=False)
-    phase: so.Mapped[str] = so.mapped_column(sa.String(40), default="")
+    phase: so.Mapped[str] = so.mapped_column(sa.String(200), default="")
     # Report to send with an export (typed text or an uploaded PDF kept on disk).
     report_text: so.Mapped[str] = so.mapped_column(sa.Text, default="")
     report_pdf_path: so.Mapped[str] = so.mapped_column(sa.String(500), default="")
@@ -122,7 +122,8 @@ class TransferItem(db.Model):
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     transfer_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("transfers.id", ondelete="CASCADE"), index=True)
     study_uid: so.Mapped[str] = so.mapped_column(sa.String(64))
-    sop_uid: so.Mapped[str] = so.mapped_column(sa.String(64))
+    # The SOP Instance UID, prefixed "report-" / "fixed-" for instances the desk made.
+    sop_uid: so.Mapped[str] = so.mapped_column(sa.String(80))
     path: so.Mapped[str] = so.mapped_column(sa.String(500), default="")
     size: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
     sent: so.Mapped[bool] = so.mapped_column(default=False)
