@@ -135,6 +135,7 @@ def start_orthanc(
     modalities: dict[str, tuple[str, str, int]] | None = None,
     extra: dict[str, object] | None = None,
     dicom_port: int | None = None,
+    nodelay: bool = True,
 ) -> OrthancPeer:
     binary = require_binary(ORTHANC_BINARY, "orthanc")
     folder.mkdir(parents=True, exist_ok=True)
@@ -163,7 +164,9 @@ def start_orthanc(
     log = folder / "orthanc.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [binary, str(config_path)], cwd=folder, env=peer_env(),
+            [binary, str(config_path)], cwd=folder,
+            # nodelay=False: a deliberately slow peer (~40 ms an instance, delayed ACKs).
+            env=peer_env() if nodelay else {k: v for k, v in peer_env().items() if k != "TCP_NODELAY"},
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
     peer = OrthancPeer(Node(aet, "127.0.0.1", dicom_port), http_port, folder, proc, log)

@@ -82,7 +82,6 @@ def _run(transfer_id: int, token: str) -> str:
     transfer.attempts += 1
     transfer.started_at = transfer.started_at or utcnow()
     transfer.progressed_at = utcnow()
-    transfer.stalled = False
     transfer.not_before = None
     db.session.commit()
     ref = transfer.request.call_ref if transfer.request else f"transfer {transfer.id}"

@@ -1,0 +1,268 @@
+"""Faults the transfer engine must survive (issue: transfer engine, "Fault tests"):
+a worker SIGKILLed mid-transfer, Redis flushed with work queued, and the Blue Light
+lane staying fast while every general worker is busy. Real worker processes (worker.py),
+real Redis, real Orthanc."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from pydicom import dcmread
+from rq import Queue
+
+from app.dicom import scu
+from app.dicom.scp import read_meta
+from app.dicom.synth import make_study
+from app.extensions import db, redis_conn
+from app.intake.models import Request
+from app.transfers import jobs, service
+from app.transfers.cli import upsert_node
+from app.transfers.inbound import record_arrival
+from app.transfers.models import Direction, InboundStudy, RisEntry, Transfer, TransferState
+from app.workflow.machine import transition
+from app.workflow.statuses import Status
+from tests.conftest import post_form
+from tests.dicom_peers import OUR_AE, QUICK
+from tests.forms_data import valid_export, valid_import
+
+REPO = Path(__file__).resolve().parent.parent
+STALL = 3  # seconds without progress before a run counts as dead (short for the test)
+
+
+@pytest.fixture
+def slow_pacs(orthanc_factory, gateway_port):
+    """A PACS that answers each C-STORE after a delayed ACK (~40 ms): slow enough to kill
+    a worker in the middle of a transfer."""
+    return orthanc_factory(aet="SLOWPACS", nodelay=False, extra={"SyncStorageArea": True},
+                           modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
+
+
+@pytest.fixture
+def fault_app(app, database_url, redis_url):
+    settings = app.config["IEP_SETTINGS"]
+    settings.transfer_stall_seconds = STALL
+    settings.dicom_timeout_seconds = 10
+    for name in ("outbound-bluelight", "outbound", "outbound-batch", "inbound-bluelight", "inbound"):
+        Queue(name, connection=redis_conn()).empty()
+    return app
+
+
+def start_pool(app, database_url: str, redis_url: str, lanes: str) -> subprocess.Popen:
+    """worker.py as a deployment runs it, against the test's database and Redis."""
+    settings = app.config["IEP_SETTINGS"]
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "SECRET_KEY": "fault-test",
+        "IEP_DATA_DIR": str(settings.storage_root),
+        "IEP_WORKERS": lanes,
+        "IEP_CRON": "0",
+        "IEP_GATEWAY": "0",
+        "TRANSFER_STALL_SECONDS": str(STALL),
+        "DICOM_TIMEOUT_SECONDS": "10",
+        "GATEWAY_AE_TITLE": settings.gateway_ae_title,
+    }
+    return subprocess.Popen([sys.executable, "worker.py"], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def kill_pool(pool: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Signal the supervisor and every descendant (RQ's work-horses run in sessions of
+    their own, so the process group alone would miss the one doing the transfer)."""
+    import psutil
+
+    try:
+        family = [psutil.Process(pool.pid), *psutil.Process(pool.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for proc in family:
+        try:
+            proc.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+    pool.wait(timeout=60)
+    if sig == signal.SIGKILL:
+        psutil.wait_procs(family, timeout=10)
+
+
+def wait_for(predicate, seconds: float, what: str):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        db.session.expire_all()
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
+
+
+def _import_request(client, login_as) -> Request:
+    login_as("requester")
+    response = post_form(client, "/requests/new/import", {**valid_import(), "exams-0-exam_date": "2026-09-15"})
+    call_ref = response.headers["Location"].split("/")[2].split("?")[0]
+    req = db.session.scalar(sa.select(Request).where(Request.call_ref == call_ref))
+    transition(req, Status.ACCEPTED, actor_id=None)
+    db.session.commit()
+    return req
+
+
+def _arrive(files: list[Path]) -> InboundStudy:
+    """Put files on the gateway as the SCP does (one folder a study, SOP UID names)."""
+    study = None
+    for path in files:
+        meta = read_meta(dcmread(path, stop_before_pixels=True), calling_ae="NUHPACS")
+        target = service.gateway_store() / meta.study_uid / f"{meta.sop_uid}.dcm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+        study = record_arrival(target, meta)
+    return study
+
+
+def test_worker_killed_mid_transfer_loses_and_duplicates_nothing(
+    fault_app, client, login_as, pas_patients, slow_pacs, database_url, redis_url, tmp_path
+):
+    pacs = upsert_node("UHLPACSWFM01", slow_pacs.node.ae_title, "127.0.0.1", slow_pacs.node.port, "local_pacs")
+    db.session.commit()
+    req = _import_request(client, login_as)
+    files = make_study(tmp_path / "nuh", patient_id="NUH998877", patient_name="SMITH^MARGARET", birth_date="19480314",
+                       study_date="20260915", n_series=3, n_per_series=100, rows=64, cols=64)
+    study = _arrive(files)
+    assert study.request_id == req.id and study.instances == 300
+    transfer = service.create_transfer(request=req, direction=Direction.INBOUND, priority="Standard", source=None,
+                                       dest=pacs, study_uids=[study.study_uid], user_id=None)
+    service.add_inbound_items(transfer, [study])
+    db.session.commit()
+    service.enqueue(transfer)
+    pool = start_pool(fault_app, database_url, redis_url, "inbound-bluelight,inbound=1")
+    try:
+        wait_for(lambda: db.session.get(Transfer, transfer.id).instances_done >= 60, 60, "the transfer to be under way")
+    finally:
+        kill_pool(pool)  # SIGKILL: supervisor, worker and work-horse, mid-transfer
+    halfway = db.session.get(Transfer, transfer.id)
+    assert halfway.state == TransferState.RUNNING.value and halfway.instances_done < 300
+    # A new pool; the reconciler finds the run dead (lease expired) and re-queues it.
+    pool = start_pool(fault_app, database_url, redis_url, "inbound-bluelight,inbound=1")
+    try:
+        def reconciled():  # noqa: ANN202
+            jobs.reconcile()
+            return db.session.get(Transfer, transfer.id).state == TransferState.DELIVERED.value
+
+        wait_for(reconciled, 120, "the resumed transfer to be delivered")
+    finally:
+        kill_pool(pool, signal.SIGTERM)
+    done = db.session.get(Transfer, transfer.id)
+    assert done.attempts >= 2  # resumed by a second run, not started over by hand
+    assert done.instances_confirmed == 300
+    assert slow_pacs.count_instances() == 300  # each instance there once
+    assert len(slow_pacs.sop_uids(study.study_uid)) == 300
+    assert db.session.scalar(sa.select(sa.func.count(RisEntry.id))) == 1
+    assert db.session.get(Request, req.id).status == Status.DELIVERED
+
+
+def test_redis_flushed_with_a_transfer_queued_is_requeued_by_the_reconciler(
+    fault_app, client, login_as, pas_patients, orthanc, orthanc_factory, gateway_port, tmp_path
+):
+    remote = orthanc_factory(aet="LEEDSPACS", modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
+    pacs = upsert_node("UHLPACSWFM01", orthanc.node.ae_title, "127.0.0.1", orthanc.node.port, "local_pacs")
+    dest = upsert_node("Leeds PACS", remote.node.ae_title, "127.0.0.1", remote.node.port, "remote")
+    db.session.commit()
+    files = make_study(tmp_path / "s", patient_id="S1234567", patient_name="SMITH^MARGARET", birth_date="19480314",
+                       study_date="20261003", n_series=1, n_per_series=5, rows=64, cols=64)
+    assert scu.send_files(orthanc.node, files, config=QUICK).ok
+    login_as("requester")
+    response = post_form(client, "/requests/new/export", valid_export())
+    req = db.session.scalar(sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0]))
+    study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    transfer = service.create_transfer(request=req, direction=Direction.OUTBOUND, priority="Standard", source=pacs,
+                                       dest=dest, study_uids=[study_uid], user_id=None)
+    db.session.commit()
+    service.enqueue(transfer)
+    assert Queue("outbound", connection=redis_conn()).count == 1
+    redis_conn().flushall()  # Redis restarted empty: the job is gone
+    assert Queue("outbound", connection=redis_conn()).count == 0
+    assert jobs.reconcile() == 1
+    assert jobs.reconcile() == 0  # idempotent: the re-queued job is waiting
+    from rq import SimpleWorker
+
+    SimpleWorker([Queue("outbound", connection=redis_conn())], connection=redis_conn()).work(burst=True)
+    db.session.expire_all()
+    assert db.session.get(Transfer, transfer.id).state == TransferState.DELIVERED.value
+    assert len(remote.sop_uids(study_uid)) == 5
+
+
+def test_blue_light_starts_within_two_seconds_while_every_general_worker_is_busy(
+    fault_app, client, login_as, pas_patients, orthanc, slow_pacs, database_url, redis_url, tmp_path
+):
+    pacs = upsert_node("UHLPACSWFM01", orthanc.node.ae_title, "127.0.0.1", orthanc.node.port, "local_pacs")
+    slow = upsert_node("Slow PACS", slow_pacs.node.ae_title, "127.0.0.1", slow_pacs.node.port, "remote")
+    db.session.commit()
+    files = make_study(tmp_path / "big", patient_id="S1234567", patient_name="SMITH^MARGARET", birth_date="19480314",
+                       study_date="20261004", n_series=1, n_per_series=150, rows=64, cols=64)
+    assert scu.send_files(orthanc.node, files, config=QUICK).ok
+    study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    login_as("requester")
+    response = post_form(client, "/requests/new/export", valid_export())
+    req = db.session.scalar(sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0]))
+    busy = []
+    for _ in range(4):  # four long transfers to the slow PACS: every general worker busy
+        t = service.create_transfer(request=None, direction=Direction.OUTBOUND, priority="Standard", source=pacs,
+                                    dest=slow, study_uids=[study_uid], user_id=None)
+        busy.append(t)
+    db.session.commit()
+    for t in busy:
+        service.enqueue(t)
+    queue = Queue("outbound", connection=redis_conn())
+    with redis_conn().pipeline() as pipe:  # 1,000 standard transfers waiting behind them
+        for n in range(1000):
+            queue.enqueue(jobs.run_transfer, 10_000_000 + n, pipeline=pipe)
+        pipe.execute()
+    pool = start_pool(fault_app, database_url, redis_url,
+                      "outbound-bluelight=1;outbound-bluelight,outbound,outbound-batch=4")
+    try:
+        wait_for(lambda: all(db.session.get(Transfer, t.id).state == TransferState.RUNNING.value for t in busy),
+                 60, "the four general workers to be busy")
+        blue = service.create_transfer(request=req, direction=Direction.OUTBOUND, priority="Blue Light", source=pacs,
+                                       dest=slow, study_uids=[study_uid], user_id=None)
+        db.session.commit()
+        queued_at = time.monotonic()
+        service.enqueue(blue)
+        wait_for(lambda: db.session.get(Transfer, blue.id).started_at is not None, 10, "the Blue Light transfer to start")
+        waited = time.monotonic() - queued_at
+        assert waited < 2.0, f"Blue Light started after {waited:.2f} s"
+        assert all(db.session.get(Transfer, t.id).state == TransferState.RUNNING.value for t in busy)
+        assert queue.count >= 990  # the standard backlog is still waiting
+    finally:
+        kill_pool(pool)
+
+
+def test_watchdog_flags_a_transfer_that_stopped_moving_and_requeues_it(fault_app, orthanc):
+    pacs = upsert_node("UHLPACSWFM01", orthanc.node.ae_title, "127.0.0.1", orthanc.node.port, "local_pacs")
+    transfer = service.create_transfer(request=None, direction=Direction.OUTBOUND, priority="Standard", source=pacs,
+                                       dest=pacs, study_uids=["1.2.3"], user_id=None)
+    from app.timeutil import utcnow
+    from datetime import timedelta
+
+    transfer.state = TransferState.RUNNING.value
+    transfer.job_id = "transfer-gone"
+    transfer.progressed_at = utcnow() - timedelta(seconds=STALL * 3)
+    transfer.lease_until = utcnow() - timedelta(seconds=STALL)  # its run stopped renewing it
+    db.session.commit()
+    assert jobs.reconcile() == 1
+    db.session.expire_all()
+    flagged = db.session.get(Transfer, transfer.id)
+    assert flagged.stalled and flagged.state == TransferState.QUEUED.value
+    assert Queue("outbound", connection=redis_conn()).count == 1
+    # A transfer whose run is alive (lease renewed) is left alone.
+    flagged.state = TransferState.RUNNING.value
+    flagged.lease_until = utcnow() + timedelta(seconds=STALL)
+    db.session.commit()
+    assert jobs.reconcile() == 0
