@@ -253,3 +253,56 @@ def _sop_uid(path):
     from pydicom import dcmread
 
     return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_gateway_copies_are_purged_after_15_days_only_once_delivered_or_with_a_reason(
+    app, client, login_as, pas_patients, tmp_path
+):
+    from datetime import timedelta
+
+    from app.audit import AuditEvent
+    from app.timeutil import freeze, utcnow
+
+    login_as("requester")
+    req = _request(client, "/requests/new/import", valid_import())
+    transition(req, Status.ACCEPTED, actor_id=None)
+    transition(req, Status.ON_IEP, actor_id=None)
+    folders = []
+    for n, delivered in enumerate((True, False, False)):
+        folder = tmp_path / f"study{n}"
+        folder.mkdir()
+        (folder / "1.2.3.dcm").write_bytes(b"x")
+        folders.append(folder)
+        db.session.add(InboundStudy(study_uid=f"1.2.840.{n}", request_id=req.id, folder=str(folder),
+                                    delivered_at=utcnow() if delivered else None,
+                                    purge_reason="sender re-sent it as a new study" if n == 2 else ""))
+    db.session.commit()
+    assert jobs.purge_gateway() == 0  # nothing is 15 days old yet
+    with freeze(utcnow() + timedelta(days=15, minutes=1)):
+        assert jobs.purge_gateway() == 2
+    assert not folders[0].exists() and folders[1].exists() and not folders[2].exists()
+    db.session.expire_all()
+    assert _req(req).status == Status.PURGED  # its images were never delivered
+    assert db.session.scalar(sa.select(sa.func.count(AuditEvent.id)).where(AuditEvent.action == "purge")) == 2
+
+
+def test_batch_transfers_wait_for_the_overnight_window(app, nodes, clean_queues):
+    from datetime import datetime
+
+    from rq.registry import ScheduledJobRegistry
+
+    from app.timeutil import LONDON, freeze
+    from app.transfers.lanes import in_window, next_window_start
+
+    assert in_window(datetime(2026, 11, 28, 22, 0, tzinfo=LONDON), "20:00-07:00")
+    assert in_window(datetime(2026, 11, 29, 6, 59, tzinfo=LONDON), "20:00-07:00")
+    assert not in_window(datetime(2026, 11, 28, 12, 0, tzinfo=LONDON), "20:00-07:00")
+    assert next_window_start(datetime(2026, 11, 28, 12, 0, tzinfo=LONDON), "20:00-07:00") == datetime(
+        2026, 11, 28, 20, 0, tzinfo=LONDON)
+    transfer = service.create_transfer(request=None, direction=service.Direction.OUTBOUND, priority="Batch",
+                                       source=nodes[0], dest=nodes[1], study_uids=["1.2.3"], user_id=None)
+    db.session.commit()
+    with freeze(datetime(2026, 11, 28, 12, 0, tzinfo=LONDON)):
+        service.enqueue(transfer)
+    assert Queue("outbound-batch", connection=redis_conn()).count == 0
+    assert transfer.job_id in ScheduledJobRegistry("outbound-batch", connection=redis_conn()).get_job_ids()

@@ -48,12 +48,27 @@ def _requester_replied() -> sa.ColumnElement[bool]:
     )
 
 
+def _transfer_needs_eyes() -> sa.ColumnElement[bool]:
+    """A transfer of the request stalled (the watchdog re-queued it) or waits for the
+    analyst to confirm demographics that differ from the register."""
+    from app.transfers.models import Transfer, TransferState
+
+    return sa.exists().where(
+        Transfer.request_id == Request.id,
+        sa.or_(
+            sa.and_(Transfer.stalled, Transfer.state.in_(["queued", "running", "verifying"])),
+            Transfer.state == TransferState.WAITING_CONFIRMATION.value,
+        ),
+    )
+
+
 def tab_condition(tab: str) -> sa.ColumnElement[bool]:
     if tab == "action":
         return sa.or_(
             Request.status.in_([S.NEW, S.FAILED, S.DECLINED]),
             sa.and_(Request.status == S.AWAITING_DETAILS, _requester_replied()),
             sa.and_(Request.priority == Priority.BLUE_LIGHT, Request.status.in_(NOT_STARTED)),
+            sa.and_(Request.status.in_(IN_PROGRESS), _transfer_needs_eyes()),
         )
     if tab == "accepted":
         return Request.status == S.ACCEPTED
@@ -250,6 +265,27 @@ def tab_counts(filters: Filters, me: int) -> dict[str, int]:
     return dict(row._mapping)
 
 
+def unmatched_arrivals() -> int:
+    """Studies on the gateway that match no request (shown in Action Required)."""
+    from app.transfers.models import InboundStudy
+
+    return db.session.scalar(
+        sa.select(sa.func.count(InboundStudy.id)).where(InboundStudy.request_id.is_(None), InboundStudy.purged_at.is_(None))
+    ) or 0
+
+
+def active_transfers(request_ids: list[int]) -> dict[int, Any]:
+    """The latest transfer of each request on the page, in one query (for the row's bar)."""
+    from app.transfers.models import Transfer
+
+    if not request_ids:
+        return {}
+    latest = (
+        sa.select(sa.func.max(Transfer.id)).where(Transfer.request_id.in_(request_ids)).group_by(Transfer.request_id)
+    )
+    return {t.request_id: t for t in db.session.scalars(sa.select(Transfer).where(Transfer.id.in_(latest)))}
+
+
 def time_left(req: Request) -> timedelta:
     """Time left of the Blue Light 4-hour target (negative once breached)."""
     # SQLite hands back naive datetimes; they were stored as UTC.
@@ -260,8 +296,15 @@ def time_left(req: Request) -> timedelta:
 def queue_stamp() -> str:
     """Changes whenever a request is added or changed, and every minute (the Blue Light
     clocks): lets a poll answer "nothing new" with two index look-ups."""
-    newest, latest = db.session.execute(
-        sa.select(sa.func.max(Request.id), sa.func.max(Request.updated_at))
+    from app.transfers.models import InboundStudy, Transfer
+
+    newest, latest, moved, arrived = db.session.execute(
+        sa.select(
+            sa.select(sa.func.max(Request.id)).scalar_subquery(),
+            sa.select(sa.func.max(Request.updated_at)).scalar_subquery(),
+            sa.select(sa.func.max(Transfer.progressed_at)).scalar_subquery(),
+            sa.select(sa.func.max(InboundStudy.last_received_at)).scalar_subquery(),
+        )
     ).one()
     minute = utcnow().strftime("%H%M")
-    return f"{newest}:{latest.isoformat() if latest else ''}:{minute}"
+    return ":".join(str(v) for v in (newest, latest, moved, arrived, minute))

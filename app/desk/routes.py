@@ -12,7 +12,17 @@ from app.auth.guard import roles_required
 from app.auth.models import DESK_ROLES, User
 from app.desk import bp
 from app.desk.forms import EditForm, FilterForm
-from app.desk.queries import SORTS, TABS, Filters, queue_page, queue_stamp, tab_counts, time_left
+from app.desk.queries import (
+    SORTS,
+    TABS,
+    Filters,
+    active_transfers,
+    queue_page,
+    queue_stamp,
+    tab_counts,
+    time_left,
+    unmatched_arrivals,
+)
 from app.extensions import db
 from app.intake.access import visible_request
 from app.intake.models import Request
@@ -81,6 +91,8 @@ def _queue_context(form: FilterForm, *, keep_page: bool = False, stamp: str | No
         "sorts": SORTS,
         "page": page,
         "counts": tab_counts(filters, current_user.id),
+        "unmatched": unmatched_arrivals() if tab == "action" else 0,
+        "transfers": active_transfers([r.id for r in page.pinned + page.rows]),
         "stamp": stamp,
         "time_left": time_left,
     }
@@ -133,7 +145,7 @@ def _edit_form(req: Request, formdata=None) -> EditForm:  # noqa: ANN001
 
 
 def _editor(req: Request, form: EditForm, status: int = 200, **extra: object) -> Response:
-    context = {"req": req, "form": form, "time_left": time_left, **extra}
+    context = {"req": req, "form": form, "time_left": time_left, "transfers": active_transfers([req.id]), **extra}
     if request.headers.get("HX-Request"):
         body = render_template("desk/_editor.html", **context)
         if extra.get("saved"):

@@ -239,3 +239,36 @@ def purge_gateway() -> int:
             db.session.commit()
             purged += 1
     return purged
+
+
+def auto_download() -> int:
+    """Maintenance job (AUTO_DOWNLOAD=1): queue "Download to PACS" for matched studies
+    that stopped arriving a minute ago and have no transfer yet. Idempotent."""
+    from app.transfers.models import Direction
+
+    if not service.settings().auto_download:
+        return 0
+    quiet = utcnow() - timedelta(minutes=1)
+    queued = 0
+    with job_context():
+        pacs = service.local_pacs()
+        if pacs is None:
+            return 0
+        waiting = db.session.scalars(sa.select(InboundStudy).where(
+            InboundStudy.request_id.is_not(None), InboundStudy.delivered_at.is_(None),
+            InboundStudy.purged_at.is_(None), InboundStudy.last_received_at < quiet))
+        for study in waiting:
+            # One download per request at a time: a later study waits for the analyst.
+            taken = db.session.scalar(sa.select(Transfer.id).where(
+                Transfer.request_id == study.request_id, Transfer.direction == Direction.INBOUND.value,
+                Transfer.state != TransferState.CANCELLED.value))
+            if taken:
+                continue
+            transfer = service.create_transfer(request=study.request, direction=Direction.INBOUND,
+                                               priority=study.request.priority.value, source=None, dest=pacs,
+                                               study_uids=[study.study_uid], user_id=None)
+            service.add_inbound_items(transfer, [study])
+            db.session.commit()
+            service.enqueue(transfer)
+            queued += 1
+    return queued

@@ -38,6 +38,8 @@ PERIODIC: tuple[Periodic, ...] = (
     Periodic(transfer_jobs.reconcile, every_seconds=30, job_timeout=120, ttl=60),
     # Appendix 1 "Purged": gateway copies go 15 days after arrival, once delivered.
     Periodic(transfer_jobs.purge_gateway, every_seconds=3600, job_timeout=1800, ttl=3600),
+    # AUTO_DOWNLOAD=1: matched arrivals go to PACS without an analyst's click.
+    Periodic(transfer_jobs.auto_download, every_seconds=60, job_timeout=300, ttl=120),
 )
 
 

@@ -8,6 +8,41 @@
     if (summary) { summary.focus(); }
   });
 
+  // Tables marked "sortable" (e.g. PACS search results, which arrive whole from one
+  // C-FIND): each column header becomes a button that sorts the rows in the browser.
+  function makeSortable(root) {
+    root.querySelectorAll("table.sortable").forEach(function (table) {
+      if (table.dataset.sortable === "on") { return; }
+      table.dataset.sortable = "on";
+      table.querySelectorAll("thead th").forEach(function (th, index) {
+        if (index === 0) { return; }  // the tick-box column
+        var button = document.createElement("button");
+        button.type = "button";
+        button.className = "sort-button";
+        button.textContent = th.textContent;
+        th.textContent = "";
+        th.appendChild(button);
+        button.addEventListener("click", function () {
+          var ascending = th.getAttribute("aria-sort") !== "ascending";
+          table.querySelectorAll("thead th").forEach(function (other) { other.removeAttribute("aria-sort"); });
+          th.setAttribute("aria-sort", ascending ? "ascending" : "descending");
+          var body = table.tBodies[0];
+          var rows = Array.prototype.slice.call(body.rows);
+          rows.sort(function (a, b) {
+            var x = (a.cells[index].dataset.sort || a.cells[index].textContent).trim();
+            var y = (b.cells[index].dataset.sort || b.cells[index].textContent).trim();
+            var nx = parseFloat(x), ny = parseFloat(y);
+            var order = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+            return ascending ? order : -order;
+          });
+          rows.forEach(function (row) { body.appendChild(row); });
+        });
+      });
+    });
+  }
+  document.addEventListener("DOMContentLoaded", function () { makeSortable(document); });
+  document.addEventListener("htmx:afterSettle", function () { makeSortable(document); });
+
   // HTMX does not swap 4xx/5xx answers: show them, never drop them silently.
   document.addEventListener("htmx:responseError", function (event) {
     var box = document.getElementById("htmx-error");
