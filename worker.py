@@ -123,12 +123,14 @@ def run_gateway(name: str) -> None:
                 db.session.remove()
 
     scp = GatewaySCP(ae_title=settings.gateway_ae_title, port=settings.gateway_port, storage_dir=store,
-                     quarantine_dir=quarantine, on_stored=on_stored, config=service_config(app))
+                     quarantine_dir=quarantine, on_stored=on_stored, config=service_config(app),
+                     bind=settings.gateway_bind)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     scp.start()
-    log.info("%s: gateway %s listening on 127.0.0.1:%s", name, settings.gateway_ae_title, settings.gateway_port)
+    log.info("%s: gateway %s listening on %s:%s", name, settings.gateway_ae_title, settings.gateway_bind,
+             settings.gateway_port)
     stop.wait()
     scp.stop()
 

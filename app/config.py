@@ -56,6 +56,8 @@ class Settings:
     local_pacs_node: str = "UHLPACSWFM01"
     gateway_ae_title: str = "IEPDESK"
     gateway_port: int = 11112
+    # Loopback by default; production sets the address the exchange gateway reaches.
+    gateway_bind: str = "127.0.0.1"
     timezone: str = "Europe/London"
     # Transfers (DESIGN "Transfers").
     data_dir: Path | None = None  # gateway store and staging; default: the instance folder
@@ -87,6 +89,7 @@ class Settings:
                     ("DATABASE_URL", os.environ.get("DATABASE_URL")),
                     ("REDIS_URL", redis_url),
                     ("SECRET_KEY", secret_key),
+                    ("SMTP_HOST", os.environ.get("SMTP_HOST")),
                 )
                 if not value
             ]
@@ -113,6 +116,7 @@ class Settings:
             local_pacs_node=os.environ.get("LOCAL_PACS_NODE", "UHLPACSWFM01"),
             gateway_ae_title=os.environ.get("GATEWAY_AE_TITLE", "IEPDESK"),
             gateway_port=_env_int("GATEWAY_PORT", 11112),
+            gateway_bind=os.environ.get("GATEWAY_BIND", "127.0.0.1"),
             data_dir=Path(os.environ["IEP_DATA_DIR"]) if os.environ.get("IEP_DATA_DIR") else None,
             transfer_max_attempts=_env_int("TRANSFER_MAX_ATTEMPTS", 5),
             transfer_stall_seconds=_env_int("TRANSFER_STALL_SECONDS", 120),

@@ -1,0 +1,39 @@
+"""Settings from the environment: embedded defaults for a laptop, loud failures in production."""
+
+from __future__ import annotations
+
+import pytest
+
+from app.config import ConfigError, Settings
+
+
+def test_development_defaults_are_embedded(tmp_path, monkeypatch):
+    for name in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "IEP_ENV"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings.from_env(tmp_path)
+    assert settings.database_url == f"sqlite:///{tmp_path / 'iep-desk.sqlite3'}"
+    assert settings.redis_url is None  # the embedded Redis
+    assert (tmp_path / "secret_key").read_text() == settings.secret_key
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+    assert Settings.from_env(tmp_path).secret_key == settings.secret_key  # kept, not regenerated
+
+
+def test_postgresql_urls_use_psycopg_3_without_jit(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://desk@db/iep")
+    settings = Settings.from_env(tmp_path)
+    assert settings.database_url == "postgresql+psycopg://desk@db/iep"
+    assert settings.engine_options()["connect_args"] == {"options": "-c jit=off"}
+
+
+def test_production_refuses_to_start_on_embedded_defaults(tmp_path, monkeypatch):
+    monkeypatch.setenv("IEP_ENV", "production")
+    for name in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "SMTP_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="DATABASE_URL, REDIS_URL, SECRET_KEY, SMTP_HOST"):
+        Settings.from_env(tmp_path)
+
+
+def test_malformed_numbers_fail_loudly(tmp_path, monkeypatch):
+    monkeypatch.setenv("GATEWAY_PORT", "eleven")
+    with pytest.raises(ConfigError, match="GATEWAY_PORT must be a whole number"):
+        Settings.from_env(tmp_path)
