@@ -86,7 +86,8 @@ def test_export_sends_every_instance_from_the_pacs_to_the_remote_node(
     token = csrf_token(am, f"/requests/{req.call_ref}")
     found = am.post(f"/requests/{req.call_ref}/pacs-search", data={"csrf_token": token, "node_id": str(nodes[0].id)},
                     headers={"HX-Request": "true"}).get_data(as_text=True)
-    study_uid = re.search(r'name="study_uid" value="([0-9.]+)"', found).group(1)
+    study_uid = _study_uid(study_files[0])
+    assert f'name="study_uid" value="{study_uid}"' in found  # the PACS search lists it
     response = am.post(f"/requests/{req.call_ref}/transfers", data={
         "csrf_token": token, "study_uid": study_uid, "source_id": str(nodes[0].id), "dest_id": str(nodes[1].id),
         "priority": "Standard", "report_text": "CT chest: no acute abnormality."})
