@@ -28,16 +28,7 @@ from app.dicom.ae import AEConfig, Node, Timeouts, open_association, verificatio
 from app.dicom.errors import AssociationOutcome, DicomFailure, to_failure
 from app.dicom.scp import GatewaySCP
 from app.dicom.synth import make_instance, make_study
-from tests.dicom_peers import (  # noqa: F401 - fixtures
-    OUR_AE,
-    QUICK,
-    OrthancPeer,
-    free_port,
-    gateway_port,
-    orthanc,
-    orthanc_factory,
-    storescp,
-)
+from tests.dicom_peers import OUR_AE, QUICK, OrthancPeer, free_port
 
 pytestmark = pytest.mark.timeout(120)
 

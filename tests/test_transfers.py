@@ -3,7 +3,6 @@ DCMTK storescu as the sender), run by real RQ workers on the real Redis."""
 
 from __future__ import annotations
 
-import re
 from datetime import date
 
 import pytest
