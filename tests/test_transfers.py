@@ -306,3 +306,38 @@ def test_batch_transfers_wait_for_the_overnight_window(app, nodes, clean_queues)
         service.enqueue(transfer)
     assert Queue("outbound-batch", connection=redis_conn()).count == 0
     assert transfer.job_id in ScheduledJobRegistry("outbound-batch", connection=redis_conn()).get_job_ids()
+
+
+def test_node_register_page_cli_and_echo_button(app, client, login_as, make_user, runner, orthanc):  # noqa: F811
+    result = runner.invoke(args=["nodes", "add", "--name", "Test PACS", "--ae-title", orthanc.node.ae_title,
+                                 "--host", "127.0.0.1", "--port", str(orthanc.node.port), "--role", "local_pacs"])
+    assert result.exit_code == 0, result.output
+    bad = runner.invoke(args=["nodes", "add", "--name", "Bad", "--ae-title", "A" * 17, "--host", "h", "--port", "104"])
+    assert bad.exit_code != 0 and "AE title" in bad.output
+    login_as("analyst")
+    assert client.get("/admin/nodes").status_code == 403  # node settings are AM radiology's
+    am = _login(app, make_user, "am_radiology")
+    page = am.get("/admin/nodes").get_data(as_text=True)
+    assert "Test PACS" in page
+    token = csrf_token(am, "/admin/nodes")
+    refused = am.post("/admin/nodes", data={"csrf_token": token, "name": "X", "ae_title": "X", "host": "",
+                                            "port": "99999", "role": "remote"})
+    assert refused.status_code == 422
+    assert "The port is a number from 1 to 65535." in refused.get_data(as_text=True)
+    node_id = db.session.scalar(sa.select(sa.text("id")).select_from(sa.text("dicom_nodes")))
+    answer = am.post(f"/admin/nodes/{node_id}/echo", data={"csrf_token": token}, headers={"HX-Request": "true"})
+    assert "Answered in" in answer.get_data(as_text=True)
+    upsert_node("Nobody home", "NOBODY", "127.0.0.1", 9, "remote")
+    db.session.commit()
+    down_id = db.session.scalar(sa.select(sa.text("id")).select_from(sa.text("dicom_nodes")).where(sa.text("name = 'Nobody home'")))
+    answer = am.post(f"/admin/nodes/{down_id}/echo", data={"csrf_token": token}, headers={"HX-Request": "true"})
+    assert "connection refused" in answer.get_data(as_text=True).lower()
+
+
+def test_requesters_cannot_start_or_steer_transfers(app, client, login_as, pas_patients, nodes):
+    login_as("requester")
+    req = _request(client, "/requests/new/export", valid_export())
+    token = csrf_token(client, f"/requests/{req.call_ref}")
+    assert client.post(f"/requests/{req.call_ref}/pacs-search", data={"csrf_token": token}).status_code == 403
+    assert client.post(f"/requests/{req.call_ref}/transfers", data={"csrf_token": token, "study_uid": "1.2"}).status_code == 403
+    assert "Search the local PACS" not in client.get(f"/requests/{req.call_ref}").get_data(as_text=True)

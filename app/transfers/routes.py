@@ -38,10 +38,6 @@ def _nodes(*roles: NodeRole) -> list[DicomNode]:
     return list(db.session.scalars(stmt))
 
 
-def transfers_of(req: Request) -> list[Transfer]:
-    return list(db.session.scalars(sa.select(Transfer).where(Transfer.request_id == req.id).order_by(Transfer.id.desc())))
-
-
 # --- Node register ---------------------------------------------------------------------------
 
 
@@ -145,7 +141,11 @@ def start(call_ref: str):
     """Start an export (selected studies -> destination) or a direct pull (-> gateway)."""
     req = visible_request(call_ref)
     uids = [u for u in request.form.getlist("study_uid") if re.fullmatch(r"[0-9.]{1,64}", u)]
-    source = db.session.get(DicomNode, request.form.get("source_id", type=int) or 0)
+    source = db.session.get(DicomNode, request.form.get("source_id", type=int) or 0) or (
+        service.local_pacs() if req.kind != Kind.IMPORT else None)
+    if source is None:
+        flash("Choose the node to take the studies from.", "error")
+        return redirect(url_for("intake.show", call_ref=req.call_ref) + "#transfers")
     priority = request.form.get("priority") or req.priority.value
     if priority not in {p.value for p in Priority}:
         priority = req.priority.value
