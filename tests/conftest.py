@@ -32,8 +32,8 @@ from app.config import Settings
 from app.embedded_redis import ensure_embedded_redis
 from app.extensions import db
 
-# Real DICOM peers (Orthanc, DCMTK) as fixtures for every module; one Orthanc per run.
-pytest_plugins = ["tests.dicom_peers"]
+# Real DICOM peers (Orthanc, DCMTK) and headless Chromium as fixtures for every module.
+pytest_plugins = ["tests.dicom_peers", "tests.browser_support"]
 
 # Cheap hashes keep a signed-in test fast; production keeps scrypt.
 auth_models.PASSWORD_METHOD = "pbkdf2:sha256:1000"

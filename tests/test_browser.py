@@ -10,10 +10,9 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from flask import Flask
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
-from tests.browser_support import launch_chromium, live_server, save_screenshot
+from tests.browser_support import save_screenshot
 
 pytestmark = pytest.mark.browser
 
@@ -21,18 +20,8 @@ PASSWORD = "correct-horse-9"
 CALL_REF = re.compile(r"^IEP-\d{4}-\d{6}$")
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        yield browser
-        browser.close()
 
 
-@pytest.fixture
-def live_url(app: Flask) -> Iterator[str]:
-    with live_server(app) as url:
-        yield url
 
 
 @pytest.fixture

@@ -14,13 +14,12 @@ from collections.abc import Callable, Iterator
 from datetime import date
 
 import pytest
-from flask import Flask
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from app.extensions import db
 from app.intake.models import Request
 from app.workflow.statuses import Kind, Status
-from tests.browser_support import launch_chromium, live_server, save_screenshot
+from tests.browser_support import save_screenshot
 from tests.test_browser import sign_in
 
 pytestmark = pytest.mark.browser
@@ -28,18 +27,8 @@ pytestmark = pytest.mark.browser
 POLL_WAIT_MS = 8_000  # the table polls every 5 s; a request and a swap fit in the rest
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        yield browser
-        browser.close()
 
 
-@pytest.fixture
-def live_url(app: Flask) -> Iterator[str]:
-    with live_server(app) as url:
-        yield url
 
 
 @pytest.fixture
