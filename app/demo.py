@@ -1,10 +1,14 @@
-"""`flask --app wsgi demo seed`: demo users of every role, institutions, PAS patients.
+"""`flask --app wsgi demo seed`: demo users of every role, institutions, PAS patients,
+and the two demo DICOM nodes that `scripts/demo_nodes.py` serves on loopback.
 
-Idempotent: running it again changes nothing that is already there.
+Idempotent: running it again changes nothing that is already there (the demo nodes are
+set back to their demo address if someone edited them).
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from datetime import date
 
 import click
@@ -38,6 +42,35 @@ INSTITUTIONS = [
 ]
 
 
+@dataclass(frozen=True)
+class DemoNode:
+    """A demo DICOM node: registered by `demo seed`, served by `scripts/demo_nodes.py`."""
+
+    name: str
+    ae_title: str
+    port: int
+    role: str
+    institution: str = ""
+    supports_get: bool = True
+    host: str = "127.0.0.1"
+
+
+def demo_nodes() -> list[DemoNode]:
+    """The local PACS (answers C-GET) and a remote hospital (C-MOVE to our gateway only,
+    as most hospitals' PACS are set up). Ports: DEMO_PACS_PORT / DEMO_REMOTE_PORT, else
+    11113 / 11114 (the gateway itself is GATEWAY_PORT, 11112)."""
+    return [
+        DemoNode("UHLPACSWFM01", "UHLPACSWFM01", int(os.environ.get("DEMO_PACS_PORT") or 11113), "local_pacs"),
+        DemoNode("NUH Radiology PACS", "NUHPACS", int(os.environ.get("DEMO_REMOTE_PORT") or 11114), "remote",
+                 institution="Nottingham University Hospitals NHS Trust", supports_get=False),
+    ]
+
+
+def remote_patient_id(s_number: str) -> str:
+    """The id the demo remote hospital files a demo patient under (never our S number)."""
+    return f"NUH{700000 + int(s_number[1:]) % 100000:06d}"
+
+
 def _nhs_number(stem: str) -> str:
     """A valid NHS number in the 999 range that the NHS keeps for testing."""
     for last in range(10):
@@ -45,6 +78,11 @@ def _nhs_number(stem: str) -> str:
         if nhs.is_valid(candidate):
             return candidate
     raise ValueError(stem)
+
+
+def demo_patients() -> list[dict[str, object]]:
+    """The demo PAS patients, as `Patient` column values."""
+    return _demo_patients()
 
 
 def _demo_patients() -> list[dict[str, object]]:
@@ -78,9 +116,22 @@ def demo_password(email: str) -> str:
     return email.split("@")[0] + DEMO_PASSWORD_SUFFIX
 
 
+def _seed_nodes() -> list[str]:
+    # Imported here: the nodes CLI module brings in the whole DICOM stack.
+    from app.transfers.cli import upsert_node
+
+    lines = []
+    for node in demo_nodes():
+        upsert_node(node.name, node.ae_title, node.host, node.port, node.role, node.institution,
+                    supports_get=node.supports_get)
+        how = "C-GET" if node.supports_get else "C-MOVE to the gateway"
+        lines.append(f"  {node.name:<20} {node.ae_title}@{node.host}:{node.port} ({node.role}, {how})")
+    return lines
+
+
 @demo_cli.command("seed")
 def seed() -> None:
-    """Add demo users, institutions and PAS patients, and print the demo logins."""
+    """Add demo users, institutions, PAS patients and DICOM nodes; print the demo logins."""
     for email, name, role, department, phone in DEMO_USERS:
         if db.session.scalar(sa.select(User).where(User.email == email)) is None:
             user = User(email=email, name=name, role=role, department=department, phone=phone)
@@ -92,8 +143,13 @@ def seed() -> None:
     for values in _demo_patients():
         if db.session.scalar(sa.select(Patient).where(Patient.s_number == values["s_number"])) is None:
             db.session.add(Patient(**values))
+    db.session.flush()
+    node_lines = _seed_nodes()
     db.session.commit()
     click.echo("Demo logins (development only):")
     for email, _name, role, _dept, _phone in DEMO_USERS:
         click.echo(f"  {role.value:<13} {email:<24} password: {demo_password(email)}")
     click.echo("Demo PAS patients: " + ", ".join(p["s_number"] for p in _demo_patients()))
+    click.echo("Demo DICOM nodes (served by scripts/demo_nodes.py):")
+    for line in node_lines:
+        click.echo(line)
