@@ -189,6 +189,8 @@ def supervise(lanes: list[tuple[list[str], int]], *, cron: bool = True, gateway:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # pynetdicom logs several lines per instance at INFO (and patient details for C-FIND).
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     supervise(
         parse_lanes(os.environ.get("IEP_WORKERS", DEFAULT_LANES)),
         cron=os.environ.get("IEP_CRON", "1").strip() not in {"0", "false", "no", "off"},

@@ -341,3 +341,36 @@ def test_requesters_cannot_start_or_steer_transfers(app, client, login_as, pas_p
     assert client.post(f"/requests/{req.call_ref}/pacs-search", data={"csrf_token": token}).status_code == 403
     assert client.post(f"/requests/{req.call_ref}/transfers", data={"csrf_token": token, "study_uid": "1.2"}).status_code == 403
     assert "Search the local PACS" not in client.get(f"/requests/{req.call_ref}").get_data(as_text=True)
+
+
+def test_direct_pull_from_the_other_hospital_lands_on_the_gateway_and_then_in_pacs(
+    app, client, login_as, make_user, pas_patients, nodes, orthanc, remote, tmp_path, clean_queues  # noqa: F811
+):
+    """The other institution exposes a node: search it, retrieve to the gateway (On IEP),
+    then Download to PACS as for any arrival."""
+    files = make_study(tmp_path / "nuh", patient_id="9990000018", patient_name="SMITH^MARGARET",
+                       birth_date="19480314", study_date="20260820", n_series=1, n_per_series=4, accession="NUH77")
+    assert scu.send_files(remote.node, files, config=QUICK).ok
+    study_uid = _study_uid(files[0])
+    login_as("requester")
+    req = _request(client, "/requests/new/import", {**valid_import(), "exams-0-exam_date": "2026-08-20"})
+    analyst = _login(app, make_user, "analyst")
+    token = csrf_token(analyst, f"/requests/{req.call_ref}")
+    found = analyst.post(f"/requests/{req.call_ref}/pacs-search", data={"csrf_token": token, "node_id": str(nodes[1].id)},
+                         headers={"HX-Request": "true"}).get_data(as_text=True)
+    assert f'value="{study_uid}"' in found  # found by the NHS number the sender files under
+    response = analyst.post(f"/requests/{req.call_ref}/transfers", data={
+        "csrf_token": token, "study_uid": study_uid, "source_id": str(nodes[1].id), "priority": "Standard"})
+    assert response.status_code == 302
+    run_workers()
+    db.session.expire_all()
+    pull = db.session.scalar(sa.select(Transfer).where(Transfer.request_id == req.id))
+    assert pull.state == TransferState.DELIVERED.value, pull.last_error
+    assert _req(req).status == Status.ON_IEP
+    study = db.session.scalar(sa.select(InboundStudy).where(InboundStudy.study_uid == study_uid))
+    assert study.request_id == req.id and study.instances == 4
+    analyst.post(f"/requests/{req.call_ref}/import", data={"csrf_token": token})
+    run_workers()
+    db.session.expire_all()
+    assert _req(req).status == Status.DELIVERED
+    assert _pacs_tags(orthanc, study_uid)["PatientID"] == "S1234567"

@@ -54,13 +54,19 @@ class Stop(RuntimeError):
 class Progress:
     """Writes progress to the row at most every half second (and renews the lease)."""
 
+    INTERVAL = 0.5  # seconds: at most this much work is redone after a crash
+
     def __init__(self, transfer: Transfer, token: str, lease: timedelta) -> None:
         self.transfer_id, self.token, self.lease = transfer.id, token, lease
         self.last = 0.0
+        self._cancel_checked, self._cancelled = 0.0, False
+
+    def due(self) -> bool:
+        return time.monotonic() - self.last >= self.INTERVAL
 
     def beat(self, force: bool = False, **values: object) -> None:
         now = time.monotonic()
-        if not force and now - self.last < 0.5:
+        if not force and now - self.last < self.INTERVAL:
             return
         self.last = now
         if isinstance(values.get("phase"), str):
@@ -74,7 +80,13 @@ class Progress:
             raise LeaseLost(self.transfer_id)
 
     def cancelled(self) -> bool:
-        return bool(db.session.scalar(sa.select(Transfer.cancel_requested).where(Transfer.id == self.transfer_id)))
+        """Was Cancel pressed? Read at most every half second (it is polled per instance)."""
+        now = time.monotonic()
+        if now - self._cancel_checked >= self.INTERVAL:
+            self._cancel_checked = now
+            self._cancelled = bool(db.session.scalar(
+                sa.select(Transfer.cancel_requested).where(Transfer.id == self.transfer_id)))
+        return self._cancelled
 
 
 def _items(transfer_id: int, **where: object) -> list[TransferItem]:
@@ -170,12 +182,22 @@ def send_items(transfer: Transfer, progress: Progress, items: list[TransferItem]
     def mark_through(done: int) -> None:
         nonlocal marked
         if done > marked:
-            db.session.execute(sa.update(TransferItem).where(TransferItem.id.in_(ids[marked:done])).values(sent=True, error=""))
+            db.session.execute(
+                sa.update(TransferItem).where(TransferItem.id.in_(ids[marked:done])).values(sent=True, error=""),
+                execution_options={"synchronize_session": False},
+            )
             marked = done
 
+    sent_bytes = 0
+
     def on_progress(done: int, _bytes_sent: int) -> None:
-        mark_through(done)
-        progress.beat(instances_done=base_done + done, bytes_done=base_bytes + sum(sizes[:done]), phase=phase)
+        nonlocal sent_bytes
+        sent_bytes += sizes[done - 1] if done else 0
+        # Instances are marked sent with each heartbeat, not one by one: a killed run
+        # resends at most half a second of instances (the destination keeps one copy).
+        if progress.due():
+            mark_through(done)
+            progress.beat(instances_done=base_done + done, bytes_done=base_bytes + sent_bytes, phase=phase)
 
     result = scu.send_files(
         service.as_node(transfer.dest_node), [item.path for item in items], config=service.ae_config(),
@@ -188,7 +210,8 @@ def send_items(transfer: Transfer, progress: Progress, items: list[TransferItem]
         item = by_path.get(str(failure.path))
         if item is not None:
             db.session.execute(sa.update(TransferItem).where(TransferItem.id == item.id)
-                               .values(sent=False, error=failure.plain[:300]))
+                               .values(sent=False, error=failure.plain[:300]),
+                               execution_options={"synchronize_session": False})
         reasons.append(f"{failure.sop_uid or failure.path.name}: {failure.plain}")
     db.session.commit()
     if result.cancelled:
@@ -276,7 +299,6 @@ def run_pull(transfer: Transfer, progress: Progress) -> None:
     from app.transfers.inbound import record_arrival
 
     node = transfer.source_node
-    _step(transfer, Status.DOWNLOADING)
     for study_uid in transfer.study_uids:
         folder = service.gateway_store() / study_uid
 

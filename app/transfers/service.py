@@ -111,7 +111,10 @@ def create_transfer(
     if request is not None:
         if request.status == Status.NEW:
             transition(request, Status.ACCEPTED, actor_id=user_id)
-        _step_request(request, Status.DOWNLOAD_REQUEST, actor_id=user_id)
+        # A pull brings images to the gateway: the request goes straight to On IEP when
+        # they arrive. Exports and downloads to PACS are queued downloads.
+        if direction != Direction.PULL:
+            _step_request(request, Status.DOWNLOAD_REQUEST, actor_id=user_id)
     return transfer
 
 
@@ -168,9 +171,10 @@ def retry(transfer: Transfer, user_id: int | None) -> None:
     transfer.stalled = False
     transfer.not_before = None
     if transfer.request is not None and transfer.request.status in (Status.FAILED, Status.PURGED):
-        if transfer.request.status == Status.PURGED:
-            transition(transfer.request, Status.ACCEPTED, actor_id=user_id)
-        _step_request(transfer.request, Status.DOWNLOAD_REQUEST, actor_id=user_id, note="Transfer retried.")
+        if transfer.request.status == Status.PURGED or transfer.direction == Direction.PULL.value:
+            transition(transfer.request, Status.ACCEPTED, actor_id=user_id, note="Transfer retried.")
+        else:
+            _step_request(transfer.request, Status.DOWNLOAD_REQUEST, actor_id=user_id, note="Transfer retried.")
     db.session.commit()
     enqueue(transfer)
 
