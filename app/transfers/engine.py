@@ -286,12 +286,14 @@ def run_inbound(transfer: Transfer, progress: Progress) -> None:
         item.sop_uid = f"fixed-{item.sop_uid}"
         item.size = target.stat().st_size
     db.session.commit()
-    _deliver(transfer, progress, "Storing to " + transfer.dest_node.name)
-    record_ris_entries(transfer)
-    now = utcnow()
-    for study in inbound:
-        study.delivered_at = study.delivered_at or now
-    db.session.commit()
+    def on_ris() -> None:
+        # Before Delivered is said: Delivered (and its e-mail) means on RIS too.
+        record_ris_entries(transfer)
+        now = utcnow()
+        for study in inbound:
+            study.delivered_at = study.delivered_at or now
+
+    _deliver(transfer, progress, "Storing to " + transfer.dest_node.name, before_delivered=on_ris)
 
 
 def run_pull(transfer: Transfer, progress: Progress) -> None:
@@ -328,7 +330,8 @@ def run_pull(transfer: Transfer, progress: Progress) -> None:
     db.session.commit()
 
 
-def _deliver(transfer: Transfer, progress: Progress, phase: str) -> None:
+def _deliver(transfer: Transfer, progress: Progress, phase: str,
+             before_delivered: Callable[[], None] | None = None) -> None:
     """Send what is unsent, verify at the destination, and say Delivered only if every
     instance is confirmed (progress never claims more than was confirmed)."""
     _totals(transfer)
@@ -348,6 +351,8 @@ def _deliver(transfer: Transfer, progress: Progress, phase: str) -> None:
         raise DicomFailure(code="missing", plain=(
             f"{missing} of {transfer.instances_total} instances are not at the destination after sending; "
             "Retry resends only those."), retryable=False)
+    if before_delivered is not None:
+        before_delivered()
     transfer.state = TransferState.DELIVERED.value
     transfer.finished_at = utcnow()
     transfer.phase = "Delivered and verified"
