@@ -350,7 +350,9 @@ def test_direct_pull_from_the_other_hospital_lands_on_the_gateway_and_then_in_pa
     then Download to PACS as for any arrival."""
     files = make_study(tmp_path / "nuh", patient_id="9990000018", patient_name="SMITH^MARGARET",
                        birth_date="19480314", study_date="20260820", n_series=1, n_per_series=4, accession="NUH77")
-    assert scu.send_files(remote.node, files, config=QUICK).ok
+    own_id = make_study(tmp_path / "nuh2", patient_id="NUH555111", patient_name="SMITH^MARGARET",
+                        birth_date="19480314", study_date="20260821", n_series=1, n_per_series=2, accession="NUH78")
+    assert scu.send_files(remote.node, files + own_id, config=QUICK).ok
     study_uid = _study_uid(files[0])
     login_as("requester")
     req = _request(client, "/requests/new/import", {**valid_import(), "exams-0-exam_date": "2026-08-20"})
@@ -359,6 +361,7 @@ def test_direct_pull_from_the_other_hospital_lands_on_the_gateway_and_then_in_pa
     found = analyst.post(f"/requests/{req.call_ref}/pacs-search", data={"csrf_token": token, "node_id": str(nodes[1].id)},
                          headers={"HX-Request": "true"}).get_data(as_text=True)
     assert f'value="{study_uid}"' in found  # found by the NHS number the sender files under
+    assert f'value="{_study_uid(own_id[0])}"' in found and "NUH555111" in found  # by name and birth date
     response = analyst.post(f"/requests/{req.call_ref}/transfers", data={
         "csrf_token": token, "study_uid": study_uid, "source_id": str(nodes[1].id), "priority": "Standard"})
     assert response.status_code == 302

@@ -146,9 +146,14 @@ def find_studies(
     modality: str | None = None,
     description: str | None = None,
     accession: str | None = None,
+    family_name: str | None = None,
+    birth_date: date | None = None,
     config: AEConfig = DEFAULT_CONFIG,
 ) -> list[StudySummary]:
     """Study-level C-FIND (Study Root); results merged by Study Instance UID, newest first.
+
+    Family name and date of birth (both needed): one more query, for a hospital that
+    files the patient under its own id (`FAMILY*` on Patient's Name, exact birth date).
 
     NHS number: most PACS index only Patient ID, not Other Patient IDs, so an NHS number is
     searched *as a Patient ID* (one extra query; a PACS that files patients under their
@@ -163,16 +168,19 @@ def find_studies(
         "AccessionNumber": _literal(accession or ""),
     }
     ids = [_literal(v) for v in (patient_id, nhs_number) if v and _literal(v)]
-    if not ids and not any(base_keys.values()):
+    by_name = (f"{_literal(family_name)}*", birth_date.strftime("%Y%m%d")) if (
+        family_name and _literal(family_name) and birth_date) else None
+    if not ids and not by_name and not any(base_keys.values()):
         raise ValueError("give at least one search criterion")
     queries = []
-    for pid in ids or [""]:
+    keys = [(pid, "", "") for pid in ids] + ([("", *by_name)] if by_name else [])
+    for pid, name, born in keys or [("", "", "")]:
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = ""
         query.PatientID = pid
-        query.PatientName = ""
-        query.PatientBirthDate = ""
+        query.PatientName = name
+        query.PatientBirthDate = born
         query.StudyTime = ""
         query.NumberOfStudyRelatedInstances = ""
         query.NumberOfStudyRelatedSeries = ""

@@ -117,7 +117,11 @@ def pacs_search(call_ref: str):
     else:
         try:
             found: dict[str, scu.StudySummary] = {}
-            for criteria in ({"patient_id": req.s_number}, {"nhs_number": req.nhs_number} if req.nhs_number else None):
+            searches = [{"patient_id": req.s_number}, {"nhs_number": req.nhs_number} if req.nhs_number else None]
+            if req.kind == Kind.IMPORT:
+                # Another hospital files the patient under its own id: match name and birth date too.
+                searches.append({"family_name": req.patient.family_name.upper(), "birth_date": req.patient.dob})
+            for criteria in searches:
                 if criteria is None:
                     continue
                 for study in scu.find_studies(
