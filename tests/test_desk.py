@@ -342,3 +342,15 @@ def test_free_text_in_the_queue_is_escaped(client, analyst, login_as, pas_patien
     _user, browser = analyst
     html = post_form(browser, "/desk", {"tab_choice": "all"}).get_data(as_text=True)
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+
+
+def test_advance_moves_only_where_the_workflow_allows(requests_made):
+    from app.workflow.machine import advance
+
+    req = _req(requests_made[1][0])
+    assert not advance(req, S.DELIVERED, actor_id=None)  # New cannot become Delivered: left alone
+    assert req.status == S.NEW
+    assert advance(req, S.ACCEPTED, actor_id=None)
+    assert not advance(req, S.ACCEPTED, actor_id=None)  # already there
+    db.session.commit()
+    assert _req(req.call_ref).status == S.ACCEPTED

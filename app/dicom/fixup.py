@@ -139,7 +139,8 @@ def _first_name(value: str) -> str:
     return _letters(parts[0]) if parts else ""
 
 
-def _parse_date(value: object) -> date | None:
+def parse_date(value: object) -> date | None:
+    """A DICOM DA (YYYYMMDD), ISO date or date object as a date; None if it is none."""
     if isinstance(value, datetime):
         return value.date()
     if isinstance(value, date):
@@ -187,8 +188,8 @@ def compare_with_register(meta: Any, register: Mapping[str, Any]) -> list[tuple[
     if _first_name(given) != _first_name(reg_given):
         mismatches.append(("given_name", given, reg_given))
     sender_dob_text = str(_get(meta, "birth_date") or "").strip()
-    reg_dob = _parse_date(register.get("dob"))
-    if _parse_date(sender_dob_text) != reg_dob:
+    reg_dob = parse_date(register.get("dob"))
+    if parse_date(sender_dob_text) != reg_dob:
         mismatches.append(("dob", sender_dob_text, reg_dob.isoformat() if reg_dob else ""))
     sender_nhs = sender_nhs_number(meta)
     reg_nhs = re.sub(r"\D", "", str(register.get("nhs_number") or ""))

@@ -20,7 +20,7 @@ from pydicom import dcmread
 
 from app.dicom import scu
 from app.dicom.errors import DicomFailure
-from app.dicom.fixup import compare_with_register, fix_up
+from app.dicom.fixup import compare_with_register, fix_up, parse_date
 from app.dicom.scp import read_meta
 from app.extensions import db
 from app.timeutil import utcnow
@@ -33,7 +33,7 @@ from app.transfers.models import (
     TransferItem,
     TransferState,
 )
-from app.workflow.machine import transition
+from app.workflow.machine import advance, transition
 from app.workflow.statuses import Status
 
 log = logging.getLogger("iep.transfers")
@@ -380,9 +380,7 @@ def record_ris_entries(transfer: Transfer) -> int:
     for study in db.session.scalars(sa.select(InboundStudy).where(InboundStudy.study_uid.in_(transfer.study_uids))):
         if db.session.scalar(sa.select(RisEntry.id).where(RisEntry.study_uid == study.study_uid)):
             continue
-        from app.transfers.inbound import _dicom_date
-
-        acquired = _dicom_date(study.study_date)
+        acquired = parse_date(study.study_date)
         code = next((e.exam_code for e in req.exams if e.exam_date == acquired and e.exam_code), "")
         db.session.add(RisEntry(request_id=req.id, study_uid=study.study_uid, accession=study.accession,
                                 exam_code=code, event_date=acquired, s_number=req.s_number))
@@ -392,13 +390,8 @@ def record_ris_entries(transfer: Transfer) -> int:
 
 
 def _step(transfer: Transfer, status: Status) -> None:
-    req = transfer.request
-    if req is None or req.status == status:
-        return
-    from app.workflow.machine import ALLOWED
-
-    if status in ALLOWED[req.status]:
-        transition(req, status, actor_id=None)
+    """Move the transfer's request along as the work progresses (never backwards)."""
+    if advance(transfer.request, status, actor_id=None):
         db.session.commit()
 
 

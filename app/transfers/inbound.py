@@ -7,20 +7,19 @@ since a sender may send an instance twice.
 from __future__ import annotations
 
 import logging
-from datetime import date
 from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from app.dicom.fixup import sender_nhs_number
+from app.dicom.fixup import parse_date, sender_nhs_number
 from app.dicom.scp import InstanceMeta
 from app.extensions import db
 from app.intake.models import ExamLine, Request
 from app.patients.models import Patient
 from app.timeutil import utcnow
 from app.transfers.models import InboundStudy
-from app.workflow.machine import ALLOWED, transition
+from app.workflow.machine import advance
 from app.workflow.statuses import Kind, Status
 
 log = logging.getLogger("iep.gateway")
@@ -32,13 +31,6 @@ def _letters(text: str) -> str:
     return "".join(ch for ch in text.upper() if ch.isalpha())
 
 
-def _dicom_date(text: str) -> date | None:
-    try:
-        return date(int(text[:4]), int(text[4:6]), int(text[6:8])) if len(text) >= 8 else None
-    except ValueError:
-        return None
-
-
 def match_request(meta: InstanceMeta) -> Request | None:
     """The open import request this study answers, if exactly one fits.
 
@@ -48,7 +40,7 @@ def match_request(meta: InstanceMeta) -> Request | None:
     """
     nhs = sender_nhs_number(meta)
     family = _letters(meta.patient_name.split("^")[0])
-    birth = _dicom_date(meta.birth_date)
+    birth = parse_date(meta.birth_date)
     patients = sa.select(Patient.id).where(
         sa.or_(
             Patient.s_number == meta.patient_id.strip().upper(),
@@ -70,7 +62,7 @@ def match_request(meta: InstanceMeta) -> Request | None:
         or (_letters(req.patient.family_name) == family and req.patient.dob == birth)
     ]
     if len(candidates) > 1:
-        study_day = _dicom_date(meta.study_date)
+        study_day = parse_date(meta.study_date)
         on_day = [
             r for r in candidates
             if db.session.scalar(sa.select(ExamLine.id).where(ExamLine.request_id == r.id, ExamLine.exam_date == study_day))
@@ -109,8 +101,8 @@ def record_arrival(path: Path, meta: InstanceMeta) -> InboundStudy:
         study.last_received_at = utcnow()
         try:
             req = study.request
-            if req is not None and Status.ON_IEP in ALLOWED.get(req.status, ()) and req.status != Status.ON_IEP:
-                transition(req, Status.ON_IEP, actor_id=None, note=f"Images arrived on the gateway from {study.sender_ae or 'the sender'}.")
+            advance(req, Status.ON_IEP, actor_id=None,
+                    note=f"Images arrived on the gateway from {study.sender_ae or 'the sender'}.")
             db.session.commit()
             return study
         except IntegrityError:

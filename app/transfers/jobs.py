@@ -24,7 +24,7 @@ from app.timeutil import aware, utcnow
 from app.transfers import engine, service
 from app.transfers.models import InboundStudy, Transfer, TransferState
 from app.workflow.jobs import job_context
-from app.workflow.machine import ALLOWED, transition
+from app.workflow.machine import advance
 from app.workflow.statuses import Status
 
 log = logging.getLogger("iep.transfers")
@@ -140,8 +140,7 @@ def _fail(transfer: Transfer, reason: str) -> str:
     transfer.finished_at = utcnow()
     transfer.phase = "Failed"
     req = transfer.request
-    if req is not None and Status.FAILED in ALLOWED[req.status]:
-        transition(req, Status.FAILED, actor_id=None, note=f"Transfer failed: {reason}")
+    advance(req, Status.FAILED, actor_id=None, note=f"Transfer failed: {reason}")
     db.session.commit()
     return transfer.state
 
@@ -234,8 +233,8 @@ def purge_gateway() -> int:
             req = study.request
             audit.record(audit.Action.PURGE, request_id=req.id if req else None, user_id=None, actor="desk",
                          detail=f"gateway copy of a study purged ({'delivered' if study.delivered_at else study.purge_reason[:200]})")
-            if req is not None and study.delivered_at is None and Status.PURGED in ALLOWED[req.status]:
-                transition(req, Status.PURGED, actor_id=None, note="Gateway copies removed after 15 days.")
+            if study.delivered_at is None:
+                advance(req, Status.PURGED, actor_id=None, note="Gateway copies removed after 15 days.")
             db.session.commit()
             purged += 1
     return purged

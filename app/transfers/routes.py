@@ -22,7 +22,8 @@ from app.timeutil import utcnow
 from app.transfers import service
 from app.transfers.cli import upsert_node
 from app.transfers.models import DicomNode, Direction, InboundStudy, NodeRole, Transfer, TransferState
-from app.workflow.statuses import Kind, Priority
+from app.workflow.machine import advance
+from app.workflow.statuses import Kind, Priority, Status
 
 bp = Blueprint("transfers", __name__)
 
@@ -268,11 +269,7 @@ def arrivals():
             flash("No import request has that call reference.", "error")
         else:
             study.request = req
-            from app.workflow.machine import ALLOWED, transition
-            from app.workflow.statuses import Status
-
-            if Status.ON_IEP in ALLOWED[req.status]:
-                transition(req, Status.ON_IEP, actor_id=current_user.id, note="Arrived images matched by the desk.")
+            advance(req, Status.ON_IEP, actor_id=current_user.id, note="Arrived images matched by the desk.")
             audit.record(audit.Action.EDIT, request_id=req.id, detail=f"{req.call_ref} matched to arrived study")
             db.session.commit()
             flash(f"Matched to {req.call_ref}.", "success")

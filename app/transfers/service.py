@@ -21,7 +21,7 @@ from app.intake.models import Request
 from app.timeutil import aware, utcnow
 from app.transfers.lanes import in_window, next_window_start, queue_name
 from app.transfers.models import DicomNode, Direction, InboundStudy, Transfer, TransferItem, TransferState
-from app.workflow.machine import transition
+from app.workflow.machine import advance, transition
 from app.workflow.statuses import Priority, Status
 
 log = logging.getLogger("iep.transfers")
@@ -70,16 +70,6 @@ def local_pacs() -> DicomNode | None:
     )
 
 
-def _step_request(req: Request | None, *targets: Status, actor_id: int | None = None, note: str = "") -> None:
-    """Move the request along to the last of `targets`, through the ones before it,
-    skipping steps it has passed. Statuses never go backwards by accident."""
-    if req is None:
-        return
-    for target in targets:
-        if req.status != target:
-            transition(req, target, actor_id=actor_id, note=note if target == targets[-1] else "")
-
-
 def create_transfer(
     *,
     request: Request | None,
@@ -114,7 +104,7 @@ def create_transfer(
         # A pull brings images to the gateway: the request goes straight to On IEP when
         # they arrive. Exports and downloads to PACS are queued downloads.
         if direction != Direction.PULL:
-            _step_request(request, Status.DOWNLOAD_REQUEST, actor_id=user_id)
+            advance(request, Status.DOWNLOAD_REQUEST, actor_id=user_id)
     return transfer
 
 
@@ -174,7 +164,7 @@ def retry(transfer: Transfer, user_id: int | None) -> None:
         if transfer.request.status == Status.PURGED or transfer.direction == Direction.PULL.value:
             transition(transfer.request, Status.ACCEPTED, actor_id=user_id, note="Transfer retried.")
         else:
-            _step_request(transfer.request, Status.DOWNLOAD_REQUEST, actor_id=user_id, note="Transfer retried.")
+            advance(transfer.request, Status.DOWNLOAD_REQUEST, actor_id=user_id, note="Transfer retried.")
     db.session.commit()
     enqueue(transfer)
 

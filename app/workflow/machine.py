@@ -62,6 +62,15 @@ def allowed_next(current: Status) -> list[Status]:
     return sorted(ALLOWED[current], key=list(Status).index)
 
 
+def advance(req: Request | None, wanted: Status, *, actor_id: int | None, note: str = "") -> bool:
+    """Move `req` to `wanted` if the workflow allows it from where it is; otherwise leave it
+    (a transfer's progress never forces a request backwards). True if it moved."""
+    if req is None or req.status == wanted or wanted not in ALLOWED[req.status]:
+        return False
+    transition(req, wanted, actor_id=actor_id, note=note)
+    return True
+
+
 def transition(
     req: Request,
     wanted: Status,
