@@ -1,6 +1,7 @@
 """Real DICOM peers for the tests: Orthanc and DCMTK's storescp/storescu.
 
-Import the fixtures into a test module (`from tests.dicom_peers import orthanc, ...`).
+Also `fake_scp`: a pynetdicom SCP whose handlers misbehave on request (statuses, aborts,
+silences) for the error paths. Import the fixtures into a test module (`from tests.dicom_peers import orthanc, ...`).
 Peers run from temporary directories on free ports and are talked to on 127.0.0.1 only
 (Orthanc 1.10 and storescp listen on every interface; they cannot be told otherwise).
 Both get TCP_NODELAY=1 in their environment (DCMTK reads it) and Orthanc gets
@@ -18,11 +19,18 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from pynetdicom import AE, AllStoragePresentationContexts
+from pynetdicom.sop_class import (
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 
 from app.dicom.ae import AEConfig, Node, Timeouts
 from app.dicom.errors import DicomFailure
@@ -204,6 +212,40 @@ def orthanc(orthanc_factory, gateway_port: int) -> OrthancPeer:
     """One Orthanc for the session: checks the called AE title; knows our AE title (for
     C-GET, and as a C-MOVE destination at 127.0.0.1:gateway_port)."""
     return orthanc_factory(modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
+
+
+# -- a pynetdicom SCP that misbehaves on request ------------------------------------------------
+
+
+@pytest.fixture
+def fake_scp() -> Iterator[Callable[..., Node]]:
+    """start(handlers, ae_title=..., require_calling=None, qr=False, max_pdu=16382) -> Node
+    on 127.0.0.1: a pynetdicom SCP accepting every storage class in the uncompressed
+    transfer syntaxes, whose handlers misbehave as a test needs."""
+    servers = []
+
+    def start(handlers, *, ae_title: str = "FAKESCP", require_calling: list[str] | None = None,
+              qr: bool = False, max_pdu: int = 16382) -> Node:
+        ae = AE(ae_title=ae_title)
+        ae.maximum_pdu_size = max_pdu
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+        ae.add_supported_context(Verification)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, scu_role=True, scp_role=True)
+        if qr:
+            for model in (StudyRootQueryRetrieveInformationModelFind,
+                          StudyRootQueryRetrieveInformationModelGet,
+                          StudyRootQueryRetrieveInformationModelMove):
+                ae.add_supported_context(model)
+        if require_calling:
+            ae.require_calling_aet = require_calling
+        server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+        servers.append(server)
+        return Node(ae_title, "127.0.0.1", server.server_address[1])
+
+    yield start
+    for server in servers:
+        server.shutdown()
 
 
 # -- DCMTK ----------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from app.dicom.scp import (
     check_structure,
     valid_uid,
 )
+from app.dicom.store_link import StoreLink, read_part10
 from app.dicom.synth import make_study
 from tests.dicom_peers import QUICK, run_storescu
 
@@ -74,7 +75,13 @@ def study(folder: Path, patient_id: str = "GW-1", **kwargs) -> list[Path]:
 
 
 def store(node: Node, *items: Dataset | Path) -> list[Dataset]:
-    """C-STORE each item (a Dataset, or a file sent as-is) on one association."""
+    """C-STORE each item on one association: files byte for byte through the desk's own
+    sender (malformed ones included), Datasets through pynetdicom (which encodes them)."""
+    if all(isinstance(item, Path) for item in items):
+        parts = [read_part10(item) for item in items]
+        with StoreLink(node, sorted({(p.sop_class, p.syntax) for p in parts}), config=QUICK) as link:
+            return [link.store(item, part, link.context_for(part.sop_class, part.syntax))
+                    for item, part in zip(items, parts, strict=True)]
     pairs = []
     for item in items:
         meta = item.file_meta if isinstance(item, Dataset) else read_file_meta_info(item)

@@ -9,19 +9,12 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pynetdicom import AE, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import (
-    StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
-    Verification,
-)
+from pynetdicom import evt
 
 from app.dicom import scu
 from app.dicom.ae import AEConfig, Node, Timeouts, open_association, verification_contexts
@@ -46,37 +39,6 @@ def rss_kb() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
-
-
-# -- a pynetdicom SCP that misbehaves on request ------------------------------------------------
-
-
-@pytest.fixture
-def fake_scp() -> Iterator[Callable[..., Node]]:
-    """start(handlers, ae_title=..., require_calling=None, qr=False) -> Node on 127.0.0.1."""
-    servers = []
-
-    def start(handlers, *, ae_title: str = "FAKESCP", require_calling: list[str] | None = None,
-              qr: bool = False) -> Node:
-        ae = AE(ae_title=ae_title)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-        ae.add_supported_context(Verification)
-        for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, scu_role=True, scp_role=True)
-        if qr:
-            for model in (StudyRootQueryRetrieveInformationModelFind,
-                          StudyRootQueryRetrieveInformationModelGet,
-                          StudyRootQueryRetrieveInformationModelMove):
-                ae.add_supported_context(model)
-        if require_calling:
-            ae.require_calling_aet = require_calling
-        server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
-        servers.append(server)
-        return Node(ae_title, "127.0.0.1", server.server_address[1])
-
-    yield start
-    for server in servers:
-        server.shutdown()
 
 
 # -- echo and find against Orthanc ---------------------------------------------------------------

@@ -1,10 +1,11 @@
 """The desk as an SCU: C-ECHO, C-FIND, C-STORE (send), C-GET / C-MOVE (retrieve).
 
-Each call opens one association of its own (`app.dicom.ae.open_association`) and closes
-it before returning; failures come back as `DicomFailure` with the reason in plain words.
-Studies are streamed instance by instance: `send_files` sends each file from disk in
-PDU-sized chunks without decoding it, and a C-GET writes each arriving instance straight
-to a file, so a worker's memory does not grow with the size of a study.
+Each call opens one association of its own and closes it before returning (pynetdicom's,
+through `app.dicom.ae.open_association`; for sending, `app.dicom.store_link.StoreLink`);
+failures come back as `DicomFailure` with the reason in plain words. Studies are streamed
+instance by instance: `send_files` sends each file from disk in PDU-sized pieces without
+decoding it, and a C-GET writes each arriving instance straight to a file, so a worker's
+memory does not grow with the size of a study.
 """
 
 from __future__ import annotations
@@ -19,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID
-from pynetdicom import _config, evt
+from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
@@ -31,6 +31,7 @@ from pynetdicom.sop_class import (
 
 from app.dicom.ae import (
     DEFAULT_CONFIG,
+    MAX_CONTEXTS,
     AEConfig,
     Node,
     Watch,
@@ -39,19 +40,20 @@ from app.dicom.ae import (
     get_contexts,
     move_contexts,
     open_association,
-    storage_contexts,
     verification_contexts,
 )
 from app.dicom.errors import DicomFailure, status_category, to_failure
 from app.dicom.scp import receive_instance, valid_uid
+from app.dicom.store_link import (
+    PRIORITY_MEDIUM,
+    AssociationLost,
+    InstanceAbandoned,
+    Part10,
+    StoreLink,
+    read_part10,
+)
 
 log = logging.getLogger(__name__)
-
-# Send files as they are on disk, in chunks no larger than the peer's PDU, never decoding
-# them (pynetdicom 2.0+; needs the peer to accept the file's own transfer syntax, which
-# `send_files` proposes per file). PITFALLS: ~40 MB RSS instead of ~560 MB for a 1,000-image
-# CT. It only affects C-STORE from a path, so it is safe to set for the whole process.
-_config.STORE_SEND_CHUNKED_DATASET = True
 
 ProgressCallback = Callable[[int, int], None]
 CancelCallback = Callable[[], bool]
@@ -277,27 +279,29 @@ class SendResult:
 @dataclass(frozen=True)
 class _Item:
     path: Path
-    sop_uid: str
-    sop_class: str
-    syntax: str
-    size: int
+    part10: Part10
+
+    @property
+    def sop_uid(self) -> str:
+        return self.part10.sop_uid
+
+    @property
+    def kind(self) -> tuple[str, str]:
+        return self.part10.sop_class, self.part10.syntax
 
 
 def _scan(paths: Iterable[Path | str], result: SendResult) -> list[_Item]:
-    """File meta of each file (cheap: group 0002 only); unreadable files become failures."""
+    """Group 0002 of each file (cheap: a few hundred bytes); unreadable files become failures."""
     items = []
     for raw in paths:
         path = Path(raw)
         result.total += 1
         try:
-            meta = read_file_meta_info(path)
-            sop = str(meta.MediaStorageSOPInstanceUID)
-            items.append(_Item(path, sop, str(meta.MediaStorageSOPClassUID),
-                               str(meta.TransferSyntaxUID), path.stat().st_size))
-        except Exception as exc:  # noqa: BLE001 - report per file, go on (PITFALLS: pydicom)
+            items.append(_Item(path, read_part10(path)))
+        except (OSError, ValueError) as exc:  # report per file, go on (PITFALLS: pydicom)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             result.failed.append(FailedInstance("", path, "unreadable-file",
-                                                f"not a readable DICOM file ({type(exc).__name__})",
-                                                False))
+                                                f"not a readable DICOM file ({reason})", False))
     return items
 
 
@@ -310,62 +314,73 @@ def send_files(
     should_cancel: CancelCallback | None = None,
     max_reassociations: int = 3,
     reassociate_delay: float = 1.0,
+    priority: int = PRIORITY_MEDIUM,
 ) -> SendResult:
     """C-STORE the files to `node` over one association, streaming each from disk.
 
-    Per-instance failures (a failure status, a SOP class or transfer syntax the node does
-    not accept) are recorded by SOP Instance UID and the send goes on. If the association
-    drops mid-way, it re-associates and resumes with the instance that was in flight, at
-    most `max_reassociations` times. `on_progress(done, bytes_sent)` after each instance
-    (done counts failures too); `should_cancel()` is polled between instances.
+    The files go as they are on disk (`app.dicom.store_link`): one presentation context
+    per (SOP class, transfer syntax) in hand, so the peer must accept each file's own
+    syntax; nothing is decoded or converted. Per-instance failures (a failure status, a
+    kind of object the node does not accept, no answer in time) are recorded by SOP
+    Instance UID and the send goes on. If the association drops mid-way, it re-associates
+    and resumes with the instance that was in flight, at most `max_reassociations` times.
+    `on_progress(done, bytes_sent)` after each instance (done counts failures too);
+    `should_cancel()` is polled between instances.
 
     Raises DicomFailure if no association can be had (first or after the retries); the
     result so far is on the exception's `partial` attribute.
     """
     result = SendResult()
     items = _scan(paths, result)
-    contexts, left_over = storage_contexts((i.sop_class, i.syntax) for i in items)
-    if not contexts:
+    kinds = sorted({item.kind for item in items})
+    proposed, left_over = kinds[:MAX_CONTEXTS], set(kinds[MAX_CONTEXTS:])
+    if not proposed:
         return result
     done = len(result.failed)
     index = 0
     drops = 0
+
+    def record(outcome: str | FailedInstance, item: _Item) -> None:
+        nonlocal index, done
+        if outcome in ("ok", "warning"):
+            result.sent += 1
+            result.bytes_sent += item.part10.size
+            result.warnings += outcome == "warning"
+        else:
+            result.failed.append(outcome)  # type: ignore[arg-type]
+        index += 1
+        done += 1
+        if on_progress is not None:
+            on_progress(done, result.bytes_sent)
+
     while index < len(items):
         try:
-            with open_association(node, contexts, config=config) as (assoc, watch):
+            with StoreLink(node, proposed, config=config) as link:
                 result.associations += 1
                 while index < len(items):
                     if should_cancel is not None and should_cancel():
                         result.cancelled = True
-                        raise _Cancelled
+                        return result
                     item = items[index]
-                    outcome = _store_one(assoc, watch, item, left_over)
-                    if outcome == "dropped":
-                        raise _Dropped(failure_after_empty_status(
-                            assoc, watch, elapsed=0.0, operation="store"))
-                    if outcome == "ok":
-                        result.sent += 1
-                        result.bytes_sent += item.size
-                    elif outcome == "warning":
-                        result.sent += 1
-                        result.warnings += 1
-                        result.bytes_sent += item.size
-                    else:
-                        result.failed.append(outcome)
-                    index += 1
-                    done += 1
-                    if on_progress is not None:
-                        on_progress(done, result.bytes_sent)
-        except _Cancelled:
-            return result
-        except _Dropped as dropped:
+                    record(_store_one(link, item, left_over, priority), item)
+        except AssociationLost as lost:
             drops += 1
             log.warning("association to %s dropped during send (%s); attempt %d of %d",
-                        node, dropped.failure.code, drops, max_reassociations)
+                        node, lost.failure.code, drops, max_reassociations)
             if drops > max_reassociations:
-                dropped.failure.partial = result  # type: ignore[attr-defined]
-                raise dropped.failure from None
+                lost.failure.partial = result  # type: ignore[attr-defined]
+                raise lost.failure from None
             time.sleep(reassociate_delay * drops)
+        except InstanceAbandoned as abandoned:
+            # No answer in time (or the file broke off): the peer may be stuck on this very
+            # instance, so it is recorded as failed and the rest go on a new association.
+            item = items[index]
+            failure = abandoned.failure
+            record(FailedInstance(item.sop_uid, item.path, failure.code, failure.plain, failure.retryable), item)
+            drops += 1
+            if drops > max_reassociations and index < len(items):
+                failure.partial = result  # type: ignore[attr-defined]
+                raise failure from None
         except DicomFailure as failure:
             if result.associations == 0 or not failure.retryable or drops >= max_reassociations:
                 failure.partial = result  # type: ignore[attr-defined]
@@ -375,52 +390,33 @@ def send_files(
     return result
 
 
-class _Cancelled(Exception):
-    pass
-
-
-class _Dropped(Exception):
-    def __init__(self, failure: DicomFailure) -> None:
-        super().__init__(failure.plain)
-        self.failure = failure
-
-
-def _store_one(assoc: Association, watch: Watch, item: _Item,
-               left_over: list[tuple[str, str]]) -> str | FailedInstance:
-    """'ok', 'warning', 'dropped' or a FailedInstance for one file."""
+def _store_one(link: StoreLink, item: _Item, left_over: set[tuple[str, str]],
+               priority: int) -> str | FailedInstance:
+    """'ok', 'warning' or a FailedInstance for one file; raises AssociationLost or
+    InstanceAbandoned when the association ends with it."""
 
     def failed(failure: DicomFailure) -> FailedInstance:
         return FailedInstance(item.sop_uid, item.path, failure.code, failure.plain, failure.retryable)
 
-    if (item.sop_class, item.syntax) in left_over:
+    if item.kind in left_over:
         return failed(DicomFailure("too-many-kinds", "more than 128 kinds of object in one "
                                    "send: send this instance separately", True))
-    started = time.monotonic()
-    try:
-        status = assoc.send_c_store(item.path)
-    except ValueError:
-        # No accepted presentation context for this file's SOP class and transfer syntax.
+    context_id = link.context_for(*item.kind)
+    if context_id is None:
+        sop_class, syntax = item.kind
         return failed(DicomFailure(
             "not-accepted",
-            f"the node does not accept {UID(item.sop_class).name} in "
-            f"{UID(item.syntax).name} (presentation context rejected)",
+            f"the node does not accept {UID(sop_class).name} in "
+            f"{UID(syntax).name} (presentation context rejected)",
             False,
         ))
-    except (OSError, AttributeError) as exc:
-        return failed(DicomFailure("unreadable-file", f"cannot send the file ({type(exc).__name__})", False))
-    except RuntimeError:
-        if not assoc.is_established:
-            return "dropped"
-        raise
+    try:
+        status = link.store(item.path, item.part10, context_id, priority=priority)
+    except OSError as exc:  # the file, before anything was sent: the association is intact
+        return failed(DicomFailure("unreadable-file", f"cannot send the file ({exc.strerror or type(exc).__name__})",
+                                   False))
     if "Status" not in status:
-        elapsed = time.monotonic() - started
-        if elapsed >= watch.config.timeouts.dimse * 0.95:
-            # Timed out (pynetdicom has aborted): the peer may be stuck on this very
-            # instance, so it is recorded as failed; the next one re-associates.
-            return failed(failure_after_empty_status(assoc, watch, elapsed=elapsed, operation="store"))
-        if watch.abort_received or watch.closed.is_set() or not assoc.is_established:
-            return "dropped"  # the peer went away mid-instance: resend it on a new association
-        return failed(failure_after_empty_status(assoc, watch, elapsed=elapsed, operation="store"))
+        return failed(to_failure(None, operation="store"))
     category = status_category(int(status.Status), "store")
     if category == "success":
         return "ok"
@@ -430,6 +426,10 @@ def _store_one(assoc: Association, watch: Watch, item: _Item,
 
 
 # -- C-GET / C-MOVE -----------------------------------------------------------------------
+
+
+class _Cancelled(Exception):
+    """Raised between responses when the transfer was cancelled: aborts the association."""
 
 
 @dataclass

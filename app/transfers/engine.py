@@ -22,6 +22,7 @@ from app.dicom import scu
 from app.dicom.errors import DicomFailure
 from app.dicom.fixup import compare_with_register, fix_up, parse_date
 from app.dicom.scp import read_meta
+from app.dicom.store_link import PRIORITY_HIGH, PRIORITY_MEDIUM
 from app.extensions import db
 from app.timeutil import utcnow
 from app.transfers import service
@@ -34,7 +35,7 @@ from app.transfers.models import (
     TransferState,
 )
 from app.workflow.machine import advance, transition
-from app.workflow.statuses import Status
+from app.workflow.statuses import Priority, Status
 
 log = logging.getLogger("iep.transfers")
 
@@ -202,6 +203,8 @@ def send_items(transfer: Transfer, progress: Progress, items: list[TransferItem]
     result = scu.send_files(
         service.as_node(transfer.dest_node), [item.path for item in items], config=service.ae_config(),
         on_progress=on_progress, should_cancel=progress.cancelled,
+        # Blue Light goes as a HIGH-priority C-STORE: a PACS that queues by priority files it first.
+        priority=PRIORITY_HIGH if transfer.priority == Priority.BLUE_LIGHT.value else PRIORITY_MEDIUM,
     )
     mark_through(result.sent + len(result.failed))
     by_path = {item.path: item for item in items}
