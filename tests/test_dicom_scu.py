@@ -136,8 +136,10 @@ def test_c_move_to_a_destination_orthanc_does_not_know_fails_plainly(orthanc: Or
     with pytest.raises(DicomFailure) as caught:
         scu.retrieve_study(orthanc.node, study_uid, None, method="move",
                            our_node=Node("NOBODY", "127.0.0.1", 9), config=QUICK)
-    # Orthanc 1.10 answers 0xC000 here, not 0xA801 (which the fake SCP below sends).
+    # Orthanc 1.10 answers 0xC000 here, not 0xA801 (which the fake SCP below sends); either
+    # way the analyst reads what to do about it.
     assert caught.value.status in (0xC000, 0xA801)
+    assert "move destination" in caught.value.plain and "add" in caught.value.plain
     assert not caught.value.retryable
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit
@@ -239,3 +240,18 @@ def test_a_link_used_after_release_says_the_association_is_gone(storescp: StoreS
         assert int(link.store(path, part, context).Status) == 0
     with pytest.raises(AssociationLost):
         link.store(path, part, context)
+
+
+def test_the_nodes_own_words_travel_with_a_failure_status(fake_scp, tmp_path: Path) -> None:
+    (path,) = study(tmp_path / "src", n_series=1, n_per_series=1)
+
+    def handle(event):
+        status = Dataset()
+        status.Status = 0xA700
+        status.ErrorComment = "archive volume full"
+        return status
+
+    result = scu.send_files(fake_scp([(evt.EVT_C_STORE, handle)]), [path], config=QUICK)
+    (failure,) = result.failed
+    assert failure.code == "status-0xA700" and failure.retryable
+    assert failure.plain.endswith('(the node said: "archive volume full")')

@@ -1,6 +1,8 @@
 """Our Application Entity: node descriptions, timeouts, presentation contexts, sockets.
 
-Every association the desk opens goes through `open_association`, which
+Every association the desk opens goes through `open_association` (except the sending of
+files, which has its own lean association with the same settings: app.dicom.store_link),
+which
 * builds a fresh AE (AEs and associations are never shared across threads or jobs),
 * sets all four timeouts explicitly (pynetdicom leaves the TCP connect to the OS default,
   minutes, unless told),

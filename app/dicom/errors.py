@@ -138,6 +138,15 @@ def _status_failure(code: int, operation: str, comment: str = "") -> DicomFailur
     if 0xC000 <= code <= 0xCFFF:
         if operation == "store":
             return fail(f"the node could not understand the data set ({hexcode})", False)
+        if operation == "move":
+            # Orthanc (and others built on DCMTK) answer a destination they do not know
+            # with 0xC000 rather than 0xA801: the likeliest cause, said as such.
+            return fail(
+                f"the PACS was unable to process the move ({hexcode}); the usual cause is that "
+                "our AE title is not in its list of move destinations: ask its administrator "
+                "to add it (with our host and port), or retrieve with C-GET",
+                False,
+            )
         return fail(f"the node was unable to process the request ({hexcode})", False)
     known = {
         0x0122: ("the node does not accept this kind of object (SOP class not supported, 0x0122)", False),

@@ -9,9 +9,9 @@ in PDU-sized pieces into one reused buffer and writes each piece with its P-DATA
 in a single `sendall`; nothing is decoded, nothing is held beyond one PDU.
 
 What is ours and what is pynetdicom's: the association PDUs (A-ASSOCIATE-RQ/AC/RJ,
-A-ABORT) are encoded and decoded by pynetdicom's `pdu` classes, and the response command
-set by its `dsutils.decode`. Written here, because they are small and fixed: P-DATA-TF
-framing (PS3.8 9.3.5), the C-STORE-RQ command set (PS3.7 9.3.1.1, Implicit VR Little
+A-ABORT) are encoded and decoded by pynetdicom's `pdu` classes. Written here, because
+they are small and fixed: P-DATA-TF framing (PS3.8 9.3.5), the C-STORE-RQ command set
+and the three fields of the response we act on (PS3.7 9.3.1, Implicit VR Little
 Endian), the release handshake, and reading group 0002 of a Part 10 file to find where
 its data set starts (PS3.10 7.1). Everything else the desk does over DICOM (C-ECHO,
 C-FIND, C-GET/C-MOVE, the storage SCP) stays on pynetdicom.
@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import socket
 import struct
 from collections.abc import Sequence
@@ -35,7 +36,6 @@ from types import TracebackType
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.dsutils import decode
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
@@ -101,6 +101,7 @@ class Part10:
     size: int  # the whole file's size
 
 
+_UID = re.compile(r"[0-9.]{1,64}")
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _HEADER_LIMIT = 64 * 1024  # a file meta group larger than this is not one we will send
 
@@ -148,7 +149,7 @@ def read_part10(path: Path) -> Part10:
     def uid(element: int, name: str) -> str:
         raw = values.get(element)
         text = raw.rstrip(b"\x00 ").decode("ascii", "replace") if raw else ""
-        if not text or len(text) > 64 or not all(c.isdigit() or c == "." for c in text):
+        if not _UID.fullmatch(text):
             raise ValueError(f"file meta information has no valid {name}")
         return text
 
@@ -428,14 +429,16 @@ class StoreLink:
                 pos += 4 + length
             if done:
                 break
-        try:
-            response = decode(io.BytesIO(bytes(command)), True, True)
-        except Exception as exc:  # noqa: BLE001 - bytes from outside
-            raise _ProtocolError(f"an unreadable response command set ({type(exc).__name__})") from None
-        if response.get("CommandField") != 0x8001:
-            raise _ProtocolError(f"command {response.get('CommandField')!r} instead of a C-STORE response")
-        if response.get("MessageIDBeingRespondedTo") != self._message_id:
+        fields = _command_fields(bytes(command))
+        if fields.get(0x0100) != 0x8001:
+            raise _ProtocolError(f"command {fields.get(0x0100)!r} instead of a C-STORE response")
+        if fields.get(0x0120) != self._message_id:
             raise _ProtocolError("a response to another message")
+        response = Dataset()
+        if 0x0900 in fields:
+            response.Status = fields[0x0900]
+        if fields.get(0x0902):
+            response.ErrorComment = fields[0x0902]
         return response
 
     def _read_pdu(self) -> tuple[int, bytes]:
@@ -468,6 +471,31 @@ class StoreLink:
         except Exception:  # noqa: BLE001 - only a better message is at stake
             return None
         return _abort_reason(body) if kind == ABORT else None
+
+
+_US_FIELDS = {0x0100, 0x0120, 0x0900}  # Command Field, Message ID Being Responded To, Status
+_TEXT_FIELDS = {0x0902}  # Error Comment
+
+
+def _command_fields(data: bytes) -> dict[int, int | str]:
+    """The few elements of a C-STORE-RSP command set (Implicit VR Little Endian) that a
+    sender acts on, by element number. A hand walk: pydicom's decoder cost a tenth of
+    the sender's CPU time for these three numbers."""
+    fields: dict[int, int | str] = {}
+    pos = 0
+    while pos + 8 <= len(data):
+        group, element, length = _ELEMENT.unpack_from(data, pos)
+        pos += 8
+        if group != 0x0000 or length == 0xFFFFFFFF or pos + length > len(data):
+            raise _ProtocolError("a malformed response command set")
+        if element in _US_FIELDS and length == 2:
+            (fields[element],) = struct.unpack_from("<H", data, pos)
+        elif element in _TEXT_FIELDS:
+            fields[element] = data[pos:pos + length].decode("ascii", "replace").strip(" \x00")
+        pos += length
+    if pos != len(data):
+        raise _ProtocolError("a response command set is cut short")
+    return fields
 
 
 def _abort_reason(body: bytes) -> tuple[int, int]:

@@ -175,8 +175,17 @@ def send_items(transfer: Transfer, progress: Progress, items: list[TransferItem]
     instances that failed, by SOP Instance UID."""
     if not items:
         return []
-    ids = [item.id for item in items]
-    sizes = [item.size for item in items]
+    # The rows' plain values, read in one SELECT (no IN list: SQLite caps its parameters):
+    # the objects are usually expired by an earlier commit, and touching each one would
+    # cost a SELECT per instance (400 of them took a quarter of a 400-instance send's time,
+    # measured with cProfile).
+    keys = [sa.inspect(item).identity[0] for item in items]
+    found = {row.id: row for row in db.session.execute(
+        sa.select(TransferItem.id, TransferItem.path, TransferItem.size).where(
+            TransferItem.transfer_id == transfer.id))}
+    rows = [found[key] for key in keys if key in found]
+    ids = [row.id for row in rows]
+    sizes = [row.size for row in rows]
     marked = 0
     base_done, base_bytes = transfer.instances_done, transfer.bytes_done
 
@@ -201,18 +210,18 @@ def send_items(transfer: Transfer, progress: Progress, items: list[TransferItem]
             progress.beat(instances_done=base_done + done, bytes_done=base_bytes + sent_bytes, phase=phase)
 
     result = scu.send_files(
-        service.as_node(transfer.dest_node), [item.path for item in items], config=service.ae_config(),
+        service.as_node(transfer.dest_node), [row.path for row in rows], config=service.ae_config(),
         on_progress=on_progress, should_cancel=progress.cancelled,
         # Blue Light goes as a HIGH-priority C-STORE: a PACS that queues by priority files it first.
         priority=PRIORITY_HIGH if transfer.priority == Priority.BLUE_LIGHT.value else PRIORITY_MEDIUM,
     )
     mark_through(result.sent + len(result.failed))
-    by_path = {item.path: item for item in items}
+    by_path = {row.path: row.id for row in rows}
     reasons = []
     for failure in result.failed:
-        item = by_path.get(str(failure.path))
-        if item is not None:
-            db.session.execute(sa.update(TransferItem).where(TransferItem.id == item.id)
+        item_id = by_path.get(str(failure.path))
+        if item_id is not None:
+            db.session.execute(sa.update(TransferItem).where(TransferItem.id == item_id)
                                .values(sent=False, error=failure.plain[:300]),
                                execution_options={"synchronize_session": False})
         reasons.append(f"{failure.sop_uid or failure.path.name}: {failure.plain}")
