@@ -300,8 +300,9 @@ def test_send_gives_up_after_bounded_reassociations(fake_scp, tmp_path: Path) ->
     node = fake_scp([(evt.EVT_C_STORE, handle)])
     with pytest.raises(DicomFailure) as caught:
         scu.send_files(node, paths, config=QUICK, max_reassociations=2, reassociate_delay=0.01)
-    assert caught.value.retryable
-    assert caught.value.partial.associations == 3  # type: ignore[attr-defined]
+    # An A-ABORT, or the connection closing before we read it: either way, in plain words.
+    assert caught.value.code in ("aborted", "connection-closed") and caught.value.retryable
+    assert caught.value.partial.associations == 3 and caught.value.partial.sent == 0  # type: ignore[attr-defined]
 
 
 def test_unreadable_files_are_reported_and_the_others_sent(orthanc: OrthancPeer, tmp_path: Path) -> None:

@@ -216,21 +216,6 @@ def test_a_node_that_does_not_know_us_says_so_when_we_send(fake_scp, tmp_path: P
     assert caught.value.plain.startswith("the remote node does not know our AE title")
 
 
-def test_a_peer_that_aborts_mid_instance_is_reported_as_aborted(fake_scp, tmp_path: Path) -> None:
-    (path,) = study(tmp_path / "src", n_series=1, n_per_series=1)
-
-    def handle(event):
-        threading.Thread(target=event.assoc.abort).start()
-        time.sleep(0.3)
-        return 0xA700
-
-    node = fake_scp([(evt.EVT_C_STORE, handle)])
-    with pytest.raises(DicomFailure) as caught:
-        scu.send_files(node, [path], config=QUICK, max_reassociations=0)
-    assert caught.value.code in ("aborted", "connection-closed") and caught.value.retryable
-    assert caught.value.partial.sent == 0  # type: ignore[attr-defined]
-
-
 def test_a_link_used_after_release_says_the_association_is_gone(storescp: StoreSCP, tmp_path: Path) -> None:
     (path,) = study(tmp_path / "src", n_series=1, n_per_series=1)
     part: Part10 = read_part10(path)
