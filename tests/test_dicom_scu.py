@@ -309,9 +309,17 @@ def test_unreadable_files_are_reported_and_the_others_sent(orthanc: OrthancPeer,
     paths = study(tmp_path, "SCU-BADFILE", n_per_series=2)
     junk = tmp_path / "notes.txt"
     junk.write_text("not DICOM")
-    result = scu.send_files(orthanc.node, [paths[0], junk, paths[1]], config=QUICK)
+    progress: list[tuple[int, int]] = []
+    result = scu.send_files(orthanc.node, [paths[0], junk, paths[1]], config=QUICK,
+                            on_progress=lambda done, sent: progress.append((done, sent)))
     assert result.sent == 2
     assert [(f.path, f.code) for f in result.failed] == [(junk, "unreadable-file")]
+    assert "no DICM prefix" in result.failed[0].plain
+    # Progress counts positions in the list, the unreadable file in its place: the engine
+    # marks the first `done` instances sent, so a count ahead of the sends would mark one
+    # that never left.
+    first, second = (p.stat().st_size for p in paths)
+    assert progress == [(1, first), (2, first), (3, first + second)]
 
 
 def test_cancel_stops_between_instances(orthanc: OrthancPeer, tmp_path: Path) -> None:

@@ -290,18 +290,18 @@ class _Item:
         return self.part10.sop_class, self.part10.syntax
 
 
-def _scan(paths: Iterable[Path | str], result: SendResult) -> list[_Item]:
-    """Group 0002 of each file (cheap: a few hundred bytes); unreadable files become failures."""
-    items = []
+def _scan(paths: Iterable[Path | str]) -> list[_Item | FailedInstance]:
+    """Group 0002 of each file (cheap: a few hundred bytes), in the order given; an
+    unreadable file becomes a failure in its place, so that progress counts positions."""
+    items: list[_Item | FailedInstance] = []
     for raw in paths:
         path = Path(raw)
-        result.total += 1
         try:
             items.append(_Item(path, read_part10(path)))
         except (OSError, ValueError) as exc:  # report per file, go on (PITFALLS: pydicom)
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            result.failed.append(FailedInstance("", path, "unreadable-file",
-                                                f"not a readable DICOM file ({reason})", False))
+            items.append(FailedInstance("", path, "unreadable-file", f"not a readable DICOM file ({reason})",
+                                        False))
     return items
 
 
@@ -324,35 +324,37 @@ def send_files(
     kind of object the node does not accept, no answer in time) are recorded by SOP
     Instance UID and the send goes on. If the association drops mid-way, it re-associates
     and resumes with the instance that was in flight, at most `max_reassociations` times.
-    `on_progress(done, bytes_sent)` after each instance (done counts failures too);
-    `should_cancel()` is polled between instances.
+    `on_progress(done, bytes_sent)` after each file, where `done` is how many of `paths`
+    are dealt with, in order, failures included (so `paths[:done]` are settled: the engine
+    marks instances sent by position); `should_cancel()` is polled between instances.
 
     Raises DicomFailure if no association can be had (first or after the retries); the
     result so far is on the exception's `partial` attribute.
     """
-    result = SendResult()
-    items = _scan(paths, result)
-    kinds = sorted({item.kind for item in items})
+    items = _scan(paths)
+    result = SendResult(total=len(items))
+    kinds = sorted({item.kind for item in items if isinstance(item, _Item)})
     proposed, left_over = kinds[:MAX_CONTEXTS], set(kinds[MAX_CONTEXTS:])
-    if not proposed:
-        return result
-    done = len(result.failed)
     index = 0
     drops = 0
 
-    def record(outcome: str | FailedInstance, item: _Item) -> None:
-        nonlocal index, done
-        if outcome in ("ok", "warning"):
-            result.sent += 1
-            result.bytes_sent += item.part10.size
-            result.warnings += outcome == "warning"
+    def record(outcome: str | FailedInstance, size: int = 0) -> None:
+        """The outcome of items[index]; `done` for progress is always a position in `paths`."""
+        nonlocal index
+        if isinstance(outcome, FailedInstance):
+            result.failed.append(outcome)
         else:
-            result.failed.append(outcome)  # type: ignore[arg-type]
+            result.sent += 1
+            result.bytes_sent += size
+            result.warnings += outcome == "warning"
         index += 1
-        done += 1
         if on_progress is not None:
-            on_progress(done, result.bytes_sent)
+            on_progress(index, result.bytes_sent)
 
+    if not proposed:  # nothing readable to send
+        for item in items:
+            record(item)  # type: ignore[arg-type]
+        return result
     while index < len(items):
         try:
             with StoreLink(node, proposed, config=config) as link:
@@ -362,7 +364,10 @@ def send_files(
                         result.cancelled = True
                         return result
                     item = items[index]
-                    record(_store_one(link, item, left_over, priority), item)
+                    if isinstance(item, FailedInstance):
+                        record(item)
+                    else:
+                        record(_store_one(link, item, left_over, priority), item.part10.size)
         except AssociationLost as lost:
             drops += 1
             log.warning("association to %s dropped during send (%s); attempt %d of %d",
@@ -376,7 +381,7 @@ def send_files(
             # instance, so it is recorded as failed and the rest go on a new association.
             item = items[index]
             failure = abandoned.failure
-            record(FailedInstance(item.sop_uid, item.path, failure.code, failure.plain, failure.retryable), item)
+            record(FailedInstance(item.sop_uid, item.path, failure.code, failure.plain, failure.retryable))
             drops += 1
             if drops > max_reassociations and index < len(items):
                 failure.partial = result  # type: ignore[attr-defined]
