@@ -61,6 +61,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def rss_kb() -> int:
+    """Resident set size of this process (Linux /proc; no psutil in requirements)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
 def peer_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 

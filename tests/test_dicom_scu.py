@@ -21,7 +21,7 @@ from app.dicom.ae import AEConfig, Node, Timeouts, open_association, verificatio
 from app.dicom.errors import AssociationOutcome, DicomFailure, to_failure
 from app.dicom.scp import GatewaySCP
 from app.dicom.synth import make_instance, make_study
-from tests.dicom_peers import OUR_AE, QUICK, OrthancPeer, free_port
+from tests.dicom_peers import OUR_AE, QUICK, OrthancPeer, free_port, rss_kb
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,14 +31,6 @@ def study(folder: Path, patient_id: str, **kwargs) -> list[Path]:
                    n_series=1, n_per_series=3)
     options.update(kwargs)
     return make_study(folder, patient_id=patient_id, **options)
-
-
-def rss_kb() -> int:
-    """Resident set size of this process (Linux /proc; no psutil in requirements)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 # -- echo and find against Orthanc ---------------------------------------------------------------
