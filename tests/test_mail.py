@@ -7,6 +7,7 @@ RQ worker (SimpleWorker, burst mode) on the test run's real Redis. Time is moved
 
 from __future__ import annotations
 
+import smtplib
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -27,7 +28,8 @@ from app.timeutil import freeze
 from app.workflow import machine, mail, notices
 from app.workflow.models import OutboxEmail, OutboxStatus
 from app.workflow.statuses import Status
-from tests.conftest import post_form
+from app.audit import AuditEvent
+from tests.conftest import csrf_token, post_form
 from tests.forms_data import valid_export, valid_import
 
 S = Status
@@ -50,6 +52,13 @@ class Inbox:
 
     def __init__(self) -> None:
         self.envelopes: list = []
+        self.refuse: set[str] = set()  # recipients this server refuses for good (550)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001, ANN201, N802
+        if address in self.refuse:
+            return "550 5.1.1 <%s>: recipient address rejected: user unknown" % address
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):  # noqa: ANN001, ANN201, N802 - aiosmtpd API
         self.envelopes.append(envelope)
@@ -487,3 +496,82 @@ def test_a_bad_institution_address_does_not_block_the_status_change(client, requ
     move(req, S.ACCEPTED, S.UPLOADING, S.DELIVERED, actor_id=analyst.id)
     assert req.status == S.DELIVERED
     assert sorted(r.to_addr for r in outbox()) == sorted([REQUESTER_MAIL, "jane.rowe@kgh.nhs.uk"])
+
+
+# --- mail refused for good: the desk is told and sends it again ------------------------
+
+
+def _desk_browser(app: Flask, analyst) -> object:  # noqa: ANN001
+    browser = app.test_client()
+    post_form(browser, "/login", {"email": analyst.email, "password": "correct-horse-9"})
+    return browser
+
+
+def test_a_refused_address_fails_at_once_and_the_desk_corrects_it_and_sends_again(
+    app, client, requester, analyst, smtp, maintenance
+):
+    smtp.inbox.refuse.add(REQUESTER_MAIL)
+    smtp.start()
+    req = submit(client, valid_import())
+    move(req, *IMPORT_TO_DELIVERED, actor_id=analyst.id)
+    run_jobs(maintenance)
+
+    [row] = outbox()
+    assert row.status == OutboxStatus.FAILED.value and row.attempts == 1  # no retry can change a 550
+    assert "550" in row.last_error and "user unknown" in row.last_error
+    with freeze(utcnow_plus(hours=2)):
+        assert mail.flush_outbox() == 0  # a failed mail is not retried behind the desk's back
+    assert smtp.inbox.envelopes == []
+
+    desk = _desk_browser(app, analyst)
+    page = desk.get("/desk").get_data(as_text=True)
+    assert "1 e-mail could not be delivered" in page and 'href="/desk/mail"' in page
+    listing = desk.get("/desk/mail").get_data(as_text=True)
+    assert req.call_ref in listing and "user unknown" in listing and REQUESTER_MAIL in listing
+
+    token = csrf_token(desk, "/desk/mail")
+    bad = desk.post("/desk/mail", data={"csrf_token": token, "mail_id": str(row.id), "to_addr": "priya.shah@"})
+    assert bad.status_code == 422
+    text = bad.get_data(as_text=True)
+    assert "Enter a valid e-mail address" in text and 'value="priya.shah@"' in text  # what was typed is kept
+    assert outbox()[0].status == OutboxStatus.FAILED.value
+
+    fixed = "priya.shah2@uhl-tr.nhs.uk"
+    done = desk.post("/desk/mail", data={"csrf_token": token, "mail_id": str(row.id), "to_addr": fixed})
+    assert done.status_code == 302
+    [row] = outbox()
+    assert row.status == OutboxStatus.PENDING.value and row.to_addr == fixed
+    run_jobs(maintenance)
+    [envelope] = smtp.inbox.envelopes
+    assert envelope.rcpt_tos == [fixed]
+    assert outbox()[0].status == OutboxStatus.SENT.value
+    assert "Every e-mail has been delivered" in desk.get("/desk/mail").get_data(as_text=True)
+    trail = db.session.scalars(sa.select(AuditEvent.detail).where(AuditEvent.request_id == req.id)).all()
+    assert any(f"corrected address (was {REQUESTER_MAIL})" in detail for detail in trail)
+
+
+def test_a_mail_that_fails_for_a_day_is_given_up_and_shown_to_the_desk(
+    app, client, requester, analyst, smtp, maintenance
+):
+    req = submit(client, valid_import())
+    move(req, *IMPORT_TO_DELIVERED, actor_id=analyst.id)
+    [row] = outbox()
+    row.attempts = mail.MAX_ATTEMPTS - 1  # a day of failures already behind it
+    db.session.commit()
+    run_jobs(maintenance)  # nothing listens on the SMTP port
+    [row] = outbox()
+    assert row.status == OutboxStatus.FAILED.value and row.attempts == mail.MAX_ATTEMPTS
+    assert "ConnectionRefused" in row.last_error
+    assert mail.undelivered_count() == 1
+
+
+def test_a_temporary_refusal_is_retried_not_given_up():
+    assert not mail.permanent_failure(smtplib.SMTPRecipientsRefused({"a@b.nhs.uk": (450, b"mailbox busy")}))
+    assert mail.permanent_failure(smtplib.SMTPRecipientsRefused({"a@b.nhs.uk": (550, b"no such user")}))
+    assert not mail.permanent_failure(ConnectionRefusedError())
+    assert not mail.permanent_failure(smtplib.SMTPDataError(451, b"try later"))
+    assert mail.permanent_failure(smtplib.SMTPDataError(554, b"rejected"))
+
+
+def utcnow_plus(**delta: float) -> datetime:
+    return datetime.now(UTC) + timedelta(**delta)

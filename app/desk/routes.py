@@ -26,7 +26,9 @@ from app.desk.queries import (
 from app.extensions import db
 from app.intake.access import visible_request
 from app.intake.models import Request
+from app.workflow import mail
 from app.workflow.machine import TransitionRefused, allowed_next, transition
+from app.workflow.models import OutboxEmail, OutboxStatus
 from app.workflow.statuses import Status
 
 DESK = tuple(DESK_ROLES)
@@ -92,6 +94,7 @@ def _queue_context(form: FilterForm, *, keep_page: bool = False, stamp: str | No
         "page": page,
         "counts": tab_counts(filters, current_user.id),
         "unmatched": unmatched_arrivals() if tab == "action" else 0,
+        "undelivered": mail.undelivered_count() if tab == "action" else 0,
         "transfers": active_transfers([r.id for r in page.pinned + page.rows]),
         "stamp": stamp,
         "time_left": time_left,
@@ -204,3 +207,39 @@ def edit(call_ref: str):
         flash(f"{req.call_ref} saved.", "success")
         return redirect(url_for("desk.queue"))
     return _editor(req, _edit_form(req), saved=True)
+
+
+@bp.route("/desk/mail", methods=["GET", "POST"])
+@roles_required(*DESK)
+def undelivered_mail():
+    """E-mails the server refused for good or that failed for a day: correct the address
+    if need be, and send again."""
+    errors: dict[int, str] = {}
+    typed: dict[int, str] = {}
+    if request.method == "POST":
+        row = db.session.get(OutboxEmail, request.form.get("mail_id", type=int) or 0)
+        if row is None:
+            flash("That e-mail no longer exists.", "error")
+            return redirect(url_for("desk.undelivered_mail"))
+        address = (request.form.get("to_addr") or "").strip()
+        if row.status != OutboxStatus.FAILED.value:
+            flash("That e-mail is already back in the outbox.", "success")
+            return redirect(url_for("desk.undelivered_mail"))
+        if not mail.valid_address(address):
+            errors[row.id], typed[row.id] = "Enter a valid e-mail address, like name@uhl-tr.nhs.uk.", address
+        else:
+            old = row.to_addr
+            row.to_addr = address
+            audit.record(audit.Action.MESSAGE, request_id=row.request_id,
+                         detail=f"e-mail {row.id} sent again" + (f" to a corrected address (was {old})"
+                                                                  if old != address else ""))
+            mail.send_again(row)  # commits, then queues it
+            flash(f"The e-mail to {address} is back in the outbox.", "success")
+            return redirect(url_for("desk.undelivered_mail"))
+    rows = list(db.session.scalars(
+        sa.select(OutboxEmail).where(OutboxEmail.status == OutboxStatus.FAILED.value)
+        .order_by(OutboxEmail.created_at.desc(), OutboxEmail.id.desc()).limit(200)))
+    refs = dict(db.session.execute(sa.select(Request.id, Request.call_ref).where(
+        Request.id.in_({r.request_id for r in rows if r.request_id}))).all()) if rows else {}
+    return render_template("desk/mail.html", rows=rows, refs=refs, errors=errors, typed=typed), \
+        (422 if errors else 200)

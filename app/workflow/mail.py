@@ -58,6 +58,7 @@ SMTP_TIMEOUT = 10  # seconds, for connect and for each SMTP command
 DEFAULT_FROM = "image-exchange-desk@localhost"
 # Minutes to wait after the n-th failed attempt; the last value repeats for ever.
 BACKOFF_MINUTES = (1, 2, 5, 10, 30)
+MAX_ATTEMPTS = 52  # 1 + 2 + 5 + 10 + 48 x 30 minutes: about a day of trying, then the desk is told
 # A claimed row is not due again until this lease ends (or the send records its outcome).
 LEASE = timedelta(minutes=5)
 FLUSH_BATCH = 500
@@ -329,12 +330,42 @@ def _claim(outbox_id: int) -> bool:
     return bool(claimed)
 
 
+def permanent_failure(exc: BaseException) -> bool:
+    """A failure no retry will change: the SMTP server refused every recipient, or the
+    message, with a 5xx reply (RFC 5321 4.2.1), or the message cannot even be built."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return bool(exc.recipients) and all(code >= 500 for code, _ in exc.recipients.values())
+    if isinstance(exc, smtplib.SMTPDataError):
+        return exc.smtp_code >= 500
+    return isinstance(exc, ValueError)  # a header with CR/LF (build_message)
+
+
+def undelivered_count() -> int:
+    return db.session.scalar(sa.select(sa.func.count(OutboxEmail.id)).where(
+        OutboxEmail.status == OutboxStatus.FAILED.value)) or 0
+
+
+def send_again(row: OutboxEmail) -> bool:
+    """Put a failed mail back in the outbox (the desk corrected an address, or the server
+    is fixed) and queue it; commits. False if it was not failed."""
+    if row.status != OutboxStatus.FAILED.value:
+        return False
+    row.status = OutboxStatus.PENDING.value
+    row.attempts = 0
+    row.next_attempt_at = utcnow()
+    db.session.commit()
+    enqueue_delivery(row.id)
+    return True
+
+
 def deliver(outbox_id: int) -> str:
     """Send one outbox e-mail. Job body.
 
     Idempotent: a row already sent, not yet due, or claimed by another worker is left
     alone. On failure the row records the attempt and stays pending, then the job raises
-    `DeliveryFailed` so RQ shows the failure too; `flush_outbox` retries after backoff.
+    `DeliveryFailed` so RQ shows the failure too; `flush_outbox` retries after backoff. A
+    permanent refusal, or the MAX_ATTEMPTS-th failure, marks the row failed instead: the
+    desk lists it (/desk/mail) to be corrected and sent again.
     """
     with job_context() as app:
         settings = app.config["IEP_SETTINGS"]
@@ -373,6 +404,12 @@ def deliver(outbox_id: int) -> str:
             row.last_error = _short_error(exc, smtp)
             row.next_attempt_at = utcnow() + backoff(row.attempts)
             attempts, error = row.attempts, row.last_error
+            if permanent_failure(exc) or attempts >= MAX_ATTEMPTS:
+                row.status = OutboxStatus.FAILED.value
+                db.session.commit()
+                log.error("%s mail %s for %s not delivered, given up after attempt %s: %s", job_label(), outbox_id,
+                          call_ref or "-", attempts, error)
+                return OutboxStatus.FAILED.value
             db.session.commit()
             log.warning("%s mail %s for %s failed (attempt %s): %s", job_label(), outbox_id, call_ref or "-",
                         attempts, error)

@@ -44,10 +44,13 @@ class Message(db.Model):
 class OutboxStatus(enum.StrEnum):
     PENDING = "pending"
     SENT = "sent"
+    FAILED = "failed"  # refused for good, or given up after MAX_ATTEMPTS: the desk sends it again
 
 
 class OutboxEmail(db.Model):
-    """An e-mail to send. Rows stay until sent; a failed send is retried, never lost."""
+    """An e-mail to send. Rows stay until sent; a failed send is retried, never lost. A
+    mail the server refuses for good (or that failed for a day) waits as `failed` on the
+    desk's "E-mail not delivered" page until someone sends it again."""
 
     __tablename__ = "outbox_emails"
 
