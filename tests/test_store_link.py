@@ -4,6 +4,7 @@ rejections come back as the same plain failures as everywhere else."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -240,3 +241,28 @@ def test_the_nodes_own_words_travel_with_a_failure_status(fake_scp, tmp_path: Pa
     (failure,) = result.failed
     assert failure.code == "status-0xA700" and failure.retryable
     assert failure.plain.endswith('(the node said: "archive volume full")')
+
+
+@pytest.mark.parametrize(
+    ("answer", "words"),
+    [
+        (b"\x02\x00\x00\x00\x00\x05hello", "in a form we cannot read"),  # an A-ASSOCIATE-AC of garbage
+        (b"\x09\x00\x00\x00\x00\x02hi", "a PDU of type 9"),
+        (b"\x02\x00\xff\xff\xff\xff", "something we cannot read (a PDU of 4294967295 bytes)"),
+    ],
+    ids=["garbage-ac", "unknown-pdu", "huge-length"],
+)
+def test_a_peer_that_answers_nonsense_gets_a_plain_protocol_error(answer: bytes, words: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        def answer_once() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+                conn.recv(65536)  # our A-ABORT, or the close
+
+        threading.Thread(target=answer_once, daemon=True).start()
+        node = Node("NONSENSE", "127.0.0.1", server.getsockname()[1])
+        with pytest.raises(DicomFailure) as caught:
+            StoreLink(node, [("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")], config=QUICK).open()
+    assert caught.value.code == "protocol-error" and words in caught.value.plain

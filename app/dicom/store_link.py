@@ -239,9 +239,12 @@ class StoreLink:
         if kind == ASSOCIATE_RJ:
             self._close()
             reject = A_ASSOCIATE_RJ()
-            reject.decode(body)
-            raise to_failure(self._outcome(rejected=(int(reject.result), int(reject.source),
-                                                     int(reject.reason_diagnostic))))
+            try:
+                reject.decode(body)
+                rejected = (int(reject.result), int(reject.source), int(reject.reason_diagnostic))
+            except Exception:  # noqa: BLE001 - bytes from outside: a rejection all the same
+                rejected = (1, 0, 0)
+            raise to_failure(self._outcome(rejected=rejected))
         if kind == ABORT:
             self._close()
             raise to_failure(self._outcome(abort_received=_abort_reason(body)))
@@ -249,9 +252,16 @@ class StoreLink:
             self.abort()
             raise DicomFailure("protocol-error", f"the node answered our association request with a PDU "
                                f"of type {kind} — ask the remote site", False)
-        accept = A_ASSOCIATE_AC()
-        accept.decode(body)
-        primitive = accept.to_primitive()
+        try:
+            if len(body) < 74:  # PS3.8 9.3.3: the fixed fields alone are 74 bytes
+                raise ValueError("too short")
+            accept = A_ASSOCIATE_AC()
+            accept.decode(body)
+            primitive = accept.to_primitive()
+        except Exception as exc:  # noqa: BLE001 - bytes from outside
+            self.abort()
+            raise DicomFailure("protocol-error", "the node accepted our association request in a form "
+                               f"we cannot read ({type(exc).__name__}) — ask the remote site", False) from None
         for context in primitive.presentation_context_definition_results_list:
             wanted = self._proposed.get(int(context.context_id))
             if wanted and context.result == 0 and context.transfer_syntax and \
