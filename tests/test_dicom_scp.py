@@ -14,9 +14,10 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
+from pynetdicom import build_context
 
 from app.dicom import scu
-from app.dicom.ae import Node, open_association, storage_contexts
+from app.dicom.ae import Node, open_association
 from app.dicom.errors import DicomFailure
 from app.dicom.scp import (
     STATUS_INVALID_UID,
@@ -87,7 +88,7 @@ def store(node: Node, *items: Dataset | Path) -> list[Dataset]:
     for item in items:
         meta = item.file_meta if isinstance(item, Dataset) else read_file_meta_info(item)
         pairs.append((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
-    contexts, _ = storage_contexts(pairs)
+    contexts = [build_context(sop, [syntax]) for sop, syntax in sorted(set(pairs))]
     with open_association(node, contexts, config=QUICK) as (assoc, _):
         return [assoc.send_c_store(item) for item in items]
 
@@ -173,8 +174,8 @@ def test_statuses_for_malformed_instances_cite_the_reason(gateway: Gateway, tmp_
 
 
 def test_a_truncated_data_set_is_quarantined_not_stored(gateway: Gateway, tmp_path: Path) -> None:
-    # DCMTK's storescu refuses to send a truncated file, so pynetdicom sends the raw bytes
-    # (chunked from the file, undecoded) — as a broken sender or network would deliver.
+    # DCMTK's storescu refuses to send a truncated file, so the desk's own sender sends the
+    # raw bytes (StoreLink: from the file, undecoded) — as a broken sender or network would.
     paths = study(tmp_path / "src", n_per_series=2)
     data = paths[0].read_bytes()
     (tmp_path / "cut.dcm").write_bytes(data[: len(data) - 5000])

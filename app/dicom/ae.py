@@ -163,18 +163,6 @@ def move_contexts() -> list[PresentationContext]:
     return [build_context(StudyRootQueryRetrieveInformationModelMove)]
 
 
-def storage_contexts(pairs: Iterable[tuple[str, str]]) -> tuple[list[PresentationContext], list[tuple[str, str]]]:
-    """One context per (SOP class, transfer syntax) in hand, up to the PS3.8 limit.
-
-    A context per pair (rather than several syntaxes in one) because we send files as they
-    are (chunked, undecoded): the peer must accept each file's own transfer syntax.
-    Returns (contexts, pairs that did not fit).
-    """
-    unique = sorted(set(pairs))
-    fitting, left = unique[:MAX_CONTEXTS], unique[MAX_CONTEXTS:]
-    return [build_context(UID(sop), [UID(ts)]) for sop, ts in fitting], left
-
-
 # Storage SOP classes we ask for the SCP role for in a C-GET when the PACS does not tell
 # us which classes a study holds: the image, SR, PDF and RT objects a referral carries.
 COMMON_STORAGE_CLASSES: tuple[str, ...] = (
