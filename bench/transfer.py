@@ -53,6 +53,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `app` is the repository's
@@ -120,7 +121,7 @@ def timed_transfer(transfer_id: int) -> dict[str, object]:
 # --- helpers ------------------------------------------------------------------------------------------
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     print(f"transfer bench: {message}", file=sys.stderr)
     sys.exit(2)
 
@@ -321,7 +322,6 @@ class Bench:
             time.sleep(1)  # storescp may still be closing the last file
             self.empty_received()
         fail(f"the stock pynetdicom sender lost its association in {tries} runs out of {tries}")
-        raise AssertionError  # unreachable: fail() exits
 
     def run_scu(self) -> Run:
         """For reference, not a bar: the desk's sender (`scu.send_files`) in this process,

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
-import re
 import socket
 import struct
 from collections.abc import Sequence
@@ -47,8 +45,7 @@ from pynetdicom.presentation import PresentationContext
 
 from app.dicom.ae import MAX_CONTEXTS, AEConfig, Node
 from app.dicom.errors import AssociationOutcome, DicomFailure, to_failure
-
-log = logging.getLogger(__name__)
+from app.dicom.scp import valid_uid
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"  # PS3.7 A.2.1
 
@@ -101,7 +98,6 @@ class Part10:
     size: int  # the whole file's size
 
 
-_UID = re.compile(r"[0-9.]{1,64}")
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 _HEADER_LIMIT = 64 * 1024  # a file meta group larger than this is not one we will send
 
@@ -149,7 +145,7 @@ def read_part10(path: Path) -> Part10:
     def uid(element: int, name: str) -> str:
         raw = values.get(element)
         text = raw.rstrip(b"\x00 ").decode("ascii", "replace") if raw else ""
-        if not _UID.fullmatch(text):
+        if not valid_uid(text):
             raise ValueError(f"file meta information has no valid {name}")
         return text
 
