@@ -7,7 +7,8 @@ Each lane is a set of queues in priority order and a worker count. The superviso
 starts one process per worker, replaces any that dies, and on SIGTERM/SIGINT asks every
 worker for a warm shutdown (finish the job in hand), then exits.
 
-Beside the workers it runs one `cron` process: RQ's CronScheduler, which enqueues the
+Beside the workers it runs one `dispatcher` process, which queues each transfer when
+the database says it is due (retries, Batch windows; see `run_dispatcher`), and one `cron` process: RQ's CronScheduler, which enqueues the
 periodic jobs of `app/workflow/schedule.py` (outbox flush, auto-cancel) on the
 `maintenance` queue. It is supervised like a worker. A second pool on another host may
 set IEP_CRON=0 to skip it; two would only enqueue the same idempotent jobs twice.
@@ -135,6 +136,51 @@ def run_gateway(name: str) -> None:
     scp.stop()
 
 
+DISPATCH_EVERY = 1.0  # seconds: a retry or a Batch window starts at most this late
+RECONCILE_EVERY = 10.0  # seconds: a lost job (Redis restarted, worker killed) is found this soon
+
+
+def run_dispatcher(name: str) -> None:
+    """The pool's scheduler: the database says when a transfer may run, this process
+    queues it then (issue 8.1). Every second it queues due transfers that have no job
+    (`jobs.dispatch_due`: retries, Batch windows, anything Redis missed); every ten it
+    runs the watchdog (`jobs.reconcile`) — which cron also runs, on the maintenance queue,
+    as a backstop. Both are idempotent, so a second pool's dispatcher does no harm.
+
+    RQ's own scheduler is not used for this: it promotes a scheduled job only from a
+    worker listening to that job's queue, so a lane without one never ran its retries.
+    """
+    import threading
+
+    from app.transfers import jobs
+
+    app = create_app()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with app.app_context():
+        db.engine.dispose()
+    last_reconcile = 0.0
+    failing = False
+    while not stop.is_set():
+        with app.app_context():
+            try:
+                jobs.dispatch_due()
+                if time.monotonic() - last_reconcile >= RECONCILE_EVERY:
+                    last_reconcile = time.monotonic()
+                    jobs.reconcile()
+                if failing:
+                    log.info("%s: dispatching again", name)
+                failing = False
+            except Exception:  # database or Redis away: say so once, keep trying
+                if not failing:
+                    log.exception("%s: cannot dispatch transfers; retrying every %.0f s", name, DISPATCH_EVERY)
+                failing = True
+            finally:
+                db.session.remove()
+        stop.wait(DISPATCH_EVERY)
+
+
 def service_config(app):  # noqa: ANN001, ANN201
     from app.transfers import service
 
@@ -142,8 +188,10 @@ def service_config(app):  # noqa: ANN001, ANN201
         return service.ae_config()
 
 
-def supervise(lanes: list[tuple[list[str], int]], *, cron: bool = True, gateway: bool = True) -> None:
-    """Start every worker and the cron process, replace any that dies, stop all on SIGTERM."""
+def supervise(lanes: list[tuple[list[str], int]], *, cron: bool = True, gateway: bool = True,
+              dispatcher: bool = True) -> None:
+    """Start every worker, the cron, dispatcher and gateway processes, replace any that
+    dies, stop all on SIGTERM."""
     stopping = False
     procs: dict[str, tuple[Process, Callable[..., None], tuple[object, ...]]] = {}
     host = os.uname().nodename
@@ -174,6 +222,9 @@ def supervise(lanes: list[tuple[list[str], int]], *, cron: bool = True, gateway:
     if cron:
         name = f"{host}.{os.getpid()}.cron"
         start(name, run_cron, (name,), "cron scheduler for the maintenance queue")
+    if dispatcher:
+        name = f"{host}.{os.getpid()}.dispatcher"
+        start(name, run_dispatcher, (name,), "transfer dispatcher (the database is the scheduler)")
     if gateway:
         name = f"{host}.{os.getpid()}.gateway"
         start(name, run_gateway, (name,), "gateway Storage SCP")
@@ -195,5 +246,6 @@ if __name__ == "__main__":
         parse_lanes(os.environ.get("IEP_WORKERS", DEFAULT_LANES)),
         cron=os.environ.get("IEP_CRON", "1").strip() not in {"0", "false", "no", "off"},
         gateway=os.environ.get("IEP_GATEWAY", "1").strip() not in {"0", "false", "no", "off"},
+        dispatcher=os.environ.get("IEP_DISPATCHER", "1").strip() not in {"0", "false", "no", "off"},
     )
     sys.exit(0)

@@ -39,7 +39,20 @@ def _transfer_rate(transfer) -> str:  # noqa: ANN001 - a Transfer row
     return f"{rate / 1048576:.1f} MB/s, {when}."
 
 
+def _transfer_next_run(transfer) -> str:  # noqa: ANN001 - a Transfer row
+    """"Next attempt at 14:05:30" for a queued transfer that is not due yet."""
+    from app.transfers.service import next_run_at
+
+    moment = next_run_at(transfer)
+    if moment is None:
+        return ""
+    local = as_local(moment)
+    return f"Starts at {local:%H:%M:%S}" + ("" if local.date() == as_local(datetime.now(local.tzinfo)).date()
+                                           else f" on {local:%d/%m/%Y}") + "."
+
+
 def install_template_helpers(app: Flask) -> None:
+    app.jinja_env.filters["transfer_next_run"] = _transfer_next_run
     app.jinja_env.filters["transfer_rate"] = _transfer_rate
     app.jinja_env.filters["nhs"] = format_nhs_number
     app.jinja_env.filters["ukdate"] = _date

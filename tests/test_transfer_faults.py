@@ -34,6 +34,7 @@ from tests.dicom_peers import OUR_AE, QUICK
 from tests.forms_data import valid_export, valid_import
 
 REPO = Path(__file__).resolve().parent.parent
+POOL_LOG = open(os.environ.get("IEP_POOL_LOG", os.devnull), "ab")  # noqa: SIM115 - kept for the run
 STALL = 3  # seconds without progress before a run counts as dead (short for the test)
 
 
@@ -55,8 +56,9 @@ def fault_app(app, database_url, redis_url):
     return app
 
 
-def start_pool(app, database_url: str, redis_url: str, lanes: str) -> subprocess.Popen:
-    """worker.py as a deployment runs it, against the test's database and Redis."""
+def start_pool(app, database_url: str, redis_url: str, lanes: str, **extra_env: str) -> subprocess.Popen:
+    """worker.py as a deployment runs it (its dispatcher included), against the test's
+    database and Redis; without cron and gateway, which these tests do not need."""
     settings = app.config["IEP_SETTINGS"]
     env = {
         **os.environ,
@@ -70,9 +72,10 @@ def start_pool(app, database_url: str, redis_url: str, lanes: str) -> subprocess
         "TRANSFER_STALL_SECONDS": str(STALL),
         "DICOM_TIMEOUT_SECONDS": "10",
         "GATEWAY_AE_TITLE": settings.gateway_ae_title,
+        **extra_env,
     }
     return subprocess.Popen([sys.executable, "worker.py"], cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=POOL_LOG, stderr=subprocess.STDOUT)
 
 
 def kill_pool(pool: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
@@ -266,3 +269,166 @@ def test_watchdog_flags_a_transfer_that_stopped_moving_and_requeues_it(fault_app
     flagged.lease_until = utcnow() + timedelta(seconds=STALL)
     db.session.commit()
     assert jobs.reconcile() == 0
+
+
+# --- The database is the scheduler (issue 8.1): retries and windows run through the pool ---
+
+
+def _export(client, login_as, pacs_node, dest, study_uid: str, priority: str = "Standard") -> Transfer:
+    login_as("requester")
+    response = post_form(client, "/requests/new/export", valid_export())
+    req = db.session.scalar(sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0]))
+    transfer = service.create_transfer(request=req, direction=Direction.OUTBOUND, priority=priority, source=pacs_node,
+                                       dest=dest, study_uids=[study_uid], user_id=None)
+    db.session.commit()
+    return transfer
+
+
+def _study_in_pacs(orthanc, tmp_path, n: int = 4) -> str:
+    files = make_study(tmp_path / "s", patient_id="S1234567", patient_name="SMITH^MARGARET", birth_date="19480314",
+                       study_date="20261005", n_series=1, n_per_series=n, rows=32, cols=32)
+    assert scu.send_files(orthanc.node, files, config=QUICK).ok
+    return str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+
+
+def _nothing_in_rq_scheduler() -> bool:
+    from rq.registry import ScheduledJobRegistry
+
+    return all(not ScheduledJobRegistry(name, connection=redis_conn()).get_job_ids()
+               for name in ("outbound-bluelight", "outbound", "outbound-batch", "inbound-bluelight", "inbound"))
+
+
+@pytest.mark.parametrize("priority, lanes", [
+    ("Standard", "outbound-bluelight,outbound,outbound-batch=1"),
+    # A Blue Light retry goes back on the Blue Light lane: a pool with no other worker delivers it.
+    ("Blue Light", "outbound-bluelight=1"),
+], ids=["standard_retry", "blue_light_retry_on_its_own_lane"])
+def test_closed_port_that_opens_later_is_delivered_by_the_pools_own_retry(
+    fault_app, client, login_as, pas_patients, orthanc, orthanc_factory, gateway_port, database_url, redis_url,
+    tmp_path, priority, lanes
+):
+    from tests.dicom_peers import free_port
+
+    pacs = upsert_node("UHLPACSWFM01", orthanc.node.ae_title, "127.0.0.1", orthanc.node.port, "local_pacs")
+    port = free_port()
+    later = upsert_node("Derby PACS", "DERBYPACS", "127.0.0.1", port, "remote")
+    study_uid = _study_in_pacs(orthanc, tmp_path)
+    transfer = _export(client, login_as, pacs, later, study_uid, priority)
+    service.enqueue(transfer)
+    pool = start_pool(fault_app, database_url, redis_url, lanes)
+    try:
+        first = wait_for(lambda: (t := db.session.get(Transfer, transfer.id)).attempts == 1
+                         and t.state == TransferState.QUEUED.value and t, 60, "the first attempt to fail")
+        assert "connection refused" in first.last_error.lower() and "Trying again in 5 s" in first.last_error
+        assert first.not_before is not None and first.job_id == ""  # waits in the database, not in RQ
+        assert _nothing_in_rq_scheduler()
+        page = client.get(f"/transfers/{transfer.id}").get_data(as_text=True)
+        assert "Starts at" in page and "Waiting to retry" in page
+        # The PACS comes up on that port; nobody touches the transfer; the pool retries it.
+        derby = orthanc_factory(aet="DERBYPACS", dicom_port=port, modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
+        done = wait_for(lambda: (t := db.session.get(Transfer, transfer.id)).state not in ("queued", "running", "verifying")
+                        and t, 90, "the retry to finish")
+    finally:
+        kill_pool(pool)
+    assert done.state == TransferState.DELIVERED.value, done.last_error
+    assert done.attempts == 2
+    assert len(derby.sop_uids(study_uid)) == 4
+    assert db.session.get(Request, done.request_id).status == Status.DELIVERED
+
+
+def test_a_blackhole_destination_is_retried_by_the_pool_then_fails_in_plain_words(
+    fault_app, client, login_as, pas_patients, orthanc, database_url, redis_url, tmp_path
+):
+    """A host that takes the TCP connection and never answers: each attempt ends at the
+    association timeout, the pool runs the retry on its own, then the transfer fails."""
+    import socket
+
+    pacs = upsert_node("UHLPACSWFM01", orthanc.node.ae_title, "127.0.0.1", orthanc.node.port, "local_pacs")
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(16)  # the kernel completes handshakes; nobody ever reads
+    try:
+        dest = upsert_node("Silent PACS", "SILENT", "127.0.0.1", hole.getsockname()[1], "remote")
+        study_uid = _study_in_pacs(orthanc, tmp_path, n=2)
+        transfer = _export(client, login_as, pacs, dest, study_uid)
+        transfer.max_attempts = 2
+        db.session.commit()
+        service.enqueue(transfer)
+        pool = start_pool(fault_app, database_url, redis_url, "outbound-bluelight,outbound,outbound-batch=1",
+                          DICOM_TIMEOUT_SECONDS="2")
+        try:
+            done = wait_for(lambda: (t := db.session.get(Transfer, transfer.id)).state == TransferState.FAILED.value
+                            and t, 90, "the transfer to give up")
+        finally:
+            kill_pool(pool)
+    finally:
+        hole.close()
+    assert done.attempts == 2 and "gave up after 2 attempts" in done.last_error
+    assert "did not answer" in done.last_error.lower() or "timed out" in done.last_error.lower(), done.last_error
+    assert db.session.get(Request, done.request_id).status == Status.FAILED
+
+
+def test_batch_transfer_waits_for_the_window_then_the_pool_starts_it(
+    fault_app, client, login_as, pas_patients, orthanc, orthanc_factory, gateway_port, database_url, redis_url,
+    tmp_path
+):
+    from datetime import timedelta
+
+    from app.timeutil import LONDON, utcnow
+
+    remote = orthanc_factory(aet="LEEDSPACS", modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
+    pacs = upsert_node("UHLPACSWFM01", orthanc.node.ae_title, "127.0.0.1", orthanc.node.port, "local_pacs")
+    dest = upsert_node("Leeds PACS", remote.node.ae_title, "127.0.0.1", remote.node.port, "remote")
+    study_uid = _study_in_pacs(orthanc, tmp_path, n=3)
+    now = utcnow().astimezone(LONDON)
+    closed = f"{now + timedelta(hours=2):%H:%M}-{now + timedelta(hours=3):%H:%M}"
+    open_now = f"{now - timedelta(hours=1):%H:%M}-{now + timedelta(hours=1):%H:%M}"
+    fault_app.config["IEP_SETTINGS"].batch_window = closed
+    transfer = _export(client, login_as, pacs, dest, study_uid, "Batch")
+    service.enqueue(transfer)
+    pool = start_pool(fault_app, database_url, redis_url, "outbound-bluelight,outbound,outbound-batch=1",
+                      BATCH_WINDOW=closed)
+    try:
+        time.sleep(4)  # four dispatcher passes
+        db.session.expire_all()
+        waiting = db.session.get(Transfer, transfer.id)
+        assert waiting.state == TransferState.QUEUED.value and waiting.attempts == 0 and waiting.job_id == ""
+        assert "overnight window" in waiting.phase and _nothing_in_rq_scheduler()
+    finally:
+        kill_pool(pool, signal.SIGTERM)
+    # The window opens (a pool whose clock is inside it): the dispatcher starts the transfer.
+    pool = start_pool(fault_app, database_url, redis_url, "outbound-bluelight,outbound,outbound-batch=1",
+                      BATCH_WINDOW=open_now)
+    try:
+        done = wait_for(lambda: (t := db.session.get(Transfer, transfer.id)).state == TransferState.DELIVERED.value
+                        and t, 60, "the batch transfer to be delivered")
+    finally:
+        kill_pool(pool, signal.SIGTERM)
+    assert done.attempts == 1 and len(remote.sop_uids(study_uid)) == 3
+
+
+def test_a_due_blue_light_retry_goes_to_the_front_of_its_lane_and_early_jobs_do_not_run(fault_app, orthanc):
+    from datetime import timedelta
+
+    from app.timeutil import utcnow
+
+    pacs = upsert_node("UHLPACSWFM01", orthanc.node.ae_title, "127.0.0.1", orthanc.node.port, "local_pacs")
+    lane = Queue("outbound-bluelight", connection=redis_conn())
+    for n in range(3):
+        lane.enqueue(jobs.run_transfer, 20_000_000 + n)
+    blue = service.create_transfer(request=None, direction=Direction.OUTBOUND, priority="Blue Light", source=pacs,
+                                   dest=pacs, study_uids=["1.2.3"], user_id=None)
+    blue.not_before = utcnow() + timedelta(seconds=30)  # waiting to retry
+    db.session.commit()
+    assert service.enqueue(blue) is None and jobs.dispatch_due() == 0
+    # A stray job for it (say, a duplicate) comes early: it must not run the transfer.
+    Queue("outbound-bluelight", connection=redis_conn()).enqueue(jobs.run_transfer, blue.id, job_id="stray")
+    assert jobs.run_transfer(blue.id).startswith("not due")
+    db.session.expire_all()
+    assert db.session.get(Transfer, blue.id).attempts == 0
+    blue = db.session.get(Transfer, blue.id)
+    blue.not_before = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    assert jobs.dispatch_due() == 1 and jobs.dispatch_due() == 0  # queued once
+    db.session.expire_all()
+    assert lane.job_ids[0] == db.session.get(Transfer, blue.id).job_id  # at the front

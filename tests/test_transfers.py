@@ -303,9 +303,17 @@ def test_batch_transfers_wait_for_the_overnight_window(app, nodes, clean_queues)
                                        source=nodes[0], dest=nodes[1], study_uids=["1.2.3"], user_id=None)
     db.session.commit()
     with freeze(datetime(2026, 11, 28, 12, 0, tzinfo=LONDON)):
-        service.enqueue(transfer)
+        assert service.enqueue(transfer) is None
+        assert jobs.dispatch_due() == 0
+    # Not handed to RQ's scheduler (which only a worker on the same queue would run):
+    # the row waits, and the dispatcher queues it when the window opens.
     assert Queue("outbound-batch", connection=redis_conn()).count == 0
-    assert transfer.job_id in ScheduledJobRegistry("outbound-batch", connection=redis_conn()).get_job_ids()
+    assert not ScheduledJobRegistry("outbound-batch", connection=redis_conn()).get_job_ids()
+    assert transfer.job_id == "" and "opens 20:00" in transfer.phase
+    with freeze(datetime(2026, 11, 28, 20, 0, 30, tzinfo=LONDON)):
+        assert jobs.dispatch_due() == 1
+    db.session.expire_all()
+    assert Queue("outbound-batch", connection=redis_conn()).job_ids == [db.session.get(Transfer, transfer.id).job_id]
 
 
 def test_node_register_page_cli_and_echo_button(app, client, login_as, make_user, runner, orthanc):  # noqa: F811

@@ -366,6 +366,7 @@ def _deliver(transfer: Transfer, progress: Progress, phase: str,
     if before_delivered is not None:
         before_delivered()
     transfer.state = TransferState.DELIVERED.value
+    transfer.stalled = False  # a stall on the way is history once every instance is confirmed
     transfer.finished_at = utcnow()
     transfer.phase = "Delivered and verified"
     _step(transfer, Status.DELIVERED)

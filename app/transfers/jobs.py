@@ -15,6 +15,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
+from rq import get_current_job
 from rq.job import Job, JobStatus
 
 from app import audit
@@ -25,7 +26,7 @@ from app.transfers import engine, service
 from app.transfers.models import InboundStudy, Transfer, TransferState
 from app.workflow.jobs import job_context
 from app.workflow.machine import advance
-from app.workflow.statuses import Status
+from app.workflow.statuses import Priority, Status
 
 log = logging.getLogger("iep.transfers")
 
@@ -46,8 +47,12 @@ def _take_lease(transfer_id: int, token: str) -> bool:
             Transfer.id == transfer_id,
             Transfer.state.in_(ACTIVE),
             sa.or_(Transfer.lease_until.is_(None), Transfer.lease_until < now),
+            # A job that comes early (a duplicate, or one queued by an older desk) never
+            # runs a transfer before its retry time.
+            sa.or_(Transfer.not_before.is_(None), Transfer.not_before <= now),
         )
-        .values(lease_token=token, lease_until=now + _lease_length())
+        .values(lease_token=token, lease_until=now + _lease_length()),
+        execution_options={"synchronize_session": False},
     )
     db.session.commit()
     return result.rowcount == 1
@@ -57,7 +62,8 @@ def _release(transfer_id: int, token: str) -> None:
     db.session.rollback()
     db.session.execute(
         sa.update(Transfer).where(Transfer.id == transfer_id, Transfer.lease_token == token)
-        .values(lease_token="", lease_until=None)
+        .values(lease_token="", lease_until=None),
+        execution_options={"synchronize_session": False},
     )
     db.session.commit()
 
@@ -65,6 +71,12 @@ def _release(transfer_id: int, token: str) -> None:
 def run_transfer(transfer_id: int) -> str:
     """Job body: run (or resume) one transfer. Idempotent; returns its state."""
     with job_context():
+        transfer = db.session.get(Transfer, transfer_id)
+        if transfer is None:
+            return "no such transfer"
+        if transfer.state == TransferState.QUEUED.value and not service.is_due(transfer):
+            _forget_job(transfer_id)
+            return "not due yet: the dispatcher queues it when it is"
         token = uuid.uuid4().hex
         if not _take_lease(transfer_id, token):
             return "not runnable now (finished, cancelled, or another run holds it)"
@@ -136,6 +148,7 @@ def _run(transfer_id: int, token: str) -> str:
 
 def _fail(transfer: Transfer, reason: str) -> str:
     transfer.state = TransferState.FAILED.value
+    transfer.stalled = False  # the failure is what the desk sees now, not an old stall
     transfer.last_error = reason
     transfer.finished_at = utcnow()
     transfer.phase = "Failed"
@@ -147,69 +160,118 @@ def _fail(transfer: Transfer, reason: str) -> str:
 
 def _finish_cancelled(transfer: Transfer) -> str:
     transfer.state = TransferState.CANCELLED.value
+    transfer.stalled = False
     transfer.finished_at = utcnow()
     transfer.phase = "Cancelled"
     db.session.commit()
     return transfer.state
 
 
-def _job_alive(job_id: str) -> bool:
-    """Is RQ still going to run (or running) this job?"""
-    if not job_id:
+def _forget_job(transfer_id: int) -> None:
+    """This job will not run the transfer: clear its id from the row (only if it is still
+    ours), so the dispatcher queues a new one when the transfer is due."""
+    job = get_current_job()
+    if job is None:
+        return
+    db.session.execute(
+        sa.update(Transfer).where(Transfer.id == transfer_id, Transfer.job_id == job.id).values(job_id=""),
+        execution_options={"synchronize_session": False},
+    )
+    db.session.commit()
+
+
+def _job_pending(transfer: Transfer) -> bool:
+    """Will the transfer's job run it? Yes while it waits in a queue, or has just started
+    and not yet taken the lease. A started job whose lease ran out is dead (a killed
+    worker), and so is a scheduled or deferred one: the database is the scheduler, and
+    RQ would only promote it from a worker listening to its queue."""
+    if not transfer.job_id:
         return False
     try:
-        job = Job.fetch(job_id, connection=redis_conn())
+        job = Job.fetch(transfer.job_id, connection=redis_conn())
     except NoSuchJobError:
         return False
-    return job.get_status(refresh=True) in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
+    status = job.get_status(refresh=True)
+    return status == JobStatus.QUEUED or (status == JobStatus.STARTED and transfer.lease_until is None)
+
+
+def dispatch_due(limit: int = 200) -> int:
+    """The scheduler: queue every transfer that is due and has no job (issue 8.1).
+
+    Run every second by the pool's dispatcher process (`worker.py`). Covers a retry whose
+    wait is over, a Batch transfer when the window opens, and anything that could not be
+    queued while Redis was down. Blue Light first. Idempotent: `service.enqueue` claims
+    the row, so two dispatchers queue a transfer once.
+    """
+    with job_context():
+        return _dispatch_due(limit)
+
+
+def _dispatch_due(limit: int) -> int:
+    now = utcnow()
+    due = db.session.scalars(
+        sa.select(Transfer)
+        .where(
+            Transfer.state == TransferState.QUEUED.value,
+            Transfer.job_id == "",
+            Transfer.cancel_requested.is_(False),
+            sa.or_(Transfer.not_before.is_(None), Transfer.not_before <= now),
+        )
+        .order_by(sa.case((Transfer.priority == Priority.BLUE_LIGHT.value, 0), else_=1), Transfer.id)
+        .limit(limit)
+    ).all()
+    queued = 0
+    for transfer in due:
+        if service.enqueue(transfer):
+            queued += 1
+    return queued
 
 
 def reconcile() -> int:
-    """Maintenance job: re-queue every active transfer that nothing will run.
+    """The watchdog: re-queue every active transfer that nothing will run.
 
-    A transfer is lost when its job is gone (Redis restarted empty, job evicted), or its
-    run died (a killed worker: the lease ran out while the job still looks started).
-    A running transfer with no progress for the stall time is also flagged for the desk.
-    Idempotent: a transfer whose job waits in a queue, or whose lease is alive, is left.
+    A transfer is lost when its job is gone (Redis restarted empty, job evicted), waits
+    in RQ's scheduler past its due time, or its run died (a killed worker: the lease ran
+    out while the job still looks started). A running transfer whose run died is also
+    flagged "stalled" for the desk. Re-queueing goes through `service.enqueue`, the one
+    path that knows the lanes, Blue Light's front of queue, the Batch window and
+    `not_before`. Idempotent: a transfer whose job waits in a queue, or whose lease is
+    alive, is left; clearing a dead job id is a compare-and-set, so a second reconciler
+    (or the dispatcher) racing this one queues the transfer once.
     """
     now = utcnow()
     requeued = 0
     with job_context():
-        for transfer in db.session.scalars(sa.select(Transfer).where(Transfer.state.in_(ACTIVE))):
+        for transfer in db.session.scalars(sa.select(Transfer).where(Transfer.state.in_(ACTIVE))).all():
             if transfer.lease_until is not None and aware(transfer.lease_until) > now:
                 continue  # a live run holds it
             try:
-                if _job_alive(transfer.job_id):
+                if _job_pending(transfer):
                     continue
             except RedisError:
                 return requeued  # Redis is down: nothing can be queued now; next pass
+            if transfer.state == TransferState.QUEUED.value and not transfer.job_id:
+                if service.enqueue(transfer):  # the dispatcher's work, should it not run
+                    requeued += 1
+                continue
+            values: dict[str, object] = {"job_id": "", "state": TransferState.QUEUED.value}
             if transfer.state != TransferState.QUEUED.value:
-                transfer.stalled = True
-                transfer.phase = "Stalled: re-queued by the watchdog"
-            transfer.job_id = ""
-            transfer.state = TransferState.QUEUED.value
+                values |= {"stalled": True, "phase": "Stalled: re-queued by the watchdog"}
+            cleared = db.session.execute(
+                sa.update(Transfer)
+                .where(Transfer.id == transfer.id, Transfer.job_id == transfer.job_id, Transfer.state.in_(ACTIVE),
+                       sa.or_(Transfer.lease_until.is_(None), Transfer.lease_until < now))
+                .values(**values),
+                execution_options={"synchronize_session": False},
+            ).rowcount
             db.session.commit()
-            if _requeue(transfer):
+            if not cleared:
+                continue
+            db.session.refresh(transfer)
+            if service.enqueue(transfer):
                 requeued += 1
+                log.info("transfer %s re-queued as %s", transfer.id, transfer.job_id)
     return requeued
-
-
-def _requeue(transfer: Transfer) -> bool:
-    from rq import Queue
-
-    from app.transfers.lanes import queue_name
-
-    job_id = f"transfer-{transfer.id}-r{uuid.uuid4().hex[:8]}"
-    try:
-        Queue(queue_name(transfer.direction, transfer.priority), connection=redis_conn()).enqueue(
-            run_transfer, transfer.id, job_id=job_id, job_timeout=service.JOB_TIMEOUT
-        )
-    except RedisError:
-        return False
-    transfer.job_id = job_id
-    db.session.commit()
-    log.info("transfer %s re-queued as %s", transfer.id, job_id)
-    return True
 
 
 def purge_gateway() -> int:

@@ -7,18 +7,20 @@ Enqueue -> job -> logic (STYLE habit 2): this module makes the rows and puts ids
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
 from flask import current_app
 from redis.exceptions import RedisError
 from rq import Queue
+from sqlalchemy.orm.attributes import set_committed_value
 
 from app.dicom.ae import AEConfig, Node, Timeouts
 from app.extensions import db, redis_conn
 from app.intake.models import Request
-from app.timeutil import aware, utcnow
+from app.timeutil import LONDON, aware, utcnow
 from app.transfers.lanes import in_window, next_window_start, queue_name
 from app.transfers.models import DicomNode, Direction, InboundStudy, Transfer, TransferItem, TransferState
 from app.workflow.machine import advance, transition
@@ -125,28 +127,80 @@ def add_inbound_items(transfer: Transfer, inbound: list[InboundStudy]) -> None:
     transfer.instances_total, transfer.bytes_total = int(totals[0]), int(totals[1])
 
 
+def is_due(transfer: Transfer, now: datetime | None = None) -> bool:
+    """May this queued transfer run now? Not before its retry time (`not_before`), and a
+    Batch transfer only inside the overnight window."""
+    now = now or utcnow()
+    if transfer.not_before is not None and aware(transfer.not_before) > now:
+        return False
+    return transfer.priority != Priority.BATCH.value or in_window(now, settings().batch_window)
+
+
+def next_run_at(transfer: Transfer) -> datetime | None:
+    """When a queued transfer that is not due yet will be started (for the widget)."""
+    if transfer.state != TransferState.QUEUED.value or is_due(transfer):
+        return None
+    moment = aware(transfer.not_before) if transfer.not_before is not None else utcnow()
+    if transfer.priority == Priority.BATCH.value:
+        moment = next_window_start(max(moment, utcnow()), settings().batch_window)
+    return moment
+
+
 def enqueue(transfer: Transfer) -> str | None:
-    """Put the transfer's id on its lane (idempotent per attempt); None if Redis is down —
-    the reconciler enqueues it later. Batch transfers wait for the overnight window."""
+    """The one way a transfer goes onto RQ: the web side, Retry, the reconciler and the
+    dispatcher all call this. Returns the job id, or None when nothing was queued now.
+
+    The database is the scheduler (issue 8.1): a transfer that is not due (waiting to
+    retry, or Batch outside the overnight window) is NOT handed to RQ's scheduler — only
+    a worker listening to the same queue would ever promote it. It stays queued with no
+    job, and the pool's dispatcher (`jobs.dispatch_due`) enqueues it when it is due. If
+    Redis is down, likewise: the dispatcher tries again a second later. Blue Light goes
+    to the front of its own lane, first attempt or retry alike.
+
+    Only one caller wins: the job id is claimed on the row (compare-and-set on the job id
+    the caller saw), so two pools, or a dispatcher racing the reconciler, queue it once.
+    """
     from app.transfers.jobs import run_transfer
 
-    job_id = f"transfer-{transfer.id}-{transfer.attempts}"
-    name = queue_name(transfer.direction, transfer.priority)
-    try:
-        queue = Queue(name, connection=redis_conn())
-        if transfer.priority == Priority.BATCH.value and not in_window(utcnow(), settings().batch_window):
-            when = next_window_start(utcnow(), settings().batch_window)
-            queue.enqueue_at(when, run_transfer, transfer.id, job_id=job_id, job_timeout=JOB_TIMEOUT)
-        elif transfer.not_before is not None and aware(transfer.not_before) > utcnow():
-            queue.enqueue_at(transfer.not_before, run_transfer, transfer.id, job_id=job_id, job_timeout=JOB_TIMEOUT)
-        else:
-            queue.enqueue(run_transfer, transfer.id, job_id=job_id, job_timeout=JOB_TIMEOUT,
-                          at_front=transfer.priority == Priority.BLUE_LIGHT.value)
-    except RedisError as exc:
-        log.warning("transfer %s not enqueued (%s); the reconciler will", transfer.id, type(exc).__name__)
+    if transfer.state != TransferState.QUEUED.value or transfer.cancel_requested:
         return None
-    transfer.job_id = job_id
+    if not is_due(transfer):
+        if transfer.job_id:
+            transfer.job_id = ""
+        if transfer.priority == Priority.BATCH.value and transfer.not_before is None:
+            opens = next_window_start(utcnow(), settings().batch_window).astimezone(LONDON)
+            transfer.phase = f"Batch: waits for the overnight window (opens {opens:%H:%M})"
+        db.session.commit()
+        return None
+    seen = transfer.job_id
+    job_id = f"transfer-{transfer.id}-{uuid.uuid4().hex[:10]}"
+    claimed = db.session.execute(
+        sa.update(Transfer)
+        .where(Transfer.id == transfer.id, Transfer.state == TransferState.QUEUED.value, Transfer.job_id == seen)
+        .values(job_id=job_id),
+        execution_options={"synchronize_session": False},
+    ).rowcount
     db.session.commit()
+    if claimed != 1:
+        db.session.refresh(transfer)
+        return None  # someone else queued it (or it was cancelled) meanwhile
+    # The row already says so: record it on the object without making it dirty (a pending
+    # change here would open a write transaction at the caller's next query).
+    set_committed_value(transfer, "job_id", job_id)
+    try:
+        Queue(queue_name(transfer.direction, transfer.priority), connection=redis_conn()).enqueue(
+            run_transfer, transfer.id, job_id=job_id, job_timeout=JOB_TIMEOUT,
+            at_front=transfer.priority == Priority.BLUE_LIGHT.value,
+        )
+    except RedisError as exc:
+        log.warning("transfer %s not enqueued (%s); the dispatcher will retry", transfer.id, type(exc).__name__)
+        db.session.execute(
+            sa.update(Transfer).where(Transfer.id == transfer.id, Transfer.job_id == job_id).values(job_id=""),
+            execution_options={"synchronize_session": False},
+        )
+        db.session.commit()
+        db.session.refresh(transfer)
+        return None
     return job_id
 
 
