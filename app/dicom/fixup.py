@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import unicodedata
 import uuid
 from collections.abc import Mapping
 from datetime import date, datetime
@@ -129,14 +130,73 @@ def _get(meta: Any, key: str) -> Any:
     return getattr(meta, key, None)
 
 
-def _letters(value: str) -> str:
-    """Upper case letters only: 'O'Brien' == 'OBRIEN', 'Smith-Jones' == 'SMITH JONES'."""
-    return re.sub(r"[^A-Z]", "", value.upper())
+# Marks removed for comparison: the combining diacritics that NFKD splits off accented
+# Latin, Greek and Cyrillic letters (ü, é, ά, ё, й). Marks of other blocks stay: in kana
+# (the voicing marks of だ, ぱ), Indic scripts and Thai they spell a different sound, so
+# dropping them would make different names equal — a false match is the one outcome this
+# check must not produce; a spurious stop only costs the analyst a look.
+_ACCENT_BLOCKS = ((0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF), (0xFE20, 0xFE2F))
+# Latin letters whose stroke NFKD does not split off; folded like the accents above.
+_STROKES = str.maketrans({"ø": "o", "ł": "l", "đ": "d", "ħ": "h", "ı": "i", "æ": "ae", "œ": "oe"})
+# Code points that mean the sender's bytes were not decoded: pydicom's replacement character,
+# and controls (an ISO 2022 escape left behind), surrogates, private use, unassigned.
+_UNREADABLE_CATEGORIES = frozenset({"Cc", "Cs", "Co", "Cn"})
+
+
+def _is_accent(ch: str) -> bool:
+    code = ord(ch)
+    return any(low <= code <= high for low, high in _ACCENT_BLOCKS)
+
+
+def _kana(ch: str) -> str:
+    """Katakana as hiragana (ダ -> だ): one syllable, two ways of writing it, like case."""
+    return chr(ord(ch) - 0x60) if "\u30a1" <= ch <= "\u30f6" else ch
+
+
+def _name_key(value: str) -> str:
+    """A name reduced for comparison only, in any script: compatibility decomposition
+    (NFKD), case folding (Greek final sigma too), accents removed, then letters and the
+    marks that spell them; spaces, hyphens, apostrophes, digits and punctuation dropped.
+    'Müller' and 'MULLER' give one key, 'Mller' another; 'Παπαδόπουλος' and
+    'ΠΑΠΑΔΟΠΟΥΛΟΣ' one key. Never shown or stored."""
+    # Accents go before case folding too: folded, a Greek ypogegrammeni would become a letter.
+    text = "".join(ch for ch in unicodedata.normalize("NFKD", value) if not _is_accent(ch))
+    text = unicodedata.normalize("NFKD", text.casefold()).translate(_STROKES)
+    return "".join(_kana(ch) for ch in text if _spells(ch))
+
+
+def _spells(ch: str) -> bool:
+    """A letter of any script, or a mark that is part of its spelling (not an accent)."""
+    return (ch.isalpha() or unicodedata.category(ch) in ("Mn", "Mc")) and not _is_accent(ch)
+
+
+def _readable(value: str) -> bool:
+    """False if the text shows signs of bytes that were not decoded (see above)."""
+    return not any(ch == "\ufffd" or unicodedata.category(ch) in _UNREADABLE_CATEGORIES for ch in value)
+
+
+def _shown(value: str) -> str:
+    """A sender's value as the analyst sees it: undecoded or control characters as '\ufffd'
+    (no escapes or newlines reach the page or a log line)."""
+    return "".join("\ufffd" if not _readable(ch) else ch for ch in value)
 
 
 def _first_name(value: str) -> str:
     parts = value.replace("^", " ").split()
-    return _letters(parts[0]) if parts else ""
+    return parts[0] if parts else ""
+
+
+def _same_name(sender: list[str], register: str) -> bool:
+    """True if the register's name equals one of the sender's spellings of it.
+
+    A name that cannot be compared — no letter left after reduction on either side (the
+    sender sent nothing, or '?' for what it could not encode) — is never a match: the
+    analyst must look, since a silent match would defeat the check.
+    """
+    wanted = _name_key(register)
+    if not any(ch.isalpha() for ch in wanted) or not all(map(_readable, [register, *sender])):
+        return False
+    return any(_name_key(value) == wanted for value in sender)
 
 
 def parse_date(value: object) -> date | None:
@@ -171,22 +231,35 @@ def sender_nhs_number(meta: Any) -> str:
 def compare_with_register(meta: Any, register: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     """(field, sender value, register value) for each demographic that differs.
 
-    `meta`: an InstanceMeta or a mapping with patient_name (DICOM PN, FAMILY^GIVEN^MIDDLE),
-    birth_date (DA), patient_id, issuer_of_patient_id, other_patient_ids.
+    `meta`: an InstanceMeta or a mapping with patient_name (DICOM PN, FAMILY^GIVEN^MIDDLE,
+    decoded with the data set's Specific Character Set), birth_date (DA), patient_id,
+    issuer_of_patient_id, other_patient_ids.
     `register`: family_name, given_name, dob (date or YYYY-MM-DD), nhs_number.
-    Names compare on letters only, case-insensitive; given names on the first given name.
-    An NHS number is compared only when the sender gives one (most senders do not).
+    Names compare in any script on their letters, ignoring case and accents (`_name_key`);
+    given names on the first given name. A name that is empty, or shows undecoded bytes, is
+    a mismatch, never a match. An NHS number is compared only when the sender gives one
+    (most senders do not).
     """
     mismatches: list[tuple[str, str, str]] = []
-    pn = str(_get(meta, "patient_name") or "").split("=")[0]  # alphabetic group only
-    parts = pn.split("^") + ["", ""]
-    family, given = parts[0].strip(), parts[1].strip()
+    pn = str(_get(meta, "patient_name") or "")
+    # A PN has up to three component groups, alphabetic=ideographic=phonetic (PS3.5 6.2.1.2),
+    # e.g. 'Yamada^Tarou=山田^太郎=やまだ^たろう'. The register holds one spelling, typed in
+    # whichever script the clerk used, so a name matches if any non-empty group's component
+    # equals it. Every group is the same person's name, so accepting any of them cannot
+    # match a different patient; guessing the register's script could only add stops.
+    groups = [group.split("^") + ["", ""] for group in pn.split("=")]
+    families = [g[0].strip() for g in groups if g[0].strip()]
+    givens = [g[1].strip() for g in groups if g[1].strip()]
     reg_family = str(register.get("family_name") or "").strip()
     reg_given = str(register.get("given_name") or "").strip()
-    if _letters(family) != _letters(reg_family):
-        mismatches.append(("family_name", family, reg_family))
-    if _first_name(given) != _first_name(reg_given):
-        mismatches.append(("given_name", given, reg_given))
+    # Undecoded bytes anywhere (a wrong or unknown Specific Character Set) put every letter
+    # in doubt: the family name then never matches, and the analyst sees the whole name.
+    if not _readable(pn):
+        mismatches.append(("family_name", _shown(pn), reg_family))
+    elif not _same_name(families, reg_family):
+        mismatches.append(("family_name", " = ".join(families), reg_family))
+    if not _same_name([_first_name(g) for g in givens], _first_name(reg_given)):
+        mismatches.append(("given_name", _shown(" = ".join(givens)), reg_given))
     sender_dob_text = str(_get(meta, "birth_date") or "").strip()
     reg_dob = parse_date(register.get("dob"))
     if parse_date(sender_dob_text) != reg_dob:

@@ -178,7 +178,8 @@ def make_study(
     """Write one study of n_series x n_per_series instances under out_dir; return the paths.
 
     Files are named `<series>/<instance>.dcm` (no UIDs in paths). `extra` sets further
-    attributes by keyword on every instance (e.g. IssuerOfPatientID for fix-up tests).
+    attributes by keyword on every instance (e.g. IssuerOfPatientID for fix-up tests, or
+    SpecificCharacterSet "ISO_IR 126" for a Greek name: text is encoded when written).
     """
     out = Path(out_dir)
     study_uid = study_uid or generate_uid()
