@@ -227,19 +227,20 @@ def orthanc(orthanc_factory, gateway_port: int) -> OrthancPeer:
 
 @pytest.fixture
 def fake_scp() -> Iterator[Callable[..., Node]]:
-    """start(handlers, ae_title=..., require_calling=None, qr=False, max_pdu=16382) -> Node
-    on 127.0.0.1: a pynetdicom SCP accepting every storage class in the uncompressed
-    transfer syntaxes, whose handlers misbehave as a test needs."""
+    """start(handlers, ae_title=..., require_calling=None, qr=False, max_pdu=16382,
+    transfer_syntaxes=None) -> Node on 127.0.0.1: a pynetdicom SCP accepting every storage
+    class in the uncompressed transfer syntaxes (or those given), whose handlers misbehave
+    as a test needs."""
     servers = []
 
     def start(handlers, *, ae_title: str = "FAKESCP", require_calling: list[str] | None = None,
-              qr: bool = False, max_pdu: int = 16382) -> Node:
+              qr: bool = False, max_pdu: int = 16382, transfer_syntaxes: list[str] | None = None) -> Node:
         ae = AE(ae_title=ae_title)
         ae.maximum_pdu_size = max_pdu
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
         ae.add_supported_context(Verification)
-        for cx in AllStoragePresentationContexts:
-            ae.add_supported_context(cx.abstract_syntax, scu_role=True, scp_role=True)
+        for cx in AllStoragePresentationContexts:  # pynetdicom's default: the four uncompressed
+            ae.add_supported_context(cx.abstract_syntax, transfer_syntaxes, scu_role=True, scp_role=True)
         if qr:
             for model in (StudyRootQueryRetrieveInformationModelFind,
                           StudyRootQueryRetrieveInformationModelGet,

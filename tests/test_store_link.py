@@ -152,24 +152,34 @@ def as_jpeg(path: Path) -> Path:
     return path
 
 
-def test_a_kind_of_object_the_node_refuses_fails_alone_and_the_rest_arrive(fake_scp, tmp_path: Path) -> None:
+def test_an_instance_the_node_refuses_and_we_cannot_decode_stops_the_send_before_anything_is_stored(
+    fake_scp, tmp_path: Path
+) -> None:
+    """Issue 8.6: a refused syntax used to fail alone while the rest were stored (a
+    half-stored study); now the pre-flight stops before the first C-STORE."""
     plain, jpeg = study(tmp_path / "src", n_series=1, n_per_series=2)
-    as_jpeg(jpeg)  # the fake accepts uncompressed syntaxes only
+    as_jpeg(jpeg)  # the fake accepts uncompressed syntaxes only, and the token frame does not decode
     stored: list[str] = []
     node = fake_scp([(evt.EVT_C_STORE, lambda event: stored.append(event.request.AffectedSOPInstanceUID) or 0)])
-    result = scu.send_files(node, [jpeg, plain], config=QUICK)
-    assert result.sent == 1 and stored == [read_part10(plain).sop_uid]
-    (failure,) = result.failed
-    assert failure.code == "not-accepted" and failure.path == jpeg
-    assert "the node does not accept CT Image Storage in JPEG Baseline" in failure.plain
+    with pytest.raises(DicomFailure) as caught:
+        scu.send_files(node, [plain, jpeg], config=QUICK)
+    assert stored == []
+    failure = caught.value
+    assert failure.code == "syntax-refused" and not failure.retryable
+    assert failure.failed_uids == [read_part10(jpeg).sop_uid]
+    assert f"{read_part10(jpeg).sop_uid}: JPEG Baseline" in failure.plain
+    assert "this instance cannot be decoded" in failure.plain
+    assert failure.partial.sent == 0  # type: ignore[attr-defined]
 
 
 def test_when_no_kind_is_accepted_the_send_fails_in_plain_words(fake_scp, tmp_path: Path) -> None:
-    (jpeg,) = study(tmp_path / "src", n_series=1, n_per_series=1)
-    as_jpeg(jpeg)
+    (path,) = study(tmp_path / "src", n_series=1, n_per_series=1)
+    ds = dcmread(path)  # a private SOP class: the fake supports none, in no syntax
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.826.0.1.3680043.9.9999.1"
+    ds.save_as(path, enforce_file_format=True)
     node = fake_scp([])
     with pytest.raises(DicomFailure) as caught:
-        scu.send_files(node, [jpeg], config=QUICK)
+        scu.send_files(node, [path], config=QUICK)
     assert caught.value.code == "no-presentation-context" and not caught.value.retryable
 
 

@@ -198,15 +198,97 @@ COMMON_STORAGE_CLASSES: tuple[str, ...] = (
 )
 
 
+# Transfer syntax families for the storage contexts of a C-GET (PS3.5 Section 10, A.4).
+# The PACS accepts one syntax per presentation context and transcodes whatever is stored in
+# another (Orthanc 1.10 sent JPEG-LS decompressed, and failed a whole C-GET with 0xC000 on a
+# JPEG 2000 instance it could not transcode): so each family gets a context of its own and
+# an instance comes in the syntax it is stored in, byte for byte. Within a family the first
+# syntax is the likelier one; in order of how often a referral carries them, because when
+# contexts run short the families at the end are the first to go.
+GET_SYNTAX_FAMILIES: tuple[tuple[str, ...], ...] = (
+    ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2"),  # Explicit / Implicit VR Little Endian
+    ("1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.57"),  # JPEG Lossless (SV1, Process 14)
+    ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"),  # JPEG 2000 lossless, JPEG 2000
+    ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"),  # JPEG-LS lossless, near-lossless
+    ("1.2.840.10008.1.2.5",),  # RLE Lossless
+    ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"),  # JPEG Baseline, Extended
+    ("1.2.840.10008.1.2.1.99",),  # Deflated Explicit VR Little Endian
+    ("1.2.840.10008.1.2.2",),  # Explicit VR Big Endian (retired, still sent by old kit)
+    ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203"),  # HTJ2K
+    ("1.2.840.10008.1.2.4.92", "1.2.840.10008.1.2.4.93"),  # JPEG 2000 Part 2 multi-component
+    ("1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.101",
+     "1.2.840.10008.1.2.4.100.1", "1.2.840.10008.1.2.4.101.1"),  # MPEG2
+    ("1.2.840.10008.1.2.4.102", "1.2.840.10008.1.2.4.103", "1.2.840.10008.1.2.4.104",
+     "1.2.840.10008.1.2.4.105", "1.2.840.10008.1.2.4.106"),  # MPEG-4 AVC/H.264
+    ("1.2.840.10008.1.2.4.107", "1.2.840.10008.1.2.4.108"),  # HEVC/H.265
+)
+
+
+def get_plan(sop_classes: Iterable[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """(SOP class, transfer syntaxes) of each storage context a C-GET proposes.
+
+    The budget is MAX_CONTEXTS - 1 (one goes to the Get model). Spent in this order, each
+    step only while contexts are left:
+    1. the study's classes (SOP Classes in Study from the C-FIND, when the PACS says; else
+       COMMON_STORAGE_CLASSES stand in for them): one uncompressed context each — without
+       a context for its class an instance cannot come at all;
+    2. the same classes, family by family (GET_SYNTAX_FAMILIES order), every class getting
+       a family before any class gets the next;
+    3. when the study's classes are known, the common classes as a safety net (in case the
+       C-FIND missed one): an uncompressed context each;
+    4. the study's classes again: each family of two or more syntaxes split into one context
+       per syntax (a JPEG 2000 lossy instance then comes as such even if the PACS took
+       lossless for the family's context, and Implicit VR as Implicit VR);
+    5. the safety-net classes' compressed families.
+    What is left out is transcoded by the PACS (or refused by it): degraded, not lost,
+    for everything up to step 3. 127 classes in one study would still get step 1.
+    """
+    budget = MAX_CONTEXTS - 1
+    known = sorted(set(sop_classes))
+    primary = known or sorted(COMMON_STORAGE_CLASSES)
+    spare = [uid for uid in sorted(COMMON_STORAGE_CLASSES) if uid not in set(primary)] if known else []
+    plan: dict[str, list[tuple[str, ...]]] = {uid: [] for uid in [*primary, *spare]}
+    used = 0
+
+    def add(uid: str, family: tuple[str, ...]) -> bool:
+        nonlocal used
+        if used >= budget:
+            return False
+        plan[uid].append(family)
+        used += 1
+        return True
+
+    for uid in primary:  # 1
+        add(uid, GET_SYNTAX_FAMILIES[0])
+    for family in GET_SYNTAX_FAMILIES[1:]:  # 2
+        for uid in primary:
+            add(uid, family)
+    for uid in spare:  # 3
+        add(uid, GET_SYNTAX_FAMILIES[0])
+    for uid in primary:  # 4
+        split: list[tuple[str, ...]] = []
+        for family in plan[uid]:
+            if len(family) > 1 and used + len(family) - 1 <= budget:
+                split.extend((ts,) for ts in family)
+                used += len(family) - 1
+            else:
+                split.append(family)
+        plan[uid] = split
+    for family in GET_SYNTAX_FAMILIES[1:]:  # 5
+        for uid in spare:
+            add(uid, family)
+    return [(uid, family) for uid in plan for family in plan[uid]]
+
+
 def get_contexts(sop_classes: Iterable[str]) -> tuple[list[PresentationContext], list[Any]]:
     """Contexts and SCP/SCU role items for a C-GET: the Get model plus, for each storage
-    SOP class, a context on which we take the SCP role (PS3.4 C.4.3, PS3.7 D.3.3.4)."""
-    classes = sorted(set(sop_classes) | set(COMMON_STORAGE_CLASSES))[: MAX_CONTEXTS - 1]
+    SOP class, contexts on which we take the SCP role (PS3.4 C.4.3, PS3.7 D.3.3.4), one
+    per transfer syntax family as far as contexts allow (`get_plan`). Several contexts may
+    share a SOP class; one role item per class covers them all (PS3.7 D.3.3.4)."""
+    plan = get_plan(sop_classes)
     contexts = [build_context(StudyRootQueryRetrieveInformationModelGet)]
-    roles = []
-    for uid in classes:
-        contexts.append(build_context(UID(uid), RECEIVE_TRANSFER_SYNTAXES))
-        roles.append(build_role(UID(uid), scp_role=True))
+    contexts += [build_context(UID(uid), [UID(ts) for ts in syntaxes]) for uid, syntaxes in plan]
+    roles = [build_role(UID(uid), scp_role=True) for uid in dict.fromkeys(uid for uid, _ in plan)]
     return contexts, roles
 
 

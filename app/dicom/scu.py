@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from app.dicom import convert
 from app.dicom.ae import (
     DEFAULT_CONFIG,
     MAX_CONTEXTS,
@@ -42,6 +44,7 @@ from app.dicom.ae import (
     open_association,
     verification_contexts,
 )
+from app.dicom.convert import UNCOMPRESSED
 from app.dicom.errors import DicomFailure, status_category, to_failure
 from app.dicom.scp import receive_instance, valid_uid
 from app.dicom.store_link import (
@@ -278,12 +281,18 @@ class SendResult:
 
 @dataclass(frozen=True)
 class _Item:
-    path: Path
+    path: Path  # the file that is sent
     part10: Part10
+    origin: Path | None = None  # the caller's file, when `path` is a conversion of it
 
     @property
     def sop_uid(self) -> str:
         return self.part10.sop_uid
+
+    @property
+    def given(self) -> Path:
+        """The path as the caller gave it (failures are reported by it)."""
+        return self.origin or self.path
 
     @property
     def kind(self) -> tuple[str, str]:
@@ -305,6 +314,57 @@ def _scan(paths: Iterable[Path | str]) -> list[_Item | FailedInstance]:
     return items
 
 
+def _proposals(kinds: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], set[tuple[str, str]]]:
+    """The (SOP class, transfer syntax) pairs to propose, and the kinds left out.
+
+    Each kind in hand first (the fast path: files go as they are), then, while contexts
+    are left, each SOP class in Explicit and Implicit VR Little Endian, so that a node that
+    refuses a file's own syntax can still take it converted (`app.dicom.convert`)."""
+    proposed = kinds[:MAX_CONTEXTS]
+    left_over = set(kinds[MAX_CONTEXTS:])
+    have = set(proposed)
+    for sop_class in dict.fromkeys(sop for sop, _ in kinds):
+        for syntax in UNCOMPRESSED:
+            if len(proposed) < MAX_CONTEXTS and (sop_class, syntax) not in have:
+                proposed.append((sop_class, syntax))
+                have.add((sop_class, syntax))
+    return proposed, left_over
+
+
+def _preflight(link: StoreLink, items: list[_Item | FailedInstance]) -> tuple[dict[int, str], list[str]]:
+    """After negotiation, before any C-STORE: which files need converting (index -> the
+    accepted uncompressed syntax to convert to) and which cannot go at all (reasons)."""
+    todo: dict[int, str] = {}
+    refused: list[str] = []
+    for i, item in enumerate(items):
+        if isinstance(item, FailedInstance) or link.context_for(*item.kind) is not None:
+            continue
+        sop_class, syntax = item.kind
+        accepted = link.accepted_syntaxes(sop_class)
+        if not accepted:
+            refused.append(f"{item.sop_uid}: the node does not accept {UID(sop_class).name} at all "
+                           "(presentation contexts rejected)")
+            continue
+        targets = [ts for ts in UNCOMPRESSED if ts in accepted]
+        reason = convert.refusal(syntax, targets or accepted)
+        if reason:
+            refused.append(f"{item.sop_uid}: {reason}")
+        else:
+            todo[i] = targets[0]
+    return todo, refused
+
+
+def _syntax_refused(node: Node, refused: list[str]) -> DicomFailure:
+    shown = refused[:20] + ([f"and {len(refused) - 20} more"] if len(refused) > 20 else [])
+    return DicomFailure(
+        "syntax-refused",
+        f"nothing was sent: {len(refused)} instance(s) cannot go to {node} in any transfer syntax "
+        "it accepts — " + "; ".join(shown),
+        False,
+        failed_uids=[line.split(":", 1)[0] for line in refused],
+    )
+
+
 def send_files(
     node: Node,
     paths: Iterable[Path | str],
@@ -315,13 +375,22 @@ def send_files(
     max_reassociations: int = 3,
     reassociate_delay: float = 1.0,
     priority: int = PRIORITY_MEDIUM,
+    workdir: Path | str | None = None,
 ) -> SendResult:
     """C-STORE the files to `node` over one association, streaming each from disk.
 
     The files go as they are on disk (`app.dicom.store_link`): one presentation context
-    per (SOP class, transfer syntax) in hand, so the peer must accept each file's own
-    syntax; nothing is decoded or converted. Per-instance failures (a failure status, a
-    kind of object the node does not accept, no answer in time) are recorded by SOP
+    per (SOP class, transfer syntax) in hand, plus Explicit and Implicit VR Little Endian
+    for each SOP class as a fallback. After negotiation and before the first C-STORE, every
+    file whose own syntax the node refused is converted to an accepted uncompressed syntax
+    (`app.dicom.convert`: lossless, or a lossy image decoded and marked as lossy) into a
+    temporary folder under `workdir` (the system's temp dir if None), removed afterwards;
+    the association is released while converting and a new one carries the send. If any
+    file cannot go in a syntax the node accepts (no context for its class, or it cannot be
+    converted), nothing is sent: DicomFailure "syntax-refused" (not retryable) names each
+    instance and why. A file whose syntax is accepted is never decoded.
+
+    Per-instance failures (a failure status, no answer in time) are recorded by SOP
     Instance UID and the send goes on. If the association drops mid-way, it re-associates
     and resumes with the instance that was in flight, at most `max_reassociations` times.
     `on_progress(done, bytes_sent)` after each file, where `done` is how many of `paths`
@@ -334,9 +403,11 @@ def send_files(
     items = _scan(paths)
     result = SendResult(total=len(items))
     kinds = sorted({item.kind for item in items if isinstance(item, _Item)})
-    proposed, left_over = kinds[:MAX_CONTEXTS], set(kinds[MAX_CONTEXTS:])
+    proposed, left_over = _proposals(kinds)
     index = 0
     drops = 0
+    checked = False
+    scratch: tempfile.TemporaryDirectory[str] | None = None
 
     def record(outcome: str | FailedInstance, size: int = 0) -> None:
         """The outcome of items[index]; `done` for progress is always a position in `paths`."""
@@ -351,47 +422,87 @@ def send_files(
         if on_progress is not None:
             on_progress(index, result.bytes_sent)
 
+    def convert_all(todo: dict[int, str], refused: list[str]) -> None:
+        """Replace items[i] by its conversion; raise syntax-refused if any file cannot go
+        (those in `refused` and those that fail to convert)."""
+        nonlocal scratch
+        if workdir is not None:
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+        scratch = tempfile.TemporaryDirectory(prefix="iep-convert-", dir=workdir)
+        for i, target in todo.items():
+            item = items[i]
+            assert isinstance(item, _Item)
+            out = Path(scratch.name) / f"{i:06d}.dcm"
+            try:
+                done = convert.convert(item.path, target, out)
+                items[i] = _Item(out, read_part10(out), origin=item.path)
+            except convert.CannotConvert as exc:
+                refused.append(f"{item.sop_uid}: {exc.reason}")
+                continue
+            except (OSError, ValueError) as exc:
+                refused.append(f"{item.sop_uid}: the conversion could not be written ({exc})")
+                continue
+            log.info("instance %d converted from %s to %s%s", i, UID(done.source_syntax).name,
+                     UID(target).name, " (lossy original, marked so)" if done.lossy else "")
+        if refused:
+            raise _syntax_refused(node, refused)
+
     if not proposed:  # nothing readable to send
         for item in items:
             record(item)  # type: ignore[arg-type]
         return result
-    while index < len(items):
-        try:
-            with StoreLink(node, proposed, config=config) as link:
-                result.associations += 1
-                while index < len(items):
-                    if should_cancel is not None and should_cancel():
-                        result.cancelled = True
-                        return result
-                    item = items[index]
-                    if isinstance(item, FailedInstance):
-                        record(item)
-                    else:
-                        record(_store_one(link, item, left_over, priority), item.part10.size)
-        except AssociationLost as lost:
-            drops += 1
-            log.warning("association to %s dropped during send (%s); attempt %d of %d",
-                        node, lost.failure.code, drops, max_reassociations)
-            if drops > max_reassociations:
-                lost.failure.partial = result  # type: ignore[attr-defined]
-                raise lost.failure from None
-            time.sleep(reassociate_delay * drops)
-        except InstanceAbandoned as abandoned:
-            # No answer in time (or the file broke off): the peer may be stuck on this very
-            # instance, so it is recorded as failed and the rest go on a new association.
-            item = items[index]
-            failure = abandoned.failure
-            record(FailedInstance(item.sop_uid, item.path, failure.code, failure.plain, failure.retryable))
-            drops += 1
-            if drops > max_reassociations and index < len(items):
-                failure.partial = result  # type: ignore[attr-defined]
-                raise failure from None
-        except DicomFailure as failure:
-            if result.associations == 0 or not failure.retryable or drops >= max_reassociations:
-                failure.partial = result  # type: ignore[attr-defined]
-                raise
-            drops += 1
-            time.sleep(reassociate_delay * drops)
+    try:
+        while index < len(items):
+            try:
+                with StoreLink(node, proposed, config=config) as link:
+                    result.associations += 1
+                    if not checked:
+                        todo, refused = _preflight(link, items)
+                        checked = True
+                        if todo or refused:
+                            # Decoding can take longer than a node waits on an idle association;
+                            # and the list of what cannot go is complete, conversions included.
+                            link.release()
+                            convert_all(todo, refused)
+                            continue
+                    while index < len(items):
+                        if should_cancel is not None and should_cancel():
+                            result.cancelled = True
+                            return result
+                        item = items[index]
+                        if isinstance(item, FailedInstance):
+                            record(item)
+                        else:
+                            record(_store_one(link, item, left_over, priority), item.part10.size)
+            except AssociationLost as lost:
+                drops += 1
+                log.warning("association to %s dropped during send (%s); attempt %d of %d",
+                            node, lost.failure.code, drops, max_reassociations)
+                if drops > max_reassociations:
+                    lost.failure.partial = result  # type: ignore[attr-defined]
+                    raise lost.failure from None
+                time.sleep(reassociate_delay * drops)
+            except InstanceAbandoned as abandoned:
+                # No answer in time (or the file broke off): the peer may be stuck on this very
+                # instance, so it is recorded as failed and the rest go on a new association.
+                item = items[index]
+                failure = abandoned.failure
+                record(FailedInstance(item.sop_uid, item.given if isinstance(item, _Item) else item.path,
+                                      failure.code, failure.plain, failure.retryable))
+                drops += 1
+                if drops > max_reassociations and index < len(items):
+                    failure.partial = result  # type: ignore[attr-defined]
+                    raise failure from None
+            except DicomFailure as failure:
+                if failure.code == "syntax-refused" or result.associations == 0 or \
+                        not failure.retryable or drops >= max_reassociations:
+                    failure.partial = result  # type: ignore[attr-defined]
+                    raise
+                drops += 1
+                time.sleep(reassociate_delay * drops)
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
     return result
 
 
@@ -401,7 +512,7 @@ def _store_one(link: StoreLink, item: _Item, left_over: set[tuple[str, str]],
     InstanceAbandoned when the association ends with it."""
 
     def failed(failure: DicomFailure) -> FailedInstance:
-        return FailedInstance(item.sop_uid, item.path, failure.code, failure.plain, failure.retryable)
+        return FailedInstance(item.sop_uid, item.given, failure.code, failure.plain, failure.retryable)
 
     if item.kind in left_over:
         return failed(DicomFailure("too-many-kinds", "more than 128 kinds of object in one "

@@ -304,6 +304,10 @@ class StoreLink:
         """The accepted presentation context for files of this kind, if any."""
         return self._accepted.get((sop_class, syntax))
 
+    def accepted_syntaxes(self, sop_class: str) -> list[str]:
+        """The transfer syntaxes the node accepted for this SOP class, in proposal order."""
+        return [ts for sop, ts in self._accepted if sop == sop_class]
+
     def release(self) -> None:
         """A-RELEASE, bounded by the ACSE timeout; an abort if the node does not answer. Never raises."""
         if self._sock is None:
