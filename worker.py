@@ -108,7 +108,7 @@ def run_gateway(name: str) -> None:
 
     from app.dicom.scp import GatewaySCP
     from app.transfers import service
-    from app.transfers.inbound import record_arrival
+    from app.transfers.gateway import on_stored as record
 
     app = create_app()
     with app.app_context():
@@ -119,7 +119,7 @@ def run_gateway(name: str) -> None:
     def on_stored(path, meta) -> None:  # noqa: ANN001 - called from the SCP's threads
         with app.app_context():
             try:
-                record_arrival(path, meta)
+                record(path, meta)
             finally:
                 db.session.remove()
 

@@ -116,11 +116,11 @@ def gateway(app, gateway_port, tmp_path):
     """The desk's gateway SCP, recording arrivals as worker.py's gateway process does."""
 
     def on_stored(path, meta):  # noqa: ANN001
-        from app.transfers.inbound import record_arrival
+        from app.transfers.gateway import on_stored as record
 
         with app.app_context():
             try:
-                record_arrival(path, meta)
+                record(path, meta)
             finally:
                 db.session.remove()
 

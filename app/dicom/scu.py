@@ -218,34 +218,62 @@ def find_studies(
     return sorted(found.values(), key=lambda s: s.study_date, reverse=True)
 
 
-def _list_instances(assoc: Association, watch: Watch, study_uid: str) -> list[tuple[str, str, str]]:
-    """(series UID, SOP Instance UID, SOP Class UID) of every instance in a study:
-    SERIES then IMAGE level, as the Study Root hierarchical model requires (PS3.4 C.4.1.3.1)."""
+@dataclass(frozen=True)
+class InstanceInfo:
+    """One instance as a node lists it (C-FIND, IMAGE level): what the desk names it by
+    when it is missing — series number and description, instance number, SOP UID."""
+
+    series_uid: str
+    sop_uid: str
+    sop_class: str = ""
+    series_number: str = ""
+    series_description: str = ""
+    instance_number: str = ""
+
+
+def _list_instances(assoc: Association, watch: Watch, study_uid: str) -> list[InstanceInfo]:
+    """Every instance in a study: SERIES then IMAGE level, as the Study Root
+    hierarchical model requires (PS3.4 C.4.1.3.1)."""
     query = Dataset()
     query.QueryRetrieveLevel = "SERIES"
     query.StudyInstanceUID = study_uid
     query.SeriesInstanceUID = ""
-    series = [str(m.SeriesInstanceUID) for m in _find(assoc, watch, query) if m.get("SeriesInstanceUID")]
-    out: list[tuple[str, str, str]] = []
-    for series_uid in sorted(set(series)):
+    query.SeriesNumber = ""
+    query.SeriesDescription = ""
+    series: dict[str, tuple[str, str]] = {}
+    for match in _find(assoc, watch, query):
+        uid = str(match.get("SeriesInstanceUID", "") or "")
+        if uid:
+            series[uid] = (str(match.get("SeriesNumber", "") or ""), str(match.get("SeriesDescription", "") or ""))
+    out: list[InstanceInfo] = []
+    for series_uid in sorted(series):
+        number, description = series[series_uid]
         query = Dataset()
         query.QueryRetrieveLevel = "IMAGE"
         query.StudyInstanceUID = study_uid
         query.SeriesInstanceUID = series_uid
         query.SOPInstanceUID = ""
         query.SOPClassUID = ""
+        query.InstanceNumber = ""
         for match in _find(assoc, watch, query):
             sop = str(match.get("SOPInstanceUID", "") or "")
             if sop:
-                out.append((series_uid, sop, str(match.get("SOPClassUID", "") or "")))
+                out.append(InstanceInfo(series_uid, sop, str(match.get("SOPClassUID", "") or ""), number,
+                                        description, str(match.get("InstanceNumber", "") or "")))
     return out
+
+
+def list_instances(node: Node, study_uid: str, *, config: AEConfig = DEFAULT_CONFIG) -> list[InstanceInfo]:
+    """Every instance the node holds for a study, with its series and instance numbers:
+    the source's own list, which a retrieval is checked against (issue 8.2)."""
+    with open_association(node, find_contexts(), config=config) as (assoc, watch):
+        return _list_instances(assoc, watch, study_uid)
 
 
 def find_instances(node: Node, study_uid: str, *, config: AEConfig = DEFAULT_CONFIG) -> list[tuple[str, str]]:
     """(series UID, SOP Instance UID) of every instance the node holds for a study —
     to verify a delivery."""
-    with open_association(node, find_contexts(), config=config) as (assoc, watch):
-        return [(series, sop) for series, sop, _ in _list_instances(assoc, watch, study_uid)]
+    return [(i.series_uid, i.sop_uid) for i in list_instances(node, study_uid, config=config)]
 
 
 # -- C-STORE ------------------------------------------------------------------------------
@@ -553,6 +581,7 @@ class RetrieveResult:
     completed: int = 0
     failed: int = 0
     warning: int = 0
+    remaining: int = 0
     failed_uids: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
     bytes_received: int = 0
@@ -562,13 +591,31 @@ class RetrieveResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == 0x0000 and self.failed == 0 and not self.cancelled
+        """The peer's final word says everything came: success, nothing failed or left."""
+        return self.status == 0x0000 and self.failed == 0 and self.remaining == 0 and not self.cancelled
+
+    def plain_outcome(self) -> str:
+        """The final response in words, for a transfer's phase and failure text."""
+        if self.status is None:
+            return "no final response"
+        text = (f"final status 0x{self.status:04X}: {self.completed} completed, {self.failed} failed, "
+                f"{self.warning} with warnings, {self.remaining} remaining")
+        return text + (f" ({self.note})" if self.note else "")
 
 
-def _retrieve_query(study_uid: str) -> Dataset:
+def _retrieve_query(study_uid: str, series_uid: str | None = None, sop_uids: list[str] | None = None) -> Dataset:
+    """STUDY level; or IMAGE level with a list of SOP Instance UIDs of one series (UID
+    list matching, PS3.4 C.2.2.2.2), to fetch only what is missing."""
     query = Dataset()
-    query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = study_uid
+    if sop_uids:
+        if not series_uid:
+            raise ValueError("an IMAGE-level retrieval needs the series")
+        query.QueryRetrieveLevel = "IMAGE"
+        query.SeriesInstanceUID = series_uid
+        query.SOPInstanceUID = list(sop_uids) if len(sop_uids) > 1 else sop_uids[0]
+    else:
+        query.QueryRetrieveLevel = "STUDY"
     return query
 
 
@@ -604,10 +651,16 @@ def _responses(
                 assoc, watch, elapsed=time.monotonic() - started, operation=operation
             )
         code = int(status.Status)
-        result.completed = _int(status.get("NumberOfCompletedSuboperations")) or result.completed
-        result.failed = _int(status.get("NumberOfFailedSuboperations")) or result.failed
-        result.warning = _int(status.get("NumberOfWarningSuboperations")) or result.warning
         category = status_category(code, operation)
+        # Each response carries the running counts; the final one's are the truth (and
+        # Remaining is absent there, PS3.7 C.4.3.1.4 / C.4.2.1.4: nothing remains).
+        for key, attr in (("NumberOfCompletedSuboperations", "completed"), ("NumberOfFailedSuboperations", "failed"),
+                          ("NumberOfWarningSuboperations", "warning"), ("NumberOfRemainingSuboperations", "remaining")):
+            value = _int(status.get(key))
+            if value is not None:
+                setattr(result, attr, value)
+        if category != "pending" and status.get("NumberOfRemainingSuboperations") is None:
+            result.remaining = 0
         if category == "pending":
             started = time.monotonic()
             if should_cancel is not None and should_cancel():
@@ -643,8 +696,11 @@ def retrieve_study(
     config: AEConfig = DEFAULT_CONFIG,
     on_progress: ProgressCallback | None = None,
     should_cancel: CancelCallback | None = None,
+    series_uid: str | None = None,
+    sop_uids: list[str] | None = None,
 ) -> RetrieveResult:
-    """Fetch a study from `node`.
+    """Fetch a study from `node` — or, with `series_uid` and `sop_uids`, only those
+    instances of one series (a retry fetches only what is missing).
 
     method="get": C-GET over our association; each instance is written straight to
     `dest_dir/<SOP Instance UID>.dcm` as it arrives (validated, undecoded; malformed ones go
@@ -662,6 +718,9 @@ def retrieve_study(
     """
     if not valid_uid(study_uid):
         raise ValueError("not a valid Study Instance UID")
+    if sop_uids and not all(valid_uid(u) for u in [series_uid or "", *sop_uids]):
+        raise ValueError("not a valid Series or SOP Instance UID")
+    query = _retrieve_query(study_uid, series_uid, sop_uids)
     result = RetrieveResult()
     if method == "get":
         if dest_dir is None:
@@ -692,7 +751,7 @@ def retrieve_study(
         try:
             with open_association(node, contexts, config=config, roles=roles,
                                   handlers=[(evt.EVT_C_STORE, on_store)]) as (assoc, watch):
-                responses = assoc.send_c_get(_retrieve_query(study_uid),
+                responses = assoc.send_c_get(query,
                                              StudyRootQueryRetrieveInformationModelGet)
                 _responses(assoc, watch, responses, result, "get", should_cancel)
         except _Cancelled:
@@ -717,7 +776,7 @@ def retrieve_study(
 
     try:
         with open_association(node, move_contexts(), config=config) as (assoc, watch):
-            responses = assoc.send_c_move(_retrieve_query(study_uid), our_node.ae_title,
+            responses = assoc.send_c_move(query, our_node.ae_title,
                                           StudyRootQueryRetrieveInformationModelMove)
             _responses(assoc, watch, responses, result, "move", cancel_or_progress)
     except _Cancelled:

@@ -111,43 +111,173 @@ def _totals(transfer: Transfer) -> None:
     transfer.instances_done, transfer.instances_confirmed, transfer.bytes_done = int(sent), int(confirmed), int(sent_bytes)
 
 
-def _add_files(transfer: Transfer, study_uid: str, files: list[Path]) -> None:
-    known = set(db.session.scalars(sa.select(TransferItem.sop_uid).where(TransferItem.transfer_id == transfer.id)))
-    for path in files:
-        if path.stem not in known:
-            db.session.add(TransferItem(transfer_id=transfer.id, study_uid=study_uid, sop_uid=path.stem,
-                                        path=str(path), size=path.stat().st_size))
-    db.session.commit()
-
-
 # --- stages --------------------------------------------------------------------------------
 
 
-def stage_from_source(transfer: Transfer, progress: Progress) -> None:
-    """Retrieve each study not yet staged from the source node (C-GET, else C-MOVE)."""
+def _listed(transfer: Transfer, study_uid: str, progress: Progress) -> list[TransferItem]:
+    """The study's instances as the source lists them (C-FIND, IMAGE level), one row each,
+    asked once per transfer. A retrieval is checked against this list, never against what
+    happened to arrive (issue 8.2)."""
+    items = [i for i in _items(transfer.id, study_uid=study_uid) if not i.sop_uid.startswith(("report-", "fixed-"))]
+    if items:
+        return items
     node = transfer.source_node
-    staged = set(db.session.scalars(sa.select(TransferItem.study_uid).where(TransferItem.transfer_id == transfer.id)))
-    for study_uid in transfer.study_uids:
-        if study_uid in staged:
+    progress.beat(force=True, phase=f"Listing the study's instances on {node.name}")
+    listed = scu.list_instances(service.as_node(node), study_uid, config=service.ae_config())
+    if not listed:
+        raise DicomFailure(code="empty", plain=f"{node.name} holds no instances of study {study_uid}", retryable=False)
+    for info in listed:
+        db.session.add(TransferItem(
+            transfer_id=transfer.id, study_uid=study_uid, sop_uid=info.sop_uid, series_uid=info.series_uid,
+            series_number=info.series_number[:12], series_description=info.series_description[:64],
+            instance_number=info.instance_number[:12], path="", size=0))
+    db.session.commit()
+    return [i for i in _items(transfer.id, study_uid=study_uid) if not i.sop_uid.startswith(("report-", "fixed-"))]
+
+
+def _take_arrived(transfer: Transfer, study_uid: str, folder: Path, items: list[TransferItem],
+                  on_gateway: bool) -> list[Path]:
+    """Match the files in `folder` to the listed rows (by SOP Instance UID, the file's
+    name); a file the list did not have is added (the source gained it since). Returns the
+    files newly taken. `on_gateway`: a pull, whose instances are done once they are here."""
+    by_sop = {i.sop_uid: i for i in items}
+    new: list[Path] = []
+    for path in sorted(folder.glob("*.dcm")) if folder.is_dir() else []:
+        item = by_sop.get(path.stem)
+        if item is None:
+            item = TransferItem(transfer_id=transfer.id, study_uid=study_uid, sop_uid=path.stem)
+            db.session.add(item)
+            items.append(item)
+            by_sop[path.stem] = item
+        elif item.path:
             continue
-        folder = service.staging_dir(transfer.id) / study_uid
-        progress.beat(force=True, phase=f"Retrieving from {node.name}")
+        item.path, item.size, item.error = str(path), path.stat().st_size, ""
+        if on_gateway:
+            item.sent = item.confirmed = True
+        new.append(path)
+    db.session.commit()
+    return new
 
-        def on_retrieve(done: int, _bytes: int) -> None:
-            progress.beat(phase=f"Retrieving from {node.name}: {done} instances")
 
-        result = scu.retrieve_study(
-            service.as_node(node), study_uid, folder, method="get" if node.supports_get else "move",
-            our_node=service.our_node(), config=service.ae_config(), on_progress=on_retrieve,
-            should_cancel=progress.cancelled,
-        )
-        if result.cancelled:
-            raise Cancelled()
-        files = sorted(folder.glob("*.dcm"))
-        if not files:
-            raise DicomFailure(code="empty", plain=f"{node.name} returned no instances for study {study_uid}",
-                               retryable=False)
-        _add_files(transfer, study_uid, files)
+def _chunks(uids: list[str], size: int = 100) -> list[list[str]]:
+    return [uids[n:n + size] for n in range(0, len(uids), size)]
+
+
+def fetch_study(transfer: Transfer, study_uid: str, folder: Path, progress: Progress, *,
+                on_gateway: bool = False, on_arrived: Callable[[list[Path]], None] | None = None) -> list[Path]:
+    """Retrieve what the source listed and is not here yet (the whole study the first
+    time; on a retry only the missing instances, series by series), reading every final
+    response. Raises DicomFailure "incomplete" (retryable) naming each instance still
+    missing, with the source's own word for it. Returns the files newly arrived, which
+    `on_arrived` also gets (before any raise)."""
+    node = transfer.source_node
+    items = _listed(transfer, study_uid, progress)
+    missing = [i for i in items if not i.path]
+    if not missing:
+        return []
+    if len(missing) == len(items):
+        plan: list[tuple[str | None, list[str] | None]] = [(None, None)]
+    else:
+        by_series: dict[str, list[str]] = {}
+        for item in missing:
+            by_series.setdefault(item.series_uid, []).append(item.sop_uid)
+        plan = [(series, chunk) for series, sops in by_series.items() if series for chunk in _chunks(sops)]
+        if any(not item.series_uid for item in missing):
+            plan = [(None, None)]  # an instance we cannot place in a series: ask for the study
+    method = "get" if node.supports_get else "move"
+    said_failed: set[str] = set()
+    outcomes: list[str] = []
+    failure: DicomFailure | None = None
+    if method == "move" and transfer.direction == Direction.OUTBOUND.value:
+        # Our gateway hands this study's instances to this transfer's staging (issue 8.4).
+        transfer.moving_study_uid = study_uid
+        db.session.commit()
+    try:
+        for series_uid, sop_uids in plan:
+            def on_retrieve(done: int, _bytes: int) -> None:
+                progress.beat(phase=f"Retrieving from {node.name}: {done} instances")
+
+            progress.beat(force=True, phase=f"Retrieving from {node.name}")
+            try:
+                result = scu.retrieve_study(
+                    service.as_node(node), study_uid, folder, method=method, our_node=service.our_node(),
+                    config=service.ae_config(), on_progress=on_retrieve, should_cancel=progress.cancelled,
+                    series_uid=series_uid, sop_uids=sop_uids,
+                )
+            except DicomFailure as exc:
+                failure = exc
+                said_failed.update(exc.failed_uids or [])
+                break
+            if result.cancelled:
+                raise Cancelled()
+            said_failed.update(result.failed_uids)
+            if not result.ok:
+                outcomes.append(result.plain_outcome())
+    finally:
+        if transfer.moving_study_uid:
+            db.session.rollback()
+            transfer.moving_study_uid = ""
+            db.session.commit()
+    arrived = _take_arrived(transfer, study_uid, folder, items, on_gateway)
+    if on_arrived is not None and arrived:
+        on_arrived(arrived)
+    still = [i for i in items if not i.path]
+    if not still:
+        return arrived
+    source_said = "; ".join(outcomes) or (failure.plain if failure else "")
+    for item in still:
+        why = (f"{node.name} reported it could not send it" if item.sop_uid in said_failed
+               else f"it did not arrive from {node.name}")
+        item.error = (why + (f" ({source_said})" if source_said else ""))[:300]
+    db.session.commit()
+    raise DicomFailure(
+        code="incomplete",
+        plain=(f"{len(still)} of {len(items)} instances of the study did not come from {node.name}: "
+               + describe_items(still, limit=5) + ". Only those are fetched again"),
+        retryable=failure.retryable if failure is not None and not arrived else True,
+        failed_uids=[i.sop_uid for i in still],
+    )
+
+
+def stage_from_source(transfer: Transfer, progress: Progress) -> None:
+    """Retrieve each study from the source node into staging (C-GET, else C-MOVE to our
+    gateway), complete against the source's own list before anything is sent."""
+    for study_uid in transfer.study_uids:
+        fetch_study(transfer, study_uid, service.staging_dir(transfer.id) / study_uid, progress)
+
+
+def describe(item: TransferItem) -> str:
+    """"series 3 (AX T2), instance 17, 1.2.3…: reason" — how the desk names an instance
+    to a person (issue 8.7): series number and description, instance number, SOP UID."""
+    if not (item.series_number or item.series_description or item.instance_number) and item.path:
+        _names_from_file(item)
+    parts = []
+    if item.series_number or item.series_description:
+        parts.append(f"series {item.series_number or '?'}"
+                     + (f" ({item.series_description})" if item.series_description else ""))
+    if item.instance_number:
+        parts.append(f"instance {item.instance_number}")
+    parts.append(_sop_of(item))
+    return ", ".join(parts) + (f": {item.error}" if item.error else "")
+
+
+def describe_items(items: list[TransferItem], limit: int = 5) -> str:
+    shown = "; ".join(describe(i) for i in items[:limit])
+    return shown + (f"; and {len(items) - limit} more (listed on the transfer)" if len(items) > limit else "")
+
+
+def _names_from_file(item: TransferItem) -> None:
+    """Series and instance numbers from the file's header, for rows made from files."""
+    try:
+        with open(item.path, "rb") as fh:
+            ds = dcmread(fh, stop_before_pixels=True, specific_tags=[
+                "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "InstanceNumber"])
+    except Exception:  # noqa: BLE001 - a name is a courtesy; the UID still names it
+        return
+    item.series_uid = item.series_uid or str(ds.get("SeriesInstanceUID", "") or "")[:64]
+    item.series_number = str(ds.get("SeriesNumber", "") or "")[:12]
+    item.series_description = str(ds.get("SeriesDescription", "") or "")[:64]
+    item.instance_number = str(ds.get("InstanceNumber", "") or "")[:12]
 
 
 def add_report(transfer: Transfer) -> None:
@@ -209,26 +339,43 @@ def send_items(transfer: Transfer, progress: Progress, items: list[TransferItem]
             mark_through(done)
             progress.beat(instances_done=base_done + done, bytes_done=base_bytes + sent_bytes, phase=phase)
 
-    result = scu.send_files(
-        service.as_node(transfer.dest_node), [row.path for row in rows], config=service.ae_config(),
-        on_progress=on_progress, should_cancel=progress.cancelled,
-        # Blue Light goes as a HIGH-priority C-STORE: a PACS that queues by priority files it first.
-        priority=PRIORITY_HIGH if transfer.priority == Priority.BLUE_LIGHT.value else PRIORITY_MEDIUM,
-    )
+    try:
+        result = scu.send_files(
+            service.as_node(transfer.dest_node), [row.path for row in rows], config=service.ae_config(),
+            on_progress=on_progress, should_cancel=progress.cancelled,
+            # Blue Light goes as a HIGH-priority C-STORE: a PACS that queues by priority files it first.
+            priority=PRIORITY_HIGH if transfer.priority == Priority.BLUE_LIGHT.value else PRIORITY_MEDIUM,
+            workdir=service.staging_dir(transfer.id) / "convert",
+        )
+    except DicomFailure as failure:
+        if failure.code == "syntax-refused":  # nothing was stored: say, per instance, why
+            _note_refused(transfer, failure)
+        raise
     mark_through(result.sent + len(result.failed))
     by_path = {row.path: row.id for row in rows}
-    reasons = []
+    failed_ids = []
     for failure in result.failed:
         item_id = by_path.get(str(failure.path))
         if item_id is not None:
+            failed_ids.append(item_id)
             db.session.execute(sa.update(TransferItem).where(TransferItem.id == item_id)
                                .values(sent=False, error=failure.plain[:300]),
                                execution_options={"synchronize_session": False})
-        reasons.append(f"{failure.sop_uid or failure.path.name}: {failure.plain}")
     db.session.commit()
     if result.cancelled:
         raise Cancelled()
-    return reasons
+    failed_rows = [db.session.get(TransferItem, item_id) for item_id in failed_ids]
+    return [describe(item) for item in failed_rows if item is not None]
+
+
+def _note_refused(transfer: Transfer, failure: DicomFailure) -> None:
+    """The send stopped before storing anything (a syntax the destination takes in no
+    form): each instance's row keeps its own reason, for the widget and the e-mail."""
+    reasons = dict(line.split(": ", 1) for line in failure.plain.split(" — ", 1)[-1].split("; ") if ": " in line)
+    for item in _items(transfer.id):
+        if item.sop_uid in failure.failed_uids or _sop_of(item) in failure.failed_uids:
+            item.error = reasons.get(_sop_of(item), "the destination accepts it in no transfer syntax")[:300]
+    db.session.commit()
 
 
 def verify(transfer: Transfer, progress: Progress) -> int:
@@ -242,8 +389,11 @@ def verify(transfer: Transfer, progress: Progress) -> int:
         for item in _items(transfer.id, study_uid=study_uid):
             sop = _sop_of(item)
             item.confirmed = sop in held
-            if not item.confirmed:
+            if item.confirmed:
+                item.error = ""
+            else:
                 item.sent = False
+                item.error = f"not found at {transfer.dest_node.name} after sending"
                 missing += 1
     db.session.commit()
     return missing
@@ -309,32 +459,33 @@ def run_inbound(transfer: Transfer, progress: Progress) -> None:
 
 
 def run_pull(transfer: Transfer, progress: Progress) -> None:
-    """Direct pull: retrieve from the remote node into the gateway store -> On IEP."""
+    """Direct pull: retrieve from the remote node into the gateway store -> On IEP.
+
+    On IEP is said only when every instance the remote listed is on the gateway (issue
+    8.3); until then the arrivals are recorded ("arriving: N so far") and the pull retries
+    for what is missing, or fails naming it."""
     from app.transfers.inbound import record_arrival
 
     node = transfer.source_node
-    for study_uid in transfer.study_uids:
-        folder = service.gateway_store() / study_uid
 
-        def on_retrieve(done: int, _bytes: int) -> None:
-            progress.beat(instances_done=done, phase=f"Retrieving from {node.name}")
-
-        result = scu.retrieve_study(
-            service.as_node(node), study_uid, folder, method="get" if node.supports_get else "move",
-            our_node=service.our_node(), config=service.ae_config(), on_progress=on_retrieve,
-            should_cancel=progress.cancelled,
-        )
-        if result.cancelled:
-            raise Cancelled()
-        for path in sorted(folder.glob("*.dcm")):
+    def record(paths: list[Path]) -> None:
+        for path in paths:
             with open(path, "rb") as fh:
                 meta = read_meta(dcmread(fh, stop_before_pixels=True), calling_ae=node.ae_title[:16])
             study = record_arrival(path, meta)
             if study.request_id is None and transfer.request_id is not None:
                 study.request_id = transfer.request_id
                 db.session.commit()
+        _totals(transfer)
+        db.session.commit()
+
+    for study_uid in transfer.study_uids:
+        fetch_study(transfer, study_uid, service.gateway_store() / study_uid, progress, on_gateway=True,
+                    on_arrived=record)
     transfer.state = TransferState.DELIVERED.value
+    transfer.stalled = False
     transfer.finished_at = utcnow()
+    transfer.phase = f"Every instance {node.name} listed is on the gateway"
     _totals(transfer)
     req = transfer.request
     if req is not None and req.status != Status.ON_IEP:
@@ -360,9 +511,11 @@ def _deliver(transfer: Transfer, progress: Progress, phase: str,
         if not missing:
             break
     else:
+        lacking = _items(transfer.id, confirmed=False)
         raise DicomFailure(code="missing", plain=(
-            f"{missing} of {transfer.instances_total} instances are not at the destination after sending; "
-            "Retry resends only those."), retryable=False)
+            f"{missing} of {transfer.instances_total} instances are not at the destination after sending: "
+            f"{describe_items(lacking)}. Retry resends only those."), retryable=False,
+            failed_uids=[_sop_of(i) for i in lacking])
     if before_delivered is not None:
         before_delivered()
     transfer.state = TransferState.DELIVERED.value

@@ -104,6 +104,9 @@ class Transfer(db.Model):
     # Import: the analyst saw the sender's details beside the register's and went on.
     mismatch_accepted: so.Mapped[bool] = so.mapped_column(default=False)
     phase: so.Mapped[str] = so.mapped_column(sa.String(200), default="")
+    # While an export retrieves a study by C-MOVE, the instances our gateway receives for
+    # this study go to this transfer's staging, never to the import arrivals (issue 8.4).
+    moving_study_uid: so.Mapped[str] = so.mapped_column(sa.String(64), default="", index=True)
     # Report to send with an export (typed text or an uploaded PDF kept on disk).
     report_text: so.Mapped[str] = so.mapped_column(sa.Text, default="")
     report_pdf_path: so.Mapped[str] = so.mapped_column(sa.String(500), default="")
@@ -124,6 +127,13 @@ class TransferItem(db.Model):
     study_uid: so.Mapped[str] = so.mapped_column(sa.String(64))
     # The SOP Instance UID, prefixed "report-" / "fixed-" for instances the desk made.
     sop_uid: so.Mapped[str] = so.mapped_column(sa.String(80))
+    # What the source listed (C-FIND, IMAGE level) — the desk names a missing instance by
+    # these (issue 8.7). Empty for instances known only from a file.
+    series_uid: so.Mapped[str] = so.mapped_column(sa.String(64), default="")
+    series_number: so.Mapped[str] = so.mapped_column(sa.String(12), default="")
+    series_description: so.Mapped[str] = so.mapped_column(sa.String(64), default="")
+    instance_number: so.Mapped[str] = so.mapped_column(sa.String(12), default="")
+    # Empty while the instance is listed at the source but not yet here.
     path: so.Mapped[str] = so.mapped_column(sa.String(500), default="")
     size: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
     sent: so.Mapped[bool] = so.mapped_column(default=False)
