@@ -103,12 +103,14 @@ def run_gateway(name: str) -> None:
 
     Each stored instance is recorded and matched to an import request in the database;
     if recording fails, the sender is told to try again (0xA700), so nothing is lost.
+    Each refused (quarantined) instance is recorded too, for the desk's Arrivals page.
     """
     import threading
 
     from app.dicom.scp import GatewaySCP
     from app.transfers import service
-    from app.transfers.gateway import on_stored as record
+    from app.transfers.gateway import on_stored
+    from app.transfers.inbound import in_app_context, record_quarantined
 
     app = create_app()
     with app.app_context():
@@ -116,15 +118,10 @@ def run_gateway(name: str) -> None:
         settings = app.config["IEP_SETTINGS"]
         store, quarantine = service.gateway_store(), service.gateway_quarantine()
 
-    def on_stored(path, meta) -> None:  # noqa: ANN001 - called from the SCP's threads
-        with app.app_context():
-            try:
-                record(path, meta)
-            finally:
-                db.session.remove()
-
+    # Called from the SCP's association threads, each in an app context of its own.
     scp = GatewaySCP(ae_title=settings.gateway_ae_title, port=settings.gateway_port, storage_dir=store,
-                     quarantine_dir=quarantine, on_stored=on_stored, config=service_config(app),
+                     quarantine_dir=quarantine, on_stored=in_app_context(app, on_stored),
+                     on_quarantined=in_app_context(app, record_quarantined), config=service_config(app),
                      bind=settings.gateway_bind)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

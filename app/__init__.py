@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
     from app.intake import models as _intake_models  # noqa: F401
     from app.patients import models as _patient_models  # noqa: F401
     from app.transfers import models as _transfer_models  # noqa: F401
+    from app.transfers import quarantine as _quarantine_models  # noqa: F401
     from app.workflow import mail as _mail  # noqa: F401  (installs the after-commit hook)
     from app.workflow import models as _workflow_models  # noqa: F401
 

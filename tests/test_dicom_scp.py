@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import io
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -12,14 +13,16 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from pynetdicom import build_context
 
 from app.dicom import scu
 from app.dicom.ae import Node, open_association
 from app.dicom.errors import DicomFailure
 from app.dicom.scp import (
+    MAX_SEQUENCE_DEPTH,
     STATUS_INVALID_UID,
     STATUS_MALFORMED,
     STATUS_MISSING_ATTRIBUTE,
@@ -28,6 +31,7 @@ from app.dicom.scp import (
     GatewaySCP,
     InstanceMeta,
     Malformed,
+    TooDeep,
     check_structure,
     valid_uid,
 )
@@ -286,6 +290,142 @@ def test_deep_nesting_is_refused_without_recursion_error() -> None:
     data = opening * depth + closing * depth
     with pytest.raises(Malformed, match="nested deeper"):
         check_structure(io.BytesIO(data), 0, len(data), implicit=False, little=True)
+
+
+# Issue 8 point 11: the depth limit holds whatever the length encoding. pydicom parses a
+# defined-length sequence only when it is first used, so nesting hidden there passed the
+# old walk and surfaced later as RecursionError; every mix is walked now.
+_CONTENT_SEQUENCE = (0x0040, 0xA730)  # SQ in the dictionary (implicit VR finds it there)
+_ITEM = b"\xfe\xff\x00\xe0"
+_ITEM_END = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+_SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_UNDEFINED = 0xFFFFFFFF
+
+
+def nested_sequences(depth: int, *, implicit: bool, sequences: str, items: str,
+                     tag: tuple[int, int] = _CONTENT_SEQUENCE) -> bytes:
+    """`depth` sequences, each the only element of the single item of the one around it.
+
+    `sequences` and `items` are "defined", "undefined" or "mixed" (alternating by level)."""
+    def undefined(kind: str, level: int) -> bool:
+        return kind == "undefined" or (kind == "mixed" and level % 2 == 1)
+
+    inner = struct.pack("<HH", 0x0008, 0x0100) + (b"\x02\x00\x00\x00" if implicit else b"SH\x02\x00") + b"AB"
+    for level in range(depth):
+        if undefined(items, level):
+            item = _ITEM + struct.pack("<I", _UNDEFINED) + inner + _ITEM_END
+        else:
+            item = _ITEM + struct.pack("<I", len(inner)) + inner
+        if undefined(sequences, level + 1):
+            value, length = item + _SEQUENCE_END, _UNDEFINED
+        else:
+            value, length = item, len(item)
+        vr = b"" if implicit else b"SQ\x00\x00"
+        inner = struct.pack("<HH", *tag) + vr + struct.pack("<I", length) + value
+    return inner
+
+
+def nested_instance(folder: Path, depth: int, *, implicit: bool, sequences: str, items: str) -> Path:
+    """A Part 10 file (no pixel data) whose last element holds `depth` nested sequences."""
+    ds = Dataset()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "OT"
+    ds.PatientName = "NEST^DEPTH"
+    ds.PatientID = "NEST-1"
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"depth{depth}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with path.open("ab") as out:  # (0040,A730) sorts after every element above
+        out.write(nested_sequences(depth, implicit=implicit, sequences=sequences, items=items))
+    return path
+
+
+ENCODINGS = [
+    (implicit, sequences, items)
+    for implicit in (True, False)
+    for sequences in ("defined", "undefined", "mixed")
+    for items in ("defined", "undefined", "mixed")
+]
+
+
+@pytest.mark.parametrize(
+    ("implicit", "sequences", "items"), ENCODINGS,
+    ids=[f"{'implicit' if i else 'explicit'}_vr-{s}_sequences-{t}_items" for i, s, t in ENCODINGS],
+)
+def test_the_nesting_limit_holds_for_every_length_encoding(implicit: bool, sequences: str, items: str) -> None:
+    for depth in (1, MAX_SEQUENCE_DEPTH):
+        data = nested_sequences(depth, implicit=implicit, sequences=sequences, items=items)
+        assert check_structure(io.BytesIO(data), 0, len(data), implicit=implicit, little=True) is False
+    for depth in (MAX_SEQUENCE_DEPTH + 1, 400):
+        data = nested_sequences(depth, implicit=implicit, sequences=sequences, items=items)
+        with pytest.raises(TooDeep, match=f"nested deeper than {MAX_SEQUENCE_DEPTH}"):
+            check_structure(io.BytesIO(data), 0, len(data), implicit=implicit, little=True)
+
+
+@pytest.mark.parametrize(
+    ("implicit", "sequences", "items"),
+    [(True, "defined", "defined"), (False, "defined", "defined"), (True, "mixed", "undefined"),
+     (False, "undefined", "mixed"), (True, "undefined", "undefined"), (False, "mixed", "defined")],
+    ids=["implicit_vr-defined-defined", "explicit_vr-defined-defined", "implicit_vr-mixed-undefined",
+         "explicit_vr-undefined-mixed", "implicit_vr-undefined-undefined", "explicit_vr-mixed-defined"],
+)
+def test_the_gateway_refuses_nesting_past_the_limit_and_accepts_it_at_the_limit(
+    gateway: Gateway, tmp_path: Path, implicit: bool, sequences: str, items: str
+) -> None:
+    too_deep = nested_instance(tmp_path / "deep", MAX_SEQUENCE_DEPTH + 1, implicit=implicit,
+                               sequences=sequences, items=items)
+    at_limit = nested_instance(tmp_path / "ok", MAX_SEQUENCE_DEPTH, implicit=implicit,
+                               sequences=sequences, items=items)
+    statuses = store(gateway.node, too_deep, at_limit)
+
+    assert [int(s.Status) for s in statuses] == [STATUS_MALFORMED, 0x0000]
+    assert f"nested deeper than {MAX_SEQUENCE_DEPTH}" in statuses[0].ErrorComment
+    (reason,) = gateway.reasons()
+    assert reason.startswith(f"reason: malformed data set: sequences nested deeper than {MAX_SEQUENCE_DEPTH}")
+    ((path, meta),) = gateway.stored
+    assert meta.patient_id == "NEST-1"
+    # What was accepted parses whole, every level of it, without RecursionError.
+    item = dcmread(path)
+    for _ in range(MAX_SEQUENCE_DEPTH):
+        item = item.ContentSequence[0]
+    assert item.CodeValue == "AB"
+    assert scu.echo(gateway.node, config=QUICK) >= 0  # still serving
+
+
+def test_private_and_un_elements_that_hold_nested_items_count_toward_the_limit() -> None:
+    """pydicom may read a private tag (from its private dictionary) or a UN element as SQ:
+    a value that walks as items is walked, and its depth counts."""
+    deep = nested_sequences(MAX_SEQUENCE_DEPTH + 1, implicit=True, sequences="defined", items="defined",
+                            tag=(0x0029, 0x1010))
+    with pytest.raises(TooDeep):
+        check_structure(io.BytesIO(deep), 0, len(deep), implicit=True, little=True)
+    # Explicit VR "UN" holding a known sequence (PS3.5 6.2.2: implicit VR items inside).
+    def as_un(depth: int) -> bytes:
+        value = nested_sequences(depth, implicit=True, sequences="defined", items="defined")[8:]  # header off
+        return struct.pack("<HH", *_CONTENT_SEQUENCE) + b"UN\x00\x00" + struct.pack("<I", len(value)) + value
+
+    ok = as_un(MAX_SEQUENCE_DEPTH)
+    assert check_structure(io.BytesIO(ok), 0, len(ok), implicit=False, little=True) is False
+    deep = as_un(MAX_SEQUENCE_DEPTH + 1)
+    with pytest.raises(TooDeep):
+        check_structure(io.BytesIO(deep), 0, len(deep), implicit=False, little=True)
+    # A private value that merely starts like an item is opaque, not malformed.
+    odd = struct.pack("<HHI", 0x0029, 0x1011, 12) + _ITEM + b"\x40\x00\x00\x00" + b"XXXX"
+    assert check_structure(io.BytesIO(odd), 0, len(odd), implicit=True, little=True) is False
+
+
+def test_encapsulated_pixel_fragments_are_not_walked_as_data_sets() -> None:
+    fragment = b"\xfe\xff\x00\xe0" + struct.pack("<I", 6) + b"\xff\xd8\xff\xe0\x00\x10"
+    offsets = b"\xfe\xff\x00\xe0\x00\x00\x00\x00"
+    pixels = b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff" + offsets + fragment + _SEQUENCE_END
+    assert check_structure(io.BytesIO(pixels), 0, len(pixels), implicit=False, little=True) is True
 
 
 @pytest.mark.parametrize(

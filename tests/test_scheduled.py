@@ -175,15 +175,17 @@ def test_cron_registers_flush_and_auto_cancel_on_the_maintenance_queue(app, main
         ("app.workflow.jobs.auto_cancel_stale", "maintenance", 15 * 60),
         ("app.transfers.jobs.reconcile", "maintenance", 30),
         ("app.transfers.jobs.purge_gateway", "maintenance", 3600),
+        ("app.transfers.quarantine.purge_quarantine", "maintenance", 3600),
         ("app.transfers.jobs.auto_download", "maintenance", 60),
     }
 
     enqueued = scheduler.enqueue_jobs()
-    assert len(enqueued) == 5
+    assert len(enqueued) == 6
     assert sorted(j.func_name for j in maintenance.jobs) == [
         "app.transfers.jobs.auto_download",
         "app.transfers.jobs.purge_gateway",
         "app.transfers.jobs.reconcile",
+        "app.transfers.quarantine.purge_quarantine",
         "app.workflow.jobs.auto_cancel_stale",
         "app.workflow.mail.flush_outbox",
     ]
@@ -191,8 +193,8 @@ def test_cron_registers_flush_and_auto_cancel_on_the_maintenance_queue(app, main
 
     waiting = maintenance.jobs
     run_jobs(maintenance)  # each job makes its own app context inside the worker
-    assert [j.get_status() for j in waiting] == ["finished"] * 5
-    assert [j.return_value() for j in waiting] == [0] * 5
+    assert [j.get_status() for j in waiting] == ["finished"] * 6
+    assert [j.return_value() for j in waiting] == [0] * 6
 
 
 @pytest.fixture

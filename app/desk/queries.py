@@ -280,6 +280,15 @@ def unmatched_arrivals() -> int:
     ) or 0
 
 
+def refused_arrivals() -> int:
+    """Instances the gateway refused, still in quarantine (shown in Action Required)."""
+    from app.transfers.quarantine import QuarantinedFile
+
+    return db.session.scalar(
+        sa.select(sa.func.count(QuarantinedFile.id)).where(QuarantinedFile.purged_at.is_(None))
+    ) or 0
+
+
 def active_transfers(request_ids: list[int]) -> dict[int, Any]:
     """The latest transfer of each request on the page, in one query (for the row's bar)."""
     from app.transfers.models import Transfer
@@ -303,14 +312,16 @@ def queue_stamp() -> str:
     """Changes whenever a request is added or changed, and every minute (the Blue Light
     clocks): lets a poll answer "nothing new" with two index look-ups."""
     from app.transfers.models import InboundStudy, Transfer
+    from app.transfers.quarantine import QuarantinedFile
 
-    newest, latest, moved, arrived = db.session.execute(
+    newest, latest, moved, arrived, refused = db.session.execute(
         sa.select(
             sa.select(sa.func.max(Request.id)).scalar_subquery(),
             sa.select(sa.func.max(Request.updated_at)).scalar_subquery(),
             sa.select(sa.func.max(Transfer.progressed_at)).scalar_subquery(),
             sa.select(sa.func.max(InboundStudy.last_received_at)).scalar_subquery(),
+            sa.select(sa.func.max(QuarantinedFile.id)).scalar_subquery(),
         )
     ).one()
     minute = utcnow().strftime("%H%M")
-    return ":".join(str(v) for v in (newest, latest, moved, arrived, minute))
+    return ":".join(str(v) for v in (newest, latest, moved, arrived, refused, minute))

@@ -6,14 +6,16 @@ Each instance is handled by `receive_instance`, which C-GET retrieval reuses:
 
 1. the encoded data set, as received, is written behind File Meta Information to a
    temporary file beside its destination (no decoding);
-2. its structure is walked element by element — tags and lengths only, values skipped —
-   so a truncated or inconsistent data set is caught (pydicom silently stops at a
-   truncation);
+2. its structure is walked element by element — tags and lengths only, values skipped,
+   sequences entered whatever their length encoding — so a truncated or inconsistent
+   data set, or one nested deeper than MAX_SEQUENCE_DEPTH, is caught (pydicom silently
+   stops at a truncation, and parses defined-length sequences only when first used);
 3. the header is read with `stop_before_pixels` for the attributes we need;
 4. UIDs are checked against the UID grammar before they name a directory or a file;
 5. a good instance is renamed into `<storage>/<study uid>/<sop uid>.dcm` (atomic, and a
    re-sent instance overwrites its earlier copy); anything else goes to the quarantine
-   directory under a generated name, with a `.reason.txt` beside it.
+   directory under a generated name, with a `.reason.txt` beside it, and
+   `GatewaySCP.on_quarantined` hears of it (with the patient, if the header was readable).
 
 The handler never raises: every outcome is a C-STORE status (PS3.4 B.2.3, Table B.2-1)
 with an Error Comment, and the SCP keeps serving.
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AllStoragePresentationContexts, evt
@@ -86,6 +89,10 @@ class Malformed(ValueError):
     """The data set's structure is broken (truncated, bad delimiters, lengths past EOF)."""
 
 
+class TooDeep(Malformed):
+    """Sequences nest deeper than MAX_SEQUENCE_DEPTH (pydicom would hit RecursionError)."""
+
+
 # -- structure walk -------------------------------------------------------------------------
 
 # Explicit VR with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
@@ -115,7 +122,8 @@ def check_structure(fp: BinaryIO, start: int, end: int, *, implicit: bool, littl
 
 
 def _walk_dataset(fp: BinaryIO, end: int, implicit: bool, endian: str, depth: int,
-                  in_undefined_item: bool, top: set[int] | None = None) -> None:
+                  in_undefined_item: bool, top: set[int] | None = None,
+                  in_defined_item: bool = False) -> None:
     while True:
         pos = fp.tell()
         if pos >= end:
@@ -127,11 +135,12 @@ def _walk_dataset(fp: BinaryIO, end: int, implicit: bool, endian: str, depth: in
             raise Malformed(f"data set ends inside an element header at byte {pos}")
         group, elem = struct.unpack(endian + "HH", head[:4])
         if group == 0xFFFE:
-            if (group, elem) == _ITEM_END and in_undefined_item:
-                return
+            if (group, elem) == _ITEM_END and (in_undefined_item or (in_defined_item and pos + 8 == end)):
+                return  # (a redundant delimiter closing a defined-length item is tolerated, as pydicom does)
             raise Malformed(f"unexpected delimiter ({group:04X},{elem:04X}) at byte {pos}")
+        tag = group << 16 | elem
         if top is not None:
-            top.add(group << 16 | elem)
+            top.add(tag)
         vr: bytes | None = None
         if implicit:
             (length,) = struct.unpack(endian + "I", head[4:8])
@@ -149,37 +158,96 @@ def _walk_dataset(fp: BinaryIO, end: int, implicit: bool, endian: str, depth: in
         if length == _UNDEFINED:
             if vr is not None and vr not in (b"SQ", b"UN", b"OB", b"OW"):
                 raise Malformed(f"undefined length on VR {vr!r} at byte {pos}")
-            # PS3.5 6.2.2: an undefined-length UN holds implicit VR little endian items.
             if vr == b"UN":
-                _walk_items(fp, end, True, "<", depth + 1)
+                # PS3.5 6.2.2: an undefined-length UN holds implicit VR little endian items.
+                _walk_items(fp, end, True, "<", depth + 1, defined=False, datasets=True)
             else:
-                _walk_items(fp, end, implicit, endian, depth + 1)
+                # Encapsulated pixel data (OB/OW) holds fragments, not data sets.
+                _walk_items(fp, end, implicit, endian, depth + 1, defined=False,
+                            datasets=vr not in (b"OB", b"OW"))
             continue
         if fp.tell() + length > end:
             raise Malformed(
                 f"element ({group:04X},{elem:04X}) at byte {pos} claims {length} bytes; "
                 f"only {end - fp.tell()} remain (truncated)"
             )
-        fp.seek(length, os.SEEK_CUR)
+        value_end = fp.tell() + length
+        # A sequence of defined length is walked too: pydicom parses it lazily, on first
+        # access, so nesting hidden there would otherwise surface later as RecursionError.
+        kind = _defined_length_kind(fp, tag, vr, implicit, endian, length)
+        if kind is not None:
+            item_implicit, item_endian = (True, "<") if vr == b"UN" else (implicit, endian)
+            try:
+                _walk_items(fp, value_end, item_implicit, item_endian, depth + 1, defined=True, datasets=True)
+            except TooDeep:
+                raise
+            except Malformed:
+                if kind == "sequence":
+                    raise
+                # "maybe": a private element that merely looks like items; opaque to us.
+        fp.seek(value_end)
 
 
-def _walk_items(fp: BinaryIO, end: int, implicit: bool, endian: str, depth: int) -> None:
+def _defined_length_kind(fp: BinaryIO, tag: int, vr: bytes | None, implicit: bool, endian: str,
+                         length: int) -> str | None:
+    """Whether a defined-length value is a sequence ("sequence"), may be one ("maybe": a
+    private element whose value starts with an item), or is opaque (None).
+
+    Mirrors pydicom: explicit SQ; implicit VR whose tag the dictionary calls SQ; explicit
+    UN that pydicom may read as SQ (a dictionary SQ tag, or a private tag it knows from its
+    private dictionary), which is walked but, if it does not walk as items, left opaque.
+    """
+    if vr == b"SQ":
+        return "sequence"
+    if not (implicit or vr == b"UN") or length < 8:
+        return None
+    if not (tag >> 16) & 1:
+        try:
+            is_sq = dictionary_VR(tag) == "SQ"
+        except KeyError:
+            return None
+        return None if not is_sq else ("maybe" if vr == b"UN" else "sequence")
+    here = fp.tell()
+    first = fp.read(4)
+    fp.seek(here)
+    if len(first) == 4 and struct.unpack(("<" if vr == b"UN" else endian) + "HH", first) == _ITEM:
+        return "maybe"
+    return None
+
+
+def _walk_items(fp: BinaryIO, end: int, implicit: bool, endian: str, depth: int, *,
+                defined: bool, datasets: bool) -> None:
+    """Walk a sequence's items: up to `end` (defined length) or its delimiter (undefined).
+
+    Each item, of defined or undefined length, is walked as a data set when `datasets`
+    (fragments of encapsulated pixel data are skipped), so the depth limit holds for every
+    mix of length encodings.
+    """
     if depth > MAX_SEQUENCE_DEPTH:
-        raise Malformed(f"sequences nested deeper than {MAX_SEQUENCE_DEPTH}")
+        raise TooDeep(f"sequences nested deeper than {MAX_SEQUENCE_DEPTH}")
     while True:
         pos = fp.tell()
+        if defined and pos == end:
+            return
         head = fp.read(8)
         if len(head) < 8 or pos + 8 > end:
+            if defined:
+                raise Malformed(f"sequence at byte {pos} ends inside an item header")
             raise Malformed("data set ends inside a sequence (sequence delimiter missing)")
         group, elem, length = struct.unpack(endian + "HHI", head)
         if (group, elem) == _SEQUENCE_END:
-            return
+            return  # (in a defined-length sequence pydicom stops here too)
         if (group, elem) != _ITEM:
             raise Malformed(f"expected an item at byte {pos}, found ({group:04X},{elem:04X})")
         if length == _UNDEFINED:
             _walk_dataset(fp, end, implicit, endian, depth, in_undefined_item=True)
         elif fp.tell() + length > end:
             raise Malformed(f"item at byte {pos} claims {length} bytes past the end (truncated)")
+        elif datasets:
+            item_end = fp.tell() + length
+            _walk_dataset(fp, item_end, implicit, endian, depth, in_undefined_item=False,
+                          in_defined_item=True)
+            fp.seek(item_end)
         else:
             fp.seek(length, os.SEEK_CUR)
 
@@ -251,6 +319,25 @@ def read_meta(ds: Dataset, **extra: Any) -> InstanceMeta:
 # -- receiving one instance -----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class QuarantineInfo:
+    """What is known of an instance the gateway refused: for the desk's list of them.
+
+    The patient fields are filled when the header could be read (a missing Study UID, a
+    bad UID); they stay empty for unreadable or non-DICOM content. Untrusted text, cut to
+    the desk's column sizes.
+    """
+
+    reason: str
+    status: int
+    received_at: datetime
+    calling_ae: str = ""
+    patient_name: str = ""
+    patient_id: str = ""
+    study_uid: str = ""
+    size_bytes: int = 0
+
+
 @dataclass
 class Received:
     """The outcome of one C-STORE: status for the peer, and where the bytes went."""
@@ -261,6 +348,7 @@ class Received:
     meta: InstanceMeta | None = None
     quarantined: bool = False
     request_sop_uid: str = ""
+    info: QuarantineInfo | None = None  # set when quarantined
 
     @property
     def ok(self) -> bool:
@@ -276,10 +364,48 @@ class Received:
 
 
 class _Reject(Exception):
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, *, meta: InstanceMeta | None = None,
+                 readable: bool = True) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.meta = meta  # the header as read, when the data set parsed
+        self.readable = readable  # False: do not try to read the patient (nesting bomb)
+
+
+def _readable_patient(path: Path | None) -> tuple[str, str, str]:
+    """(patient name, patient ID, study UID) of a refused file, as far as pydicom reads them.
+
+    Best effort and never raises: a truncated file often still names its patient; garbage
+    gives empty strings.
+    """
+    if path is None:
+        return "", "", ""
+    try:
+        ds = dcmread(path, stop_before_pixels=True,
+                     specific_tags=["SpecificCharacterSet", "PatientName", "PatientID", "StudyInstanceUID"])
+        return _text(ds, "PatientName"), _text(ds, "PatientID"), _text(ds, "StudyInstanceUID")
+    except Exception:  # noqa: BLE001 - unreadable is an answer, not an error
+        return "", "", ""
+
+
+def _quarantine_info(status: int, reason: str, details: Mapping[str, object], where: Path | None,
+                     meta: InstanceMeta | None, patient_readable: bool) -> QuarantineInfo:
+    if meta is not None:
+        name, pid, study = meta.patient_name, meta.patient_id, meta.study_uid
+    elif patient_readable:
+        name, pid, study = _readable_patient(where)
+    else:
+        name = pid = study = ""
+    try:
+        size = where.stat().st_size if where is not None else 0
+    except OSError:
+        size = 0
+    return QuarantineInfo(
+        reason=reason[:300], status=status, received_at=datetime.now(UTC),
+        calling_ae=str(details.get("calling_ae", ""))[:16], patient_name=name[:200],
+        patient_id=pid[:64], study_uid=study[:64], size_bytes=size,
+    )
 
 
 def quarantine(
@@ -356,8 +482,9 @@ def receive_instance(
         where = _quarantine_quietly(quarantine_dir, temp, reject.reason, details)
         log.warning("C-STORE quarantined (%s, 0x%04X): %s", _safe(request_sop, 80),
                     reject.status, reject.reason)
+        info = _quarantine_info(reject.status, reject.reason, details, where, reject.meta, reject.readable)
         return Received(reject.status, reject.reason, where, quarantined=True,
-                        request_sop_uid=request_sop)
+                        request_sop_uid=request_sop, info=info)
     except OSError as exc:
         log.error("C-STORE could not be written: %s", exc)
         if temp is not None:
@@ -368,8 +495,9 @@ def receive_instance(
         log.exception("C-STORE failed unexpectedly")
         reason = f"internal error: {type(exc).__name__}"
         where = _quarantine_quietly(quarantine_dir, temp, reason, details)
+        info = _quarantine_info(STATUS_INTERNAL, reason, details, where, None, False)
         return Received(STATUS_INTERNAL, reason, where, quarantined=where is not None,
-                        request_sop_uid=request_sop)
+                        request_sop_uid=request_sop, info=info)
 
 
 def _quarantine_quietly(quarantine_dir: Path, temp: Path | None, reason: str,
@@ -395,15 +523,17 @@ def _validate(path: Path, offset: int, syntax: UID, request_sop: str, request_cl
                 has_pixels = check_structure(fp, offset, size, implicit=syntax.is_implicit_VR,
                                              little=syntax.is_little_endian)
             except Malformed as exc:
-                raise _Reject(STATUS_MALFORMED, f"malformed data set: {exc}") from None
+                raise _Reject(STATUS_MALFORMED, f"malformed data set: {exc}",
+                              readable=not isinstance(exc, TooDeep)) from None
         try:
             fp.seek(0)
             ds = dcmread(fp, stop_before_pixels=True)
         except Exception as exc:  # noqa: BLE001 - includes RecursionError (pydicom#2330)
-            raise _Reject(STATUS_MALFORMED, f"unparseable data set: {type(exc).__name__}") from None
-    if has_pixels is False and "Rows" in ds and "Columns" in ds:
-        raise _Reject(STATUS_MALFORMED, "image without pixel data (truncated?)")
+            raise _Reject(STATUS_MALFORMED, f"unparseable data set: {type(exc).__name__}",
+                          readable=False) from None
     meta = read_meta(ds, transfer_syntax=str(syntax))
+    if has_pixels is False and "Rows" in ds and "Columns" in ds:
+        raise _Reject(STATUS_MALFORMED, "image without pixel data (truncated?)", meta=meta)
     missing = [name for name, value in (
         ("SOP Instance UID", meta.sop_uid),
         ("SOP Class UID", meta.sop_class_uid),
@@ -411,21 +541,22 @@ def _validate(path: Path, offset: int, syntax: UID, request_sop: str, request_cl
         ("Patient ID", meta.patient_id),
     ) if not value]
     if missing:
-        raise _Reject(STATUS_MISSING_ATTRIBUTE, "missing " + ", ".join(missing))
+        raise _Reject(STATUS_MISSING_ATTRIBUTE, "missing " + ", ".join(missing), meta=meta)
     for name, value in (("SOP Instance UID", meta.sop_uid), ("Study Instance UID", meta.study_uid),
                         ("Series Instance UID", meta.series_uid or "0")):
         if not valid_uid(value):
-            raise _Reject(STATUS_INVALID_UID, f"invalid {name} {_safe(value, 40)}")
+            raise _Reject(STATUS_INVALID_UID, f"invalid {name} {_safe(value, 40)}", meta=meta)
     if meta.sop_uid != request_sop:
-        raise _Reject(STATUS_UID_MISMATCH, "SOP Instance UID differs from the request's")
+        raise _Reject(STATUS_UID_MISMATCH, "SOP Instance UID differs from the request's", meta=meta)
     if meta.sop_class_uid != request_class:
-        raise _Reject(STATUS_SOP_CLASS_MISMATCH, "SOP Class UID differs from the request's")
+        raise _Reject(STATUS_SOP_CLASS_MISMATCH, "SOP Class UID differs from the request's", meta=meta)
     return meta
 
 
 # -- the server -----------------------------------------------------------------------------
 
 OnStored = Callable[[Path, InstanceMeta], None]
+OnQuarantined = Callable[[Path, QuarantineInfo], None]
 
 
 @dataclass
@@ -435,6 +566,10 @@ class GatewaySCP:
     `on_stored(path, meta)` runs in the association's thread after each instance is safely
     on disk; it must be thread-safe and idempotent (a sender may re-send an instance). If it
     raises, the peer gets 0xA700 (out of resources) and will normally retry later.
+
+    `on_quarantined(path, info)` runs likewise after an instance was refused and moved to
+    quarantine. The peer has its failure status whatever happens; if the callback raises,
+    it is logged and the `.reason.txt` beside the file is the only record.
     """
 
     ae_title: str
@@ -442,6 +577,7 @@ class GatewaySCP:
     storage_dir: Path
     quarantine_dir: Path
     on_stored: OnStored | None = None
+    on_quarantined: OnQuarantined | None = None
     bind: str = "127.0.0.1"
     config: AEConfig = DEFAULT_CONFIG
     max_associations: int = 10
@@ -510,6 +646,11 @@ class GatewaySCP:
                     log.exception("on_stored failed for a received instance")
                     result = Received(STATUS_OUT_OF_RESOURCES, "stored but not recorded; retry",
                                       result.path)
+            if result.quarantined and self.on_quarantined is not None and result.path and result.info:
+                try:
+                    self.on_quarantined(result.path, result.info)
+                except Exception:  # noqa: BLE001 - the refusal stands; the reason file remains
+                    log.exception("on_quarantined failed for a refused instance")
             return result.status_dataset()
         except Exception:  # noqa: BLE001 - last line of defence
             log.exception("C-STORE handler failed")

@@ -1,24 +1,30 @@
 """What arrives at the gateway: record it, and match it to an open import request.
 
 Called by the gateway SCP for every stored instance (and by a direct pull): idempotent,
-since a sender may send an instance twice.
+since a sender may send an instance twice. What the gateway refuses is recorded too
+(`record_quarantined`), so the desk lists it on Arrivals.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from flask import Flask
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from app.dicom.fixup import parse_date, sender_nhs_number
-from app.dicom.scp import InstanceMeta
+from app.dicom.scp import InstanceMeta, QuarantineInfo
 from app.extensions import db
 from app.intake.models import ExamLine, Request
 from app.patients.models import Patient
 from app.timeutil import utcnow
 from app.transfers.models import InboundStudy
+from app.transfers.quarantine import QuarantinedFile
 from app.workflow.machine import advance
 from app.workflow.statuses import Kind, Status
 
@@ -108,3 +114,47 @@ def record_arrival(path: Path, meta: InstanceMeta) -> InboundStudy:
         except IntegrityError:
             db.session.rollback()  # the same study's first instance came in on another association
     raise RuntimeError("could not record the arrival")
+
+
+def record_quarantined(path: Path, info: QuarantineInfo) -> QuarantinedFile:
+    """Note an instance the gateway refused and quarantined at `path`. Commits.
+
+    Idempotent: the quarantine gives every refused instance a new file name, so one path
+    is one row; recording the same path again returns the existing row.
+    """
+    existing = db.session.scalar(sa.select(QuarantinedFile).where(QuarantinedFile.path == str(path)))
+    if existing is not None:
+        return existing
+    row = QuarantinedFile(
+        sender_ae=info.calling_ae[:16],
+        received_at=info.received_at,
+        patient_name=info.patient_name[:200],
+        patient_id=info.patient_id[:64],
+        study_uid=info.study_uid[:64],
+        reason=info.reason[:300],
+        path=str(path)[:500],
+        size=info.size_bytes,
+    )
+    db.session.add(row)
+    db.session.commit()
+    # No patient data in the log (PITFALLS): the row id and the reason are enough.
+    log.info("refused instance from %r recorded as quarantined file %s", info.calling_ae, row.id)
+    return row
+
+
+def in_app_context(app: Flask, record: Callable[[Path, Any], object]) -> Callable[[Path, Any], None]:
+    """A GatewaySCP callback that runs `record(path, info)` in an app context of its own.
+
+    The SCP calls back from its association threads: each call gets its own context and
+    database session, removed afterwards. Exceptions propagate to the SCP, which decides
+    what the sender is told.
+    """
+
+    def callback(path: Path, info: Any) -> None:  # noqa: ANN401 - InstanceMeta or QuarantineInfo
+        with app.app_context():
+            try:
+                record(path, info)
+            finally:
+                db.session.remove()
+
+    return callback

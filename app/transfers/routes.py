@@ -13,6 +13,7 @@ from flask_login import current_user
 from app import audit
 from app.auth.guard import roles_required
 from app.auth.models import DESK_ROLES, Role
+from app.desk.queries import refused_arrivals
 from app.dicom import scu
 from app.dicom.errors import DicomFailure
 from app.extensions import db
@@ -22,6 +23,7 @@ from app.timeutil import utcnow
 from app.transfers import service
 from app.transfers.cli import upsert_node
 from app.transfers.models import DicomNode, Direction, InboundStudy, NodeRole, Transfer, TransferState
+from app.transfers.quarantine import refused_files
 from app.workflow.machine import advance
 from app.workflow.statuses import Kind, Priority, Status
 
@@ -30,6 +32,7 @@ bp = Blueprint("transfers", __name__)
 DESK = tuple(DESK_ROLES)
 NODE_ADMINS = (Role.AM_RADIOLOGY, Role.ADMIN)
 MAX_REPORT_BYTES = 10 * 1024 * 1024
+REFUSED_SHOWN = 200  # newest refused files listed on Arrivals; the count covers them all
 
 
 def _nodes(*roles: NodeRole) -> list[DicomNode]:
@@ -261,7 +264,8 @@ def act(transfer_id: int, action: str):
 @bp.route("/desk/arrivals", methods=["GET", "POST"])
 @roles_required(*DESK)
 def arrivals():
-    """Studies on the gateway that match no request: match one by call reference."""
+    """Studies on the gateway that match no request (match one by call reference), and
+    the instances the gateway refused."""
     if request.method == "POST":
         study = db.session.get(InboundStudy, request.form.get("study_id", type=int) or 0) or abort(404)
         req = db.session.scalar(sa.select(Request).where(Request.call_ref == (request.form.get("call_ref") or "").strip().upper()))
@@ -276,4 +280,5 @@ def arrivals():
         return redirect(url_for("transfers.arrivals"))
     studies = list(db.session.scalars(sa.select(InboundStudy).where(
         InboundStudy.request_id.is_(None), InboundStudy.purged_at.is_(None)).order_by(InboundStudy.received_at.desc())))
-    return render_template("transfers/arrivals.html", studies=studies)
+    return render_template("transfers/arrivals.html", studies=studies, refused=refused_files(REFUSED_SHOWN),
+                           refused_total=refused_arrivals(), refused_shown=REFUSED_SHOWN)

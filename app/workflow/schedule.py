@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.transfers import jobs as transfer_jobs
+from app.transfers import quarantine
 from app.workflow import jobs, mail
 
 QUEUE = "maintenance"
@@ -38,6 +39,8 @@ PERIODIC: tuple[Periodic, ...] = (
     Periodic(transfer_jobs.reconcile, every_seconds=30, job_timeout=120, ttl=60),
     # Appendix 1 "Purged": gateway copies go 15 days after arrival, once delivered.
     Periodic(transfer_jobs.purge_gateway, every_seconds=3600, job_timeout=1800, ttl=3600),
+    # ... and so do the files it refused (issue 8 point 9).
+    Periodic(quarantine.purge_quarantine, every_seconds=3600, job_timeout=1800, ttl=3600),
     # AUTO_DOWNLOAD=1: matched arrivals go to PACS without an analyst's click.
     Periodic(transfer_jobs.auto_download, every_seconds=60, job_timeout=300, ttl=120),
 )
