@@ -66,6 +66,9 @@ class Settings:
     batch_window: str = "20:00-07:00"
     auto_download: bool = False
     dicom_timeout_seconds: int = 30
+    # The service desk's own mailbox: told when a transfer fails, instance by instance.
+    # Default: SMTP_FROM (the desk's address), else no such e-mail.
+    desk_email: str = ""
 
     @property
     def storage_root(self) -> Path:
@@ -123,6 +126,7 @@ class Settings:
             batch_window=os.environ.get("BATCH_WINDOW", "20:00-07:00"),
             auto_download=os.environ.get("AUTO_DOWNLOAD", "0").lower() in {"1", "true", "yes"},
             dicom_timeout_seconds=_env_int("DICOM_TIMEOUT_SECONDS", 30),
+            desk_email=(os.environ.get("DESK_EMAIL") or smtp.get("from") or "").strip(),
         )
 
     def engine_options(self) -> dict[str, object]:

@@ -51,7 +51,17 @@ def _transfer_next_run(transfer) -> str:  # noqa: ANN001 - a Transfer row
                                            else f" on {local:%d/%m/%Y}") + "."
 
 
+def _transfer_problems(transfer, limit: int = 100):  # noqa: ANN001, ANN202 - a Transfer row
+    """(instances that did not make it, how many in all) for the widget (issue 8.7)."""
+    from app.transfers.service import problem_count, problem_items
+
+    if transfer.state == "delivered" or not transfer.last_error:
+        return [], 0
+    return problem_items(transfer, limit=limit), problem_count(transfer)
+
+
 def install_template_helpers(app: Flask) -> None:
+    app.jinja_env.filters["transfer_problems"] = _transfer_problems
     app.jinja_env.filters["transfer_next_run"] = _transfer_next_run
     app.jinja_env.filters["transfer_rate"] = _transfer_rate
     app.jinja_env.filters["nhs"] = format_nhs_number

@@ -147,6 +147,7 @@ def _run(transfer_id: int, token: str) -> str:
 
 
 def _fail(transfer: Transfer, reason: str) -> str:
+    _tell_the_desk(transfer, reason)
     transfer.state = TransferState.FAILED.value
     transfer.stalled = False  # the failure is what the desk sees now, not an old stall
     transfer.last_error = reason
@@ -156,6 +157,24 @@ def _fail(transfer: Transfer, reason: str) -> str:
     advance(req, Status.FAILED, actor_id=None, note=f"Transfer failed: {reason}")
     db.session.commit()
     return transfer.state
+
+
+def _tell_the_desk(transfer: Transfer, reason: str) -> None:
+    """E-mail the service desk that a transfer failed, naming each instance that did not
+    make it (issue 8.7); in the caller's transaction. No patient details: the call
+    reference and the instances' series and UIDs are enough to act on."""
+    from app.workflow import mail
+
+    to = service.settings().desk_email
+    if not to or not mail.valid_address(to):
+        return
+    items = service.problem_items(transfer, limit=500)
+    ref = transfer.request.call_ref if transfer.request else f"transfer {transfer.id}"
+    mail.queue_email(
+        to, f"{ref}: transfer {transfer.id} failed", "transfer_failed_desk", request=transfer.request,
+        dedup_key=f"transfer-failed:{transfer.id}:{transfer.attempts}:{utcnow():%Y%m%d%H%M%S}",
+        call_ref=ref, transfer=transfer, reason=reason, items=items, more=service.problem_count(transfer) - len(items),
+    )
 
 
 def _finish_cancelled(transfer: Transfer) -> str:

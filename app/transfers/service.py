@@ -204,6 +204,25 @@ def enqueue(transfer: Transfer) -> str | None:
     return job_id
 
 
+def problem_items(transfer: Transfer, limit: int = 200) -> list[TransferItem]:
+    """The instances that did not make it, each with its reason (issue 8.7): in series and
+    instance order, as a person would look for them."""
+    from app.transfers.engine import describe
+
+    items = list(db.session.scalars(
+        sa.select(TransferItem).where(TransferItem.transfer_id == transfer.id, TransferItem.error != "")
+        .order_by(TransferItem.series_number, TransferItem.instance_number, TransferItem.id).limit(limit)))
+    for item in items:
+        if not (item.series_number or item.instance_number):
+            describe(item)  # fills the names from the file's header where there is one
+    return items
+
+
+def problem_count(transfer: Transfer) -> int:
+    return int(db.session.scalar(sa.select(sa.func.count(TransferItem.id)).where(
+        TransferItem.transfer_id == transfer.id, TransferItem.error != "")) or 0)
+
+
 def retry(transfer: Transfer, user_id: int | None) -> None:
     """Queue a failed transfer again: it resumes with what is not yet confirmed."""
     if transfer.state not in (TransferState.FAILED.value, TransferState.CANCELLED.value):

@@ -1,0 +1,257 @@
+"""Transfers tell the truth (issue 8): a retrieval is checked against the source's own
+list, a partial one is never sent or said Delivered, a retry fetches only what is
+missing, each missing instance is named, and a study a C-MOVE brings for an export never
+shows up as an arrival. Real pool processes (worker.py), a scripted C-GET peer (pynetdicom),
+Orthanc."""
+
+from __future__ import annotations
+
+import copy
+import signal
+import time
+
+import pytest
+import sqlalchemy as sa
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+
+from app.dicom import scu
+from app.dicom.synth import make_instance, make_study
+from app.extensions import db
+from app.intake.models import Request
+from app.transfers import service
+from app.transfers.cli import upsert_node
+from app.transfers.models import Direction, InboundStudy, Transfer, TransferItem, TransferState
+from app.workflow.mail import OutboxEmail
+from app.workflow.statuses import Status
+from tests.conftest import post_form
+from tests.dicom_peers import OUR_AE, QUICK
+from tests.forms_data import valid_export, valid_import
+from tests.test_transfer_faults import fault_app, kill_pool, start_pool, wait_for  # noqa: F401 - fixture
+from tests.test_transfers import gateway  # noqa: F401 - fixture
+
+LANES = "outbound-bluelight,outbound,outbound-batch=1"
+STUDY = "1.2.826.0.1.3680043.10.543.77"
+SERIES = STUDY + ".2"
+
+
+def _export_request(client, login_as=None) -> Request:
+    if login_as is not None:
+        login_as("requester")
+    response = post_form(client, "/requests/new/export", valid_export())
+    return db.session.scalar(sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0]))
+
+
+class ScriptedPacs:
+    """A PACS that lists four instances of one series and sends them by C-GET; while
+    `broken`, the fourth goes out without a Patient ID, so our side refuses it and the
+    final response is 0xB000 with the Failed SOP Instance UID List."""
+
+    def __init__(self) -> None:
+        common = dict(patient_id="S1234567", patient_name="SMITH^MARGARET", birth_date="19480314",
+                      study_uid=STUDY, series_uid=SERIES, study_date="20261006", accession="ACC77",
+                      series_number=2, description="AX T2", rows=16, cols=16)
+        self.instances = [make_instance(instance_number=n, **common) for n in range(1, 5)]
+        for ds in self.instances:
+            ds.SeriesDescription = "AX T2"
+        self.broken = True
+        self.gets: list[tuple[str, list[str]]] = []  # (level, SOP UIDs asked for)
+
+    @property
+    def fourth(self) -> Dataset:
+        return self.instances[3]
+
+    def handle_find(self, event):  # noqa: ANN001, ANN201
+        query = event.identifier
+        level = query.QueryRetrieveLevel
+        if level == "SERIES":
+            match = Dataset()
+            match.QueryRetrieveLevel = "SERIES"
+            match.StudyInstanceUID, match.SeriesInstanceUID = STUDY, SERIES
+            match.SeriesNumber, match.SeriesDescription = "2", "AX T2"
+            yield 0xFF00, match
+        elif level == "IMAGE":
+            for ds in self.instances:
+                match = Dataset()
+                match.QueryRetrieveLevel = "IMAGE"
+                match.StudyInstanceUID, match.SeriesInstanceUID = STUDY, SERIES
+                match.SOPInstanceUID, match.SOPClassUID = ds.SOPInstanceUID, ds.SOPClassUID
+                match.InstanceNumber = ds.InstanceNumber
+                yield 0xFF00, match
+
+    def handle_get(self, event):  # noqa: ANN001, ANN201
+        query = event.identifier
+        wanted = query.get("SOPInstanceUID", "")
+        wanted = [str(u) for u in ([wanted] if isinstance(wanted, str) else wanted) if u]
+        self.gets.append((query.QueryRetrieveLevel, wanted))
+        chosen = [ds for ds in self.instances if not wanted or ds.SOPInstanceUID in wanted]
+        yield len(chosen)
+        for ds in chosen:
+            if ds is self.fourth and self.broken:
+                bad = copy.deepcopy(ds)
+                del bad.PatientID
+                yield 0xFF00, bad
+            else:
+                yield 0xFF00, ds
+
+
+@pytest.fixture
+def scripted(fake_scp):
+    pacs = ScriptedPacs()
+    node = fake_scp([(evt.EVT_C_FIND, pacs.handle_find), (evt.EVT_C_GET, pacs.handle_get)], ae_title="SCRIPTED",
+                    qr=True)
+    pacs.node = node
+    return pacs
+
+
+def test_a_partial_c_get_is_never_sent_and_retry_fetches_only_the_missing_instance(
+    fault_app, client, login_as, pas_patients, scripted, orthanc_factory, gateway_port, database_url, redis_url,
+    make_user, app
+):
+    remote = orthanc_factory(aet="KGHPACS", modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
+    source = upsert_node("UHLPACSWFM01", scripted.node.ae_title, "127.0.0.1", scripted.node.port, "local_pacs")
+    dest = upsert_node("Kettering PACS", remote.node.ae_title, "127.0.0.1", remote.node.port, "remote")
+    fault_app.config["IEP_SETTINGS"].desk_email = "iep-desk@uhl-tr.nhs.uk"
+    req = _export_request(client, login_as)
+    transfer = service.create_transfer(request=req, direction=Direction.OUTBOUND, priority="Standard", source=source,
+                                       dest=dest, study_uids=[STUDY], user_id=None)
+    transfer.max_attempts = 2
+    db.session.commit()
+    service.enqueue(transfer)
+    pool = start_pool(fault_app, database_url, redis_url, LANES, DESK_EMAIL="iep-desk@uhl-tr.nhs.uk")
+    try:
+        first = wait_for(lambda: (t := db.session.get(Transfer, transfer.id)).attempts == 1
+                         and t.state == TransferState.QUEUED.value and t, 60, "the first attempt to end")
+        # The final C-GET response said 0xB000 and named the instance: the row keeps its word.
+        item = db.session.scalar(sa.select(TransferItem).where(TransferItem.sop_uid == scripted.fourth.SOPInstanceUID))
+        assert not item.path and "reported it could not send it" in item.error and "0xB000" in item.error
+        assert "Trying again in 5 s" in first.last_error
+        failed = wait_for(lambda: (t := db.session.get(Transfer, transfer.id)).state == TransferState.FAILED.value
+                          and t, 90, "the transfer to give up on the missing instance")
+    finally:
+        kill_pool(pool)
+    # Two attempts, each a C-GET: the whole study, then only the instance still missing.
+    assert failed.attempts == 2
+    assert scripted.gets == [("STUDY", []), ("IMAGE", [scripted.fourth.SOPInstanceUID])]
+    # Nothing was sent: a study with an instance missing never leaves, and is never Delivered.
+    assert remote.count_instances() == 0
+    assert db.session.get(Request, req.id).status == Status.FAILED
+    assert "1 of 4 instances of the study did not come from UHLPACSWFM01" in failed.last_error
+    assert "series 2 (AX T2), instance 4, " + scripted.fourth.SOPInstanceUID in failed.last_error
+    # The widget lists it, with the source's own word (0xB000, the Failed SOP Instance UID List).
+    am = app.test_client()
+    user = make_user("am_radiology")
+    post_form(am, "/login", {"email": user.email, "password": "correct-horse-9"})
+    page = am.get(f"/transfers/{transfer.id}").get_data(as_text=True)
+    assert "1 instance did not make it" in page
+    assert f"<code>{scripted.fourth.SOPInstanceUID}</code>" in page and "AX T2" in page
+    # (This time every sub-operation asked for failed: pynetdicom's SCP answers 0xA702.)
+    assert "UHLPACSWFM01 reported it could not send it (remote out of resources (0xA702)" in page
+    # The desk is e-mailed the same list.
+    mail = db.session.scalar(sa.select(OutboxEmail).where(OutboxEmail.to_addr == "iep-desk@uhl-tr.nhs.uk"))
+    assert mail is not None and f"transfer {transfer.id} failed" in mail.subject
+    assert f"Series 2 (AX T2), instance 4, SOP Instance UID {scripted.fourth.SOPInstanceUID}" in mail.body
+    # The PACS is fixed; Retry fetches only that instance, and now everything is delivered.
+    scripted.broken = False
+    token = am.get(f"/requests/{req.call_ref}").get_data(as_text=True).split('name="csrf_token" value="')[1].split('"')[0]
+    assert am.post(f"/transfers/{transfer.id}/retry", data={"csrf_token": token}).status_code == 302
+    pool = start_pool(fault_app, database_url, redis_url, LANES)
+    try:
+        done = wait_for(lambda: (t := db.session.get(Transfer, transfer.id)).state == TransferState.DELIVERED.value
+                        and t, 60, "the retry to deliver")
+    finally:
+        kill_pool(pool)
+    assert scripted.gets[2:] == [("IMAGE", [scripted.fourth.SOPInstanceUID])]
+    assert remote.sop_uids(STUDY) == {ds.SOPInstanceUID for ds in scripted.instances}
+    assert done.instances_confirmed == done.instances_total == 4
+    assert "did not make it" not in am.get(f"/transfers/{transfer.id}").get_data(as_text=True)
+
+
+def test_a_pacs_frozen_mid_c_get_is_resumed_by_the_pool_and_nothing_is_lost(
+    fault_app, client, login_as, pas_patients, orthanc_factory, gateway_port, database_url, redis_url, tmp_path
+):
+    """SIGSTOP the PACS in the middle of a C-GET: the attempt ends at the DIMSE timeout,
+    what arrived is kept, the pool's retry fetches only the rest once the PACS is back."""
+    pacs_peer = orthanc_factory(aet="FROZEN", modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)},
+                                nodelay=False, extra={"SyncStorageArea": True})  # ~40 ms an instance
+    remote = orthanc_factory(aet="LGHPACS", modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
+    files = make_study(tmp_path / "s", patient_id="S1234567", patient_name="SMITH^MARGARET", birth_date="19480314",
+                       study_date="20261007", n_series=2, n_per_series=60, rows=32, cols=32)
+    assert scu.send_files(pacs_peer.node, files, config=QUICK).ok
+    study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    source = upsert_node("UHLPACSWFM01", pacs_peer.node.ae_title, "127.0.0.1", pacs_peer.node.port, "local_pacs")
+    dest = upsert_node("LGH PACS", remote.node.ae_title, "127.0.0.1", remote.node.port, "remote")
+    req = _export_request(client, login_as)
+    transfer = service.create_transfer(request=req, direction=Direction.OUTBOUND, priority="Standard", source=source,
+                                       dest=dest, study_uids=[study_uid], user_id=None)
+    db.session.commit()
+    service.enqueue(transfer)
+    pool = start_pool(fault_app, database_url, redis_url, LANES, DICOM_TIMEOUT_SECONDS="2")
+    try:
+        def staged() -> int:
+            folder = service.staging_dir(transfer.id) / study_uid
+            return len(list(folder.glob("*.dcm"))) if folder.is_dir() else 0
+
+        wait_for(lambda: staged() >= 10, 60, "the C-GET to be under way")
+        pacs_peer.proc.send_signal(signal.SIGSTOP)
+        try:
+            first = wait_for(lambda: (t := db.session.get(Transfer, transfer.id)).attempts >= 1
+                             and t.state == TransferState.QUEUED.value and t, 60, "the frozen attempt to end")
+            assert "did not come from" in first.last_error and "Trying again" in first.last_error
+            assert remote.count_instances() == 0  # nothing sent while incomplete
+        finally:
+            pacs_peer.proc.send_signal(signal.SIGCONT)
+        done = wait_for(lambda: (t := db.session.get(Transfer, transfer.id)).state not in ("queued", "running", "verifying")
+                        and t, 120, "the retry to finish")
+    finally:
+        kill_pool(pool)
+    assert done.state == TransferState.DELIVERED.value, done.last_error
+    assert len(remote.sop_uids(study_uid)) == 120 and done.instances_confirmed == 120
+    assert db.session.scalar(sa.select(sa.func.count(TransferItem.id)).where(TransferItem.transfer_id == transfer.id)) == 120
+
+
+def test_export_from_a_pacs_without_c_get_goes_by_c_move_to_staging_not_to_the_arrivals(
+    app, client, login_as, pas_patients, orthanc, orthanc_factory, gateway, gateway_port, tmp_path
+):
+    """A PACS reached by C-MOVE sends the study to our gateway; those instances belong to
+    the export, even while an import request for the same patient waits for images."""
+    from rq import Queue, SimpleWorker
+
+    from app.extensions import redis_conn
+    from app.workflow.machine import transition
+
+    app.config["IEP_SETTINGS"].gateway_port = gateway_port
+    app.config["IEP_SETTINGS"].dicom_timeout_seconds = 10
+    remote = orthanc_factory(aet="KGHPACS2", modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
+    files = make_study(tmp_path / "s", patient_id="S1234567", patient_name="SMITH^MARGARET", birth_date="19480314",
+                       study_date="20260915", n_series=1, n_per_series=5, rows=32, cols=32)
+    assert scu.send_files(orthanc.node, files, config=QUICK).ok
+    study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    pacs = upsert_node("UHLPACSWFM01", orthanc.node.ae_title, "127.0.0.1", orthanc.node.port, "local_pacs")
+    pacs.supports_get = False  # C-MOVE only
+    dest = upsert_node("Kettering PACS", remote.node.ae_title, "127.0.0.1", remote.node.port, "remote")
+    db.session.commit()
+    # An open import request for the same patient, with an exam on the study's date.
+    login_as("requester")
+    response = post_form(client, "/requests/new/import", {**valid_import(), "exams-0-exam_date": "2026-09-15"})
+    imp = db.session.scalar(sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0]))
+    transition(imp, Status.ACCEPTED, actor_id=None)
+    db.session.commit()
+    req = _export_request(client)  # the same requester
+    for name in ("outbound", "outbound-bluelight"):
+        Queue(name, connection=redis_conn()).empty()
+    transfer = service.create_transfer(request=req, direction=Direction.OUTBOUND, priority="Standard", source=pacs,
+                                       dest=dest, study_uids=[study_uid], user_id=None)
+    db.session.commit()
+    service.enqueue(transfer)
+    SimpleWorker([Queue("outbound", connection=redis_conn())], connection=redis_conn()).work(burst=True)
+    db.session.expire_all()
+    done = db.session.get(Transfer, transfer.id)
+    assert done.state == TransferState.DELIVERED.value, done.last_error
+    assert remote.sop_uids(study_uid) == {str(dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
+    # Not an arrival, not claimed by the import request, nothing left on the gateway.
+    assert db.session.scalar(sa.select(InboundStudy).where(InboundStudy.study_uid == study_uid)) is None
+    assert db.session.get(Request, imp.id).status == Status.ACCEPTED
+    assert not (service.gateway_store() / study_uid).exists()
+    assert done.moving_study_uid == ""
