@@ -67,6 +67,17 @@ class TransferState(enum.StrEnum):
     def active(self) -> bool:
         return self in (TransferState.QUEUED, TransferState.RUNNING, TransferState.VERIFYING)
 
+    @property
+    def unfinished(self) -> bool:
+        """Active, or waiting for the analyst's Confirm (which resumes this same transfer)."""
+        return self.active or self is TransferState.WAITING_CONFIRMATION
+
+
+# One unfinished transfer per (request, direction, destination, study set) (issue 8.8):
+# a second Send or "Download to PACS" shows the one under way instead of starting another.
+UNFINISHED_STATES = tuple(s.value for s in TransferState if s.unfinished)
+_UNFINISHED_SQL = sa.text("state IN (" + ", ".join(f"'{s}'" for s in UNFINISHED_STATES) + ")")
+
 
 class Transfer(db.Model):
     __tablename__ = "transfers"
@@ -110,10 +121,25 @@ class Transfer(db.Model):
     # Report to send with an export (typed text or an uploaded PDF kept on disk).
     report_text: so.Mapped[str] = so.mapped_column(sa.Text, default="")
     report_pdf_path: so.Mapped[str] = so.mapped_column(sa.String(500), default="")
+    # The study set (sha1 of the sorted, de-duplicated Study Instance UIDs) and the
+    # destination id (0 for a pull, whose destination is the gateway): with request and
+    # direction, what may have only one unfinished transfer. A NULL column would let
+    # duplicates through a unique index, hence dest_key beside dest_node_id.
+    study_key: so.Mapped[str] = so.mapped_column(sa.String(40), default="")
+    dest_key: so.Mapped[int] = so.mapped_column(default=0)
 
     request: so.Mapped[Request | None] = so.relationship()
     source_node: so.Mapped[DicomNode | None] = so.relationship(foreign_keys=[source_node_id])
     dest_node: so.Mapped[DicomNode | None] = so.relationship(foreign_keys=[dest_node_id])
+
+    # Two presses at the same instant cannot both win: the database refuses the second.
+    # Transfers without a request (NULL request_id) are not covered by the rule.
+    __table_args__ = (
+        sa.Index(
+            "uq_transfers_one_unfinished", "request_id", "direction", "dest_key", "study_key", unique=True,
+            sqlite_where=_UNFINISHED_SQL, postgresql_where=_UNFINISHED_SQL,
+        ),
+    )
 
 
 class TransferItem(db.Model):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
+from collections.abc import Callable
 from datetime import date
+from pathlib import Path
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 
 from app import audit
 from app.auth.guard import roles_required
@@ -28,6 +33,7 @@ from app.workflow.machine import advance
 from app.workflow.statuses import Kind, Priority, Status
 
 bp = Blueprint("transfers", __name__)
+log = logging.getLogger("iep.transfers")
 
 DESK = tuple(DESK_ROLES)
 NODE_ADMINS = (Role.AM_RADIOLOGY, Role.ADMIN)
@@ -143,23 +149,90 @@ def pacs_search(call_ref: str):
                            destinations=_nodes(NodeRole.REMOTE, NodeRole.GATEWAY), form=form)
 
 
+def _to_request_page(call_ref: str, anchor: str = "transfers") -> Response:
+    """Back to the request page at `anchor`; an HTMX request is sent there with HX-Redirect
+    (a 302 would be swapped into the element that asked, PITFALLS "Web")."""
+    url = url_for("intake.show", call_ref=call_ref) + f"#{anchor}"
+    if request.headers.get("HX-Request"):
+        response = Response(status=200, headers={"HX-Redirect": url})
+        response.vary.add("HX-Request")
+        return response
+    response = redirect(url)
+    response.vary.add("HX-Request")
+    return response
+
+
+_STATE_WORDS = {
+    TransferState.QUEUED.value: "queued",
+    TransferState.RUNNING.value: "running",
+    TransferState.VERIFYING.value: "verifying",
+    TransferState.WAITING_CONFIRMATION.value: "waiting for the analyst to confirm the patient",
+}
+
+
+def _under_way(call_ref: str, transfer: Transfer) -> Response:
+    """Show the analyst the transfer a second press would have repeated, at its widget."""
+    if transfer.direction == Direction.OUTBOUND.value:
+        where = transfer.dest_node.name if transfer.dest_node else "its destination"
+    elif transfer.direction == Direction.INBOUND.value:
+        where = f"PACS ({transfer.dest_node.name})" if transfer.dest_node else "PACS"
+    else:
+        where = "the gateway"
+    state = _STATE_WORDS.get(transfer.state, transfer.state)
+    flash(f"Transfer {transfer.id} of these studies to {where} is already running (state: {state}); "
+          "nothing new was started.", "info")
+    return _to_request_page(call_ref, f"transfer-{transfer.id}")
+
+
+def _create_once(
+    req: Request, direction: Direction, dest: DicomNode | None, uids: list[str], create: Callable[[], Transfer]
+) -> Transfer | Response:
+    """Run `create` (create_transfer and what goes with it) and commit: the new transfer,
+    or, when a transfer of these studies is already under way (found first, or made by a
+    press at the same instant), the answer that shows it. Never half a status change.
+
+    A simultaneous press loses at the partial unique index (IntegrityError) or at the
+    request's version check (StaleDataError): roll back everything, then look again.
+    """
+    call_ref, request_id, dest_id = req.call_ref, req.id, dest.id if dest is not None else None
+    try:
+        transfer = create()
+        db.session.commit()
+        return transfer
+    except service.TransferUnderWay as under_way:
+        db.session.rollback()
+        return _under_way(call_ref, under_way.transfer)
+    except (IntegrityError, StaleDataError) as exc:
+        db.session.rollback()
+        log.info("%s: transfer not started, lost a race (%s)", call_ref, type(exc).__name__)
+    fresh = db.session.get(Request, request_id)
+    fresh_dest = db.session.get(DicomNode, dest_id) if dest_id is not None else None
+    twin = service.unfinished_twin(fresh, direction, fresh_dest, uids) if fresh is not None else None
+    if twin is not None:
+        return _under_way(call_ref, twin)
+    flash("Someone changed this request at the same moment, so nothing was started. "
+          "Check the request and try again.", "error")
+    return _to_request_page(call_ref)
+
+
 @bp.route("/requests/<call_ref>/transfers", methods=["POST"])
 @roles_required(*DESK)
 def start(call_ref: str):
-    """Start an export (selected studies -> destination) or a direct pull (-> gateway)."""
+    """Start an export (selected studies -> destination) or a direct pull (-> gateway),
+    unless a transfer of the same studies to the same place is still under way."""
     req = visible_request(call_ref)
     uids = [u for u in request.form.getlist("study_uid") if re.fullmatch(r"[0-9.]{1,64}", u)]
     source = db.session.get(DicomNode, request.form.get("source_id", type=int) or 0) or (
         service.local_pacs() if req.kind != Kind.IMPORT else None)
     if source is None:
         flash("Choose the node to take the studies from.", "error")
-        return redirect(url_for("intake.show", call_ref=req.call_ref) + "#transfers")
+        return _to_request_page(req.call_ref)
     priority = request.form.get("priority") or req.priority.value
     if priority not in {p.value for p in Priority}:
         priority = req.priority.value
     if not uids:
         flash("Tick at least one study to send.", "error")
-        return redirect(url_for("intake.show", call_ref=req.call_ref) + "#transfers")
+        return _to_request_page(req.call_ref)
     if req.kind == Kind.IMPORT:
         direction, dest = Direction.PULL, None
     else:
@@ -167,29 +240,37 @@ def start(call_ref: str):
         dest = db.session.get(DicomNode, request.form.get("dest_id", type=int) or 0)
         if dest is None:
             flash("Choose the destination node.", "error")
-            return redirect(url_for("intake.show", call_ref=req.call_ref) + "#transfers")
+            return _to_request_page(req.call_ref)
     report_path = ""
     upload = request.files.get("report_pdf")
     if upload is not None and upload.filename:
         data = upload.read(MAX_REPORT_BYTES + 1)
         if len(data) > MAX_REPORT_BYTES or not data.startswith(b"%PDF-"):
             flash("The report must be a PDF file of at most 10 MB.", "error")
-            return redirect(url_for("intake.show", call_ref=req.call_ref) + "#transfers")
+            return _to_request_page(req.call_ref)
         folder = service.settings().storage_root / "reports"
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{uuid.uuid4().hex}.pdf"  # never the uploaded name
         target.write_bytes(data)
         report_path = str(target)
-    transfer = service.create_transfer(
-        request=req, direction=direction, priority=priority, source=source, dest=dest, study_uids=uids,
-        user_id=current_user.id, report_text=(request.form.get("report_text") or "").strip()[:20000],
-        report_pdf_path=report_path,
-    )
-    audit.record(audit.Action.TRANSFER, request_id=req.id, detail=f"{req.call_ref} transfer {transfer.id} started")
-    db.session.commit()
+
+    def create() -> Transfer:
+        transfer = service.create_transfer(
+            request=req, direction=direction, priority=priority, source=source, dest=dest, study_uids=uids,
+            user_id=current_user.id, report_text=(request.form.get("report_text") or "").strip()[:20000],
+            report_pdf_path=report_path,
+        )
+        audit.record(audit.Action.TRANSFER, request_id=req.id, detail=f"{req.call_ref} transfer {transfer.id} started")
+        return transfer
+
+    transfer = _create_once(req, direction, dest, uids, create)
+    if not isinstance(transfer, Transfer):
+        if report_path:
+            Path(report_path).unlink(missing_ok=True)  # the transfer under way has its own
+        return transfer
     service.enqueue(transfer)
     flash(f"Transfer of {len(uids)} stud{'y' if len(uids) == 1 else 'ies'} queued.", "success")
-    return redirect(url_for("intake.show", call_ref=req.call_ref) + "#transfers")
+    return _to_request_page(req.call_ref, f"transfer-{transfer.id}")
 
 
 # --- Import: download what arrived to PACS ----------------------------------------------------
@@ -198,7 +279,8 @@ def start(call_ref: str):
 @bp.route("/requests/<call_ref>/import", methods=["POST"])
 @roles_required(*DESK)
 def download_to_pacs(call_ref: str):
-    """"Download to PACS": fix up, store to the local PACS, RIS entries, Delivered."""
+    """"Download to PACS": fix up, store to the local PACS, RIS entries, Delivered
+    (unless a download of the same studies is still under way)."""
     req = visible_request(call_ref)
     studies = list(db.session.scalars(sa.select(InboundStudy).where(
         InboundStudy.request_id == req.id, InboundStudy.purged_at.is_(None))))
@@ -206,17 +288,24 @@ def download_to_pacs(call_ref: str):
     if not studies or pacs is None:
         flash("Nothing to download: no images have arrived for this request." if not studies
               else "The local PACS node is not in the node register.", "error")
-        return redirect(url_for("intake.show", call_ref=req.call_ref) + "#transfers")
-    transfer = service.create_transfer(
-        request=req, direction=Direction.INBOUND, priority=req.priority.value, source=None, dest=pacs,
-        study_uids=[s.study_uid for s in studies], user_id=current_user.id,
-    )
-    service.add_inbound_items(transfer, studies)
-    audit.record(audit.Action.TRANSFER, request_id=req.id, detail=f"{req.call_ref} import transfer {transfer.id}")
-    db.session.commit()
+        return _to_request_page(req.call_ref)
+    uids = [s.study_uid for s in studies]
+
+    def create() -> Transfer:
+        transfer = service.create_transfer(
+            request=req, direction=Direction.INBOUND, priority=req.priority.value, source=None, dest=pacs,
+            study_uids=uids, user_id=current_user.id,
+        )
+        service.add_inbound_items(transfer, studies)
+        audit.record(audit.Action.TRANSFER, request_id=req.id, detail=f"{req.call_ref} import transfer {transfer.id}")
+        return transfer
+
+    transfer = _create_once(req, Direction.INBOUND, pacs, uids, create)
+    if not isinstance(transfer, Transfer):
+        return transfer
     service.enqueue(transfer)
     flash("Download to PACS queued.", "success")
-    return redirect(url_for("intake.show", call_ref=req.call_ref) + "#transfers")
+    return _to_request_page(req.call_ref, f"transfer-{transfer.id}")
 
 
 # --- One transfer: live widget, retry, cancel, confirm -------------------------------------------

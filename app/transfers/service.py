@@ -6,6 +6,7 @@ Enqueue -> job -> logic (STYLE habit 2): this module makes the rows and puts ids
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from datetime import datetime, timedelta
@@ -23,6 +24,7 @@ from app.intake.models import Request
 from app.timeutil import LONDON, aware, utcnow
 from app.transfers.lanes import in_window, next_window_start, queue_name
 from app.transfers.models import DicomNode, Direction, InboundStudy, Transfer, TransferItem, TransferState
+from app.transfers.models import UNFINISHED_STATES
 from app.workflow.machine import advance, transition
 from app.workflow.statuses import Priority, Status
 
@@ -72,6 +74,34 @@ def local_pacs() -> DicomNode | None:
     )
 
 
+class TransferUnderWay(Exception):
+    """A transfer of the same studies, same way, to the same place is not finished yet."""
+
+    def __init__(self, transfer: Transfer) -> None:
+        super().__init__(f"transfer {transfer.id} is {transfer.state}")
+        self.transfer = transfer
+
+
+def study_key(study_uids: list[str]) -> str:
+    """The study set as a key: sha1 of the sorted, de-duplicated Study Instance UIDs."""
+    return hashlib.sha1("\n".join(sorted(set(study_uids))).encode("utf-8")).hexdigest()
+
+
+def unfinished_twin(
+    request: Request, direction: Direction, dest: DicomNode | None, study_uids: list[str]
+) -> Transfer | None:
+    """The unfinished transfer this one would repeat (issue 8.8), if there is one."""
+    return db.session.scalar(
+        sa.select(Transfer).where(
+            Transfer.request_id == request.id,
+            Transfer.direction == direction.value,
+            Transfer.dest_key == (dest.id if dest is not None else 0),
+            Transfer.study_key == study_key(study_uids),
+            Transfer.state.in_(UNFINISHED_STATES),
+        )
+    )
+
+
 def create_transfer(
     *,
     request: Request | None,
@@ -84,7 +114,17 @@ def create_transfer(
     report_text: str = "",
     report_pdf_path: str = "",
 ) -> Transfer:
-    """A queued transfer row (the caller commits, then calls `enqueue`)."""
+    """A queued transfer row (the caller commits, then calls `enqueue`).
+
+    Raises TransferUnderWay, changing nothing, when the request already has an unfinished
+    transfer of this study set, this direction, to this destination. Two callers at the
+    same instant both get past that check; the partial unique index
+    `uq_transfers_one_unfinished` then refuses the second at the flush or the commit
+    (IntegrityError), or its change of the request's status fails the version check
+    (StaleDataError): the caller rolls back and looks again with `unfinished_twin`.
+    """
+    if request is not None and (twin := unfinished_twin(request, direction, dest, study_uids)) is not None:
+        raise TransferUnderWay(twin)
     transfer = Transfer(
         request=request,
         direction=direction.value,
@@ -92,6 +132,8 @@ def create_transfer(
         source_node=source,
         dest_node=dest,
         study_uids=list(study_uids),
+        study_key=study_key(study_uids),
+        dest_key=dest.id if dest is not None else 0,
         max_attempts=settings().transfer_max_attempts,
         created_by_id=user_id,
         report_text=report_text,
