@@ -329,6 +329,31 @@ def test_once_the_transfer_is_finished_send_makes_a_new_one(app, export, make_us
     _send(am, export, nodes)
     states = [t.state for t in _transfers(export)]
     assert states == ["delivered", "cancelled", "failed", "queued"]
+    # Retry on the failed one while that new Send is queued: shown the queued one, never two.
+    token = csrf_token(am, f"/requests/{export.call_ref}")
+    response = am.post(f"/transfers/{third.id}/retry", data={"csrf_token": token})
+    assert response.status_code == 302
+    fourth = _transfers(export)[-1]
+    assert f"Transfer {fourth.id} of these studies" in _flashes(am, response)
+    assert [t.state for t in _transfers(export)] == ["delivered", "cancelled", "failed", "queued"]
+
+
+def test_a_download_waiting_for_confirmation_can_be_cancelled_and_then_pressed_again(
+    app, arrived, make_user, nodes, clean_queues
+):
+    analyst = _login(app, make_user, "analyst")
+    _download(analyst, arrived)
+    [waiting] = _transfers(arrived)
+    waiting.state = TransferState.WAITING_CONFIRMATION.value  # the sender's details differ
+    db.session.commit()
+    page = analyst.get(f"/transfers/{waiting.id}").get_data(as_text=True)
+    assert f"/transfers/{waiting.id}/cancel" in page  # the analyst who will not confirm can stop it
+    token = csrf_token(analyst, f"/requests/{arrived.call_ref}")
+    assert analyst.post(f"/transfers/{waiting.id}/cancel", data={"csrf_token": token}).status_code == 302
+    db.session.expire_all()
+    assert db.session.get(Transfer, waiting.id).state == TransferState.CANCELLED.value
+    _download(analyst, arrived)
+    assert [t.state for t in _transfers(arrived)] == ["cancelled", "queued"]
 
 
 def test_once_the_download_is_finished_download_to_pacs_makes_a_new_one(

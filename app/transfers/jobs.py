@@ -14,6 +14,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from redis.exceptions import RedisError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 from rq.exceptions import NoSuchJobError
 from rq import get_current_job
 from rq.job import Job, JobStatus
@@ -344,11 +346,15 @@ def auto_download() -> int:
                 Transfer.state != TransferState.CANCELLED.value))
             if taken:
                 continue
-            transfer = service.create_transfer(request=study.request, direction=Direction.INBOUND,
-                                               priority=study.request.priority.value, source=None, dest=pacs,
-                                               study_uids=[study.study_uid], user_id=None)
-            service.add_inbound_items(transfer, [study])
-            db.session.commit()
+            try:
+                transfer = service.create_transfer(request=study.request, direction=Direction.INBOUND,
+                                                   priority=study.request.priority.value, source=None, dest=pacs,
+                                                   study_uids=[study.study_uid], user_id=None)
+                service.add_inbound_items(transfer, [study])
+                db.session.commit()
+            except (service.TransferUnderWay, IntegrityError, StaleDataError):
+                db.session.rollback()  # an analyst pressed Download to PACS meanwhile: theirs runs
+                continue
             service.enqueue(transfer)
             queued += 1
     return queued

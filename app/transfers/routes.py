@@ -332,8 +332,25 @@ def act(transfer_id: int, action: str):
     """Retry, Cancel, or confirm an import whose details differ from the register."""
     transfer = _transfer(transfer_id)
     if action == "retry" and transfer.state in (TransferState.FAILED.value, TransferState.CANCELLED.value):
-        service.retry(transfer, current_user.id)
-    elif action == "cancel" and TransferState(transfer.state).active:
+        req = transfer.request
+        twin = (service.unfinished_twin(req, Direction(transfer.direction), transfer.dest_node, transfer.study_uids)
+                if req is not None else None)
+        if twin is not None:  # a new Send of the same studies is under way: that one, not two
+            return _under_way(req.call_ref, twin)
+        try:
+            service.retry(transfer, current_user.id)
+        except (IntegrityError, StaleDataError):  # a press at the same instant won
+            db.session.rollback()
+            if req is None:
+                abort(409)
+            fresh = db.session.get(Transfer, transfer_id)
+            twin = service.unfinished_twin(fresh.request, Direction(fresh.direction), fresh.dest_node,
+                                           fresh.study_uids)
+            if twin is not None:
+                return _under_way(fresh.request.call_ref, twin)
+            flash("Someone changed this request at the same moment; check it and try again.", "error")
+            return _to_request_page(fresh.request.call_ref)
+    elif action == "cancel" and TransferState(transfer.state).unfinished:
         service.cancel(transfer)
     elif action == "confirm" and transfer.state == TransferState.WAITING_CONFIRMATION.value:
         transfer.mismatch_accepted = True

@@ -285,9 +285,10 @@ def retry(transfer: Transfer, user_id: int | None) -> None:
 
 
 def cancel(transfer: Transfer) -> None:
-    """Ask a transfer to stop between instances; a queued one stops at once."""
+    """Ask a transfer to stop between instances; a queued one, or one waiting for the
+    analyst's confirmation, stops at once."""
     transfer.cancel_requested = True
-    if transfer.state == TransferState.QUEUED.value:
+    if transfer.state in (TransferState.QUEUED.value, TransferState.WAITING_CONFIRMATION.value):
         transfer.state = TransferState.CANCELLED.value
         transfer.finished_at = utcnow()
     db.session.commit()
