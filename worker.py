@@ -110,7 +110,7 @@ def run_gateway(name: str) -> None:
     from app.dicom.scp import GatewaySCP
     from app.transfers import service
     from app.transfers.gateway import on_stored
-    from app.transfers.inbound import in_app_context, record_quarantined
+    from app.transfers.inbound import in_app_context, record_quarantined, record_sender_done
 
     app = create_app()
     with app.app_context():
@@ -121,7 +121,8 @@ def run_gateway(name: str) -> None:
     # Called from the SCP's association threads, each in an app context of its own.
     scp = GatewaySCP(ae_title=settings.gateway_ae_title, port=settings.gateway_port, storage_dir=store,
                      quarantine_dir=quarantine, on_stored=in_app_context(app, on_stored),
-                     on_quarantined=in_app_context(app, record_quarantined), config=service_config(app),
+                     on_quarantined=in_app_context(app, record_quarantined),
+                     on_sender_done=in_app_context(app, record_sender_done), config=service_config(app),
                      bind=settings.gateway_bind)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

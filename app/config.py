@@ -69,6 +69,9 @@ class Settings:
     # The service desk's own mailbox: told when a transfer fails, instance by instance.
     # Default: SMTP_FROM (the desk's address), else no such e-mail.
     desk_email: str = ""
+    # A pushed study counts as complete once its sender released the association and
+    # nothing more came for this long (issue 8.3).
+    arrival_quiet_seconds: int = 120
 
     @property
     def storage_root(self) -> Path:
@@ -127,6 +130,7 @@ class Settings:
             auto_download=os.environ.get("AUTO_DOWNLOAD", "0").lower() in {"1", "true", "yes"},
             dicom_timeout_seconds=_env_int("DICOM_TIMEOUT_SECONDS", 30),
             desk_email=(os.environ.get("DESK_EMAIL") or smtp.get("from") or "").strip(),
+            arrival_quiet_seconds=_env_int("ARRIVAL_QUIET_SECONDS", 120),
         )
 
     def engine_options(self) -> dict[str, object]:

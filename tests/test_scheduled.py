@@ -176,15 +176,17 @@ def test_cron_registers_flush_and_auto_cancel_on_the_maintenance_queue(app, main
         ("app.transfers.jobs.reconcile", "maintenance", 30),
         ("app.transfers.jobs.purge_gateway", "maintenance", 3600),
         ("app.transfers.quarantine.purge_quarantine", "maintenance", 3600),
+        ("app.transfers.jobs.settle_arrivals", "maintenance", 30),
         ("app.transfers.jobs.auto_download", "maintenance", 60),
     }
 
     enqueued = scheduler.enqueue_jobs()
-    assert len(enqueued) == 6
+    assert len(enqueued) == 7
     assert sorted(j.func_name for j in maintenance.jobs) == [
         "app.transfers.jobs.auto_download",
         "app.transfers.jobs.purge_gateway",
         "app.transfers.jobs.reconcile",
+        "app.transfers.jobs.settle_arrivals",
         "app.transfers.quarantine.purge_quarantine",
         "app.workflow.jobs.auto_cancel_stale",
         "app.workflow.mail.flush_outbox",
@@ -193,8 +195,8 @@ def test_cron_registers_flush_and_auto_cancel_on_the_maintenance_queue(app, main
 
     waiting = maintenance.jobs
     run_jobs(maintenance)  # each job makes its own app context inside the worker
-    assert [j.get_status() for j in waiting] == ["finished"] * 6
-    assert [j.return_value() for j in waiting] == [0] * 6
+    assert [j.get_status() for j in waiting] == ["finished"] * 7
+    assert [j.return_value() for j in waiting] == [0] * 7
 
 
 @pytest.fixture

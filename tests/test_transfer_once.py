@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -19,6 +19,7 @@ from rq import Queue
 
 from app.extensions import db, redis_conn
 from app.intake.models import Request
+from app.timeutil import utcnow
 from app.transfers import service
 from app.transfers.cli import upsert_node
 from app.transfers.models import InboundStudy, Transfer, TransferState
@@ -133,7 +134,10 @@ def arrived(client, login_as, pas_patients, tmp_path) -> Request:
         folder.mkdir()
         for i in range(3):
             (folder / f"{uid}.{i}.dcm").write_bytes(b"x" * 10)
-        db.session.add(InboundStudy(study_uid=uid, request_id=req.id, folder=str(folder), instances=3))
+        # The sender released its association long enough ago: the study is complete.
+        db.session.add(InboundStudy(study_uid=uid, request_id=req.id, folder=str(folder), instances=3,
+                                    last_received_at=utcnow() - timedelta(minutes=5),
+                                    sender_done_at=utcnow() - timedelta(minutes=5), sender_released=True))
     db.session.commit()
     return req
 
@@ -446,7 +450,7 @@ def test_migration_fills_the_keys_of_existing_transfers_and_spares_legacy_twins(
                 conn.execute(table.insert().values(
                     {**filler, "request_id": request_id_, "direction": direction, "dest_node_id": dest,
                      "state": state, "study_uids": uids, "priority": "Standard"}))
-        upgrade(revision="0006")
+        upgrade()  # through 0006, which fills the keys
 
         keys = db.session.execute(sa.select(Transfer.id, Transfer.study_key, Transfer.dest_key)
                                   .order_by(Transfer.id)).all()

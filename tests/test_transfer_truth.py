@@ -255,3 +255,171 @@ def test_export_from_a_pacs_without_c_get_goes_by_c_move_to_staging_not_to_the_a
     assert db.session.get(Request, imp.id).status == Status.ACCEPTED
     assert not (service.gateway_store() / study_uid).exists()
     assert done.moving_study_uid == ""
+
+
+# --- Imports are complete only when the desk has reason to know it (issue 8.3) -------------
+
+
+def _import_request(client, login_as, exam_date: str) -> Request:
+    from app.workflow.machine import transition
+
+    login_as("requester")
+    response = post_form(client, "/requests/new/import", {**valid_import(), "exams-0-exam_date": exam_date})
+    req = db.session.scalar(sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0]))
+    transition(req, Status.ACCEPTED, actor_id=None)
+    db.session.commit()
+    return req
+
+
+def _desk(app, make_user, role: str = "analyst"):
+    browser = app.test_client()
+    user = make_user(role)
+    post_form(browser, "/login", {"email": user.email, "password": "correct-horse-9"})
+    return browser
+
+
+def _flash_after(browser, response) -> str:
+    assert response.status_code == 302, response.get_data(as_text=True)[:300]
+    return browser.get(response.headers["Location"]).get_data(as_text=True)
+
+
+def _run_inbound() -> None:
+    from rq import Queue, SimpleWorker
+
+    from app.extensions import redis_conn
+
+    conn = redis_conn()
+    SimpleWorker([Queue(n, connection=conn) for n in ("inbound-bluelight", "inbound")], connection=conn).work(burst=True)
+
+
+def test_a_push_cut_off_mid_study_is_not_downloaded_unless_the_analyst_sends_what_arrived(
+    app, client, login_as, make_user, pas_patients, orthanc, gateway, tmp_path
+):
+    from pynetdicom import AE, StoragePresentationContexts
+
+    from app.transfers.models import RisEntry
+
+    for name in ("inbound-bluelight", "inbound"):
+        __import__("rq").Queue(name, connection=__import__("app.extensions", fromlist=["redis_conn"]).redis_conn()).empty()
+    upsert_node("UHLPACSWFM01", orthanc.node.ae_title, "127.0.0.1", orthanc.node.port, "local_pacs")
+    db.session.commit()
+    req = _import_request(client, login_as, "2026-09-16")
+    files = make_study(tmp_path / "nuh", patient_id="S1234567", patient_name="SMITH^MARGARET", birth_date="19480314",
+                       study_date="20260916", n_series=1, n_per_series=5, rows=16, cols=16)
+    study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    # The other hospital's sender stores three of five instances, then its connection dies.
+    sender = AE(ae_title="NUHPACS")
+    sender.requested_contexts = StoragePresentationContexts[:100]
+    assoc = sender.associate("127.0.0.1", gateway.port, ae_title=OUR_AE)
+    assert assoc.is_established
+    for path in files[:3]:
+        assert assoc.send_c_store(dcmread(path)).Status == 0x0000
+    assoc.abort()
+    analyst = _desk(app, make_user)
+    wait_for(lambda: (s := db.session.scalar(sa.select(InboundStudy).where(InboundStudy.study_uid == study_uid)))
+             and s.sender_done_at is not None, 10, "the gateway to see the connection end")
+    page = analyst.get(f"/requests/{req.call_ref}").get_data(as_text=True)
+    assert "arriving: 3 instances so far; the sender&#39;s connection broke off" in page
+    assert "Not ready to download to PACS" in page and ">Download to PACS</button>" not in page
+    # Pressed anyway (an old page, a second tab): refused with the reason, nothing queued.
+    token = page.split('name="csrf_token" value="')[1].split('"')[0]
+    shown = _flash_after(analyst, analyst.post(f"/requests/{req.call_ref}/import", data={"csrf_token": token}))
+    assert "Not downloaded to PACS" in shown and "connection broke off" in shown
+    assert db.session.scalar(sa.select(sa.func.count(Transfer.id)).where(Transfer.request_id == req.id)) == 0
+    # The analyst chooses to send what has arrived: audited, and RIS and the e-mail say partial.
+    _flash_after(analyst, analyst.post(f"/requests/{req.call_ref}/import", data={"csrf_token": token, "partial": "1"}))
+    _run_inbound()
+    db.session.expire_all()
+    transfer = db.session.scalar(sa.select(Transfer).where(Transfer.request_id == req.id))
+    assert transfer.state == TransferState.DELIVERED.value and transfer.partial_ok, transfer.last_error
+    assert orthanc.sop_uids(study_uid) == {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files[:3]}
+    ris = db.session.scalar(sa.select(RisEntry).where(RisEntry.study_uid == study_uid))
+    assert ris.partial and "may be incomplete" in ris.note
+    mail = db.session.scalar(sa.select(OutboxEmail).where(OutboxEmail.request_id == req.id,
+                                                          OutboxEmail.subject.contains("images delivered")))
+    assert "Partial: the desk sent the 3 instances that had arrived" in mail.body
+    from app.audit import AuditEvent
+
+    assert db.session.scalar(sa.select(AuditEvent.id).where(AuditEvent.detail.contains("sending what has arrived")))
+    # Delivered: not offered again, except as an explicit "send again".
+    page = analyst.get(f"/requests/{req.call_ref}").get_data(as_text=True)
+    assert ">Download to PACS</button>" not in page and "Send to PACS again" in page
+    shown = _flash_after(analyst, analyst.post(f"/requests/{req.call_ref}/import", data={"csrf_token": token}))
+    assert "These images are on PACS already" in shown
+    assert db.session.scalar(sa.select(sa.func.count(Transfer.id)).where(Transfer.request_id == req.id)) == 1
+
+
+def test_a_pull_whose_remote_dies_mid_c_move_is_never_on_iep_and_cannot_be_downloaded(
+    app, client, login_as, make_user, pas_patients, orthanc, orthanc_factory, gateway, gateway_port, tmp_path
+):
+    """The remote hospital's PACS dies in the middle of a C-MOVE to our gateway: what came
+    is kept as "arriving", the request never says On IEP, Download to PACS is refused
+    while the pull waits to retry and, once it gives up, because instances are known missing."""
+    import threading
+
+    from rq import Queue, SimpleWorker
+
+    from app.extensions import redis_conn
+
+    for name in ("inbound-bluelight", "inbound"):
+        Queue(name, connection=redis_conn()).empty()
+    app.config["IEP_SETTINGS"].gateway_port = gateway_port
+    app.config["IEP_SETTINGS"].dicom_timeout_seconds = 5
+    dying = orthanc_factory(aet="DYINGPACS", modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)},
+                            nodelay=False, extra={"SyncStorageArea": True})
+    files = make_study(tmp_path / "nuh", patient_id="S1234567", patient_name="SMITH^MARGARET", birth_date="19480314",
+                       study_date="20260917", n_series=1, n_per_series=150, rows=16, cols=16)
+    assert scu.send_files(dying.node, files, config=QUICK).ok
+    study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    upsert_node("UHLPACSWFM01", orthanc.node.ae_title, "127.0.0.1", orthanc.node.port, "local_pacs")
+    remote = upsert_node("Dying PACS", dying.node.ae_title, "127.0.0.1", dying.node.port, "remote")
+    remote.supports_get = False  # C-MOVE to our gateway
+    db.session.commit()
+    req = _import_request(client, login_as, "2026-09-17")
+    pull = service.create_transfer(request=req, direction=Direction.PULL, priority="Standard", source=remote,
+                                   dest=None, study_uids=[study_uid], user_id=None)
+    pull.max_attempts = 2
+    db.session.commit()
+    service.enqueue(pull)
+    folder = service.gateway_store() / study_uid
+
+    def kill_when_under_way() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if folder.is_dir() and len(list(folder.glob("*.dcm"))) >= 20:
+                dying.proc.kill()
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_when_under_way)
+    killer.start()
+    conn = redis_conn()
+    SimpleWorker([Queue("inbound", connection=conn)], connection=conn).work(burst=True)
+    killer.join()
+    db.session.expire_all()
+    pull = db.session.get(Transfer, pull.id)
+    assert pull.state == TransferState.QUEUED.value and pull.attempts == 1, pull.last_error  # waits to retry
+    arrived = len(list(folder.glob("*.dcm")))
+    assert 20 <= arrived < 150
+    assert db.session.get(Request, req.id).status != Status.ON_IEP
+    analyst = _desk(app, make_user)
+    page = analyst.get(f"/requests/{req.call_ref}").get_data(as_text=True)
+    assert f"arriving: {arrived} instances so far" in page
+    assert f"transfer {pull.id} is still retrieving these images from Dying PACS (waiting to retry)" in page
+    token = page.split('name="csrf_token" value="')[1].split('"')[0]
+    shown = _flash_after(analyst, analyst.post(f"/requests/{req.call_ref}/import", data={"csrf_token": token}))
+    assert "Not downloaded to PACS" in shown and "still retrieving" in shown
+    # The retry finds the remote gone and gives up: the missing instances are known, and named.
+    pull.not_before = None  # (the pool's wait, proven in test_transfer_faults; here the job body)
+    db.session.commit()
+    from app.transfers import jobs
+
+    jobs.run_transfer(pull.id)
+    db.session.expire_all()
+    pull = db.session.get(Transfer, pull.id)
+    assert pull.state == TransferState.FAILED.value
+    page = analyst.get(f"/requests/{req.call_ref}").get_data(as_text=True)
+    assert f"{150 - arrived} instances that Dying PACS listed never arrived (transfer {pull.id})" in page
+    assert db.session.scalar(sa.select(sa.func.count(Transfer.id)).where(
+        Transfer.request_id == req.id, Transfer.direction == Direction.INBOUND.value)) == 0
+    assert orthanc.sop_uids(study_uid) == set()

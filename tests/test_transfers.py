@@ -124,11 +124,30 @@ def gateway(app, gateway_port, tmp_path):
             finally:
                 db.session.remove()
 
+    from app.transfers.inbound import in_app_context, record_sender_done
+
+    app.config["IEP_SETTINGS"].arrival_quiet_seconds = 0  # complete as soon as the sender releases
     scp = GatewaySCP(ae_title=OUR_AE, port=gateway_port, storage_dir=service.gateway_store(),
-                     quarantine_dir=service.gateway_quarantine(), on_stored=on_stored)
+                     quarantine_dir=service.gateway_quarantine(), on_stored=on_stored,
+                     on_sender_done=in_app_context(app, record_sender_done))
     scp.start()
     yield scp
     scp.stop()
+
+
+def wait_until_complete(req: Request, seconds: float = 10.0) -> None:
+    """Until the gateway has heard the sender release its association for every study of
+    the request (the SCP tells the desk just after storescu returns)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        db.session.expire_all()
+        studies = list(db.session.scalars(sa.select(InboundStudy).where(InboundStudy.request_id == req.id)))
+        if studies and all(service.arrival_state(s)[0] for s in studies):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the gateway never saw the sender finish")
 
 
 def _pacs_tags(orthanc, study_uid):  # noqa: F811
@@ -153,6 +172,7 @@ def test_import_pushed_by_storescu_lands_in_pacs_with_the_s_number_and_one_ris_e
     db.session.expire_all()
     study = db.session.scalar(sa.select(InboundStudy))
     assert study.request_id == req.id and study.instances == 6
+    wait_until_complete(req)  # the sender released its association: complete, so On IEP
     assert _req(req).status == Status.ON_IEP
     analyst = _login(app, make_user, "analyst")
     token = csrf_token(analyst, f"/requests/{req.call_ref}")
@@ -187,7 +207,7 @@ def test_import_stops_when_the_senders_details_disagree_with_the_register(
     files = make_study(tmp_path / "x", patient_id="S1234567", patient_name="SMITH^MARGARET",
                        birth_date="19480315", study_date="20260901", n_series=1, n_per_series=2)
     assert run_storescu(service.our_node(), files).returncode == 0
-    db.session.expire_all()
+    wait_until_complete(req)
     analyst = _login(app, make_user, "analyst")
     token = csrf_token(analyst, f"/requests/{req.call_ref}")
     analyst.post(f"/requests/{req.call_ref}/import", data={"csrf_token": token})

@@ -557,6 +557,7 @@ def _validate(path: Path, offset: int, syntax: UID, request_sop: str, request_cl
 
 OnStored = Callable[[Path, InstanceMeta], None]
 OnQuarantined = Callable[[Path, QuarantineInfo], None]
+OnSenderDone = Callable[[set[str], bool], None]
 
 
 @dataclass
@@ -570,6 +571,11 @@ class GatewaySCP:
     `on_quarantined(path, info)` runs likewise after an instance was refused and moved to
     quarantine. The peer has its failure status whatever happens; if the callback raises,
     it is logged and the `.reason.txt` beside the file is the only record.
+
+    `on_sender_done(study_uids, released)` runs when an association that stored instances
+    ends: the studies it stored into, and whether the sender released it (it says it has
+    finished) or it was aborted or dropped. The desk counts a pushed study complete only
+    after a release and a quiet period (issue 8.3). Logged if it raises.
     """
 
     ae_title: str
@@ -578,12 +584,16 @@ class GatewaySCP:
     quarantine_dir: Path
     on_stored: OnStored | None = None
     on_quarantined: OnQuarantined | None = None
+    on_sender_done: OnSenderDone | None = None
     bind: str = "127.0.0.1"
     config: AEConfig = DEFAULT_CONFIG
     max_associations: int = 10
     fsync: bool = False
     _server: ThreadedAssociationServer | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    # Per live association (by id): the studies it stored into, and whether it was released.
+    _stored_into: dict[int, set[str]] = field(default_factory=dict, init=False, repr=False)
+    _released: set[int] = field(default_factory=set, init=False, repr=False)
 
     def start(self) -> GatewaySCP:
         with self._lock:
@@ -602,7 +612,9 @@ class GatewaySCP:
             ae.add_supported_context(Verification)
             for cx in AllStoragePresentationContexts:
                 ae.add_supported_context(cx.abstract_syntax, RECEIVE_TRANSFER_SYNTAXES)
-            handlers: list[Any] = [(evt.EVT_C_STORE, self._handle_store)]
+            handlers: list[Any] = [(evt.EVT_C_STORE, self._handle_store),
+                                   (evt.EVT_RELEASED, self._handle_released),
+                                   (evt.EVT_CONN_CLOSE, self._handle_closed)]
             if self.config.tcp_nodelay:
                 handlers.append((evt.EVT_CONN_OPEN, set_tcp_nodelay))
             self._server = ae.start_server((self.bind, self.port), block=False,
@@ -639,6 +651,9 @@ class GatewaySCP:
         try:
             result = receive_instance(event, storage_dir=self.storage_dir,
                                       quarantine_dir=self.quarantine_dir, fsync=self.fsync)
+            if result.ok and result.meta:
+                with self._lock:
+                    self._stored_into.setdefault(id(event.assoc), set()).add(result.meta.study_uid)
             if result.ok and self.on_stored is not None and result.path and result.meta:
                 try:
                     self.on_stored(result.path, result.meta)
@@ -655,3 +670,23 @@ class GatewaySCP:
         except Exception:  # noqa: BLE001 - last line of defence
             log.exception("C-STORE handler failed")
             return Received(STATUS_INTERNAL, "internal error").status_dataset()
+
+    def _handle_released(self, event: evt.Event) -> None:
+        """EVT_RELEASED: the sender said it has finished (A-RELEASE)."""
+        with self._lock:
+            self._released.add(id(event.assoc))
+
+    def _handle_closed(self, event: evt.Event) -> None:
+        """EVT_CONN_CLOSE: the association is over; tell the desk which studies it
+        brought and whether it ended by a release. Never raises."""
+        key = id(event.assoc)
+        with self._lock:
+            studies = self._stored_into.pop(key, set())
+            released = key in self._released
+            self._released.discard(key)
+        if not studies or self.on_sender_done is None:
+            return
+        try:
+            self.on_sender_done(studies, released)
+        except Exception:  # noqa: BLE001 - the instances are stored; only the hint is lost
+            log.exception("on_sender_done failed")

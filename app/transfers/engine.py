@@ -482,6 +482,11 @@ def run_pull(transfer: Transfer, progress: Progress) -> None:
     for study_uid in transfer.study_uids:
         fetch_study(transfer, study_uid, service.gateway_store() / study_uid, progress, on_gateway=True,
                     on_arrived=record)
+        # Every instance the remote listed is here: the desk knows the study is complete.
+        study = db.session.scalar(sa.select(InboundStudy).where(InboundStudy.study_uid == study_uid))
+        if study is not None and study.complete_at is None:
+            study.complete_at = utcnow()
+            db.session.commit()
     transfer.state = TransferState.DELIVERED.value
     transfer.stalled = False
     transfer.finished_at = utcnow()
@@ -522,7 +527,10 @@ def _deliver(transfer: Transfer, progress: Progress, phase: str,
     transfer.stalled = False  # a stall on the way is history once every instance is confirmed
     transfer.finished_at = utcnow()
     transfer.phase = "Delivered and verified"
-    _step(transfer, Status.DELIVERED)
+    if transfer.partial_ok:
+        transfer.phase = "Delivered and verified: what had arrived (may be incomplete)"
+    if advance(transfer.request, Status.DELIVERED, actor_id=None, note=_partial_note(transfer)):
+        db.session.commit()
     db.session.commit()
     shutil.rmtree(service.staging_dir(transfer.id), ignore_errors=True)
 
@@ -533,6 +541,14 @@ class PartialFailure(RuntimeError):
     def __init__(self, reasons: list[str]) -> None:
         shown = "; ".join(reasons[:5]) + (f"; and {len(reasons) - 5} more" if len(reasons) > 5 else "")
         super().__init__(f"{len(reasons)} instance(s) could not be sent: {shown}. Retry resends only those.")
+
+
+def _partial_note(transfer: Transfer) -> str:
+    """What the Delivered status (and so the requester's e-mail) says of a partial import."""
+    if not transfer.partial_ok:
+        return ""
+    return (f"Partial: the desk sent the {transfer.instances_confirmed} instances that had arrived; the study may be "
+            "incomplete (the sending hospital's images had not all arrived). Ask the desk if you need the rest.")
 
 
 def record_ris_entries(transfer: Transfer) -> int:
@@ -549,7 +565,10 @@ def record_ris_entries(transfer: Transfer) -> int:
         acquired = parse_date(study.study_date)
         code = next((e.exam_code for e in req.exams if e.exam_date == acquired and e.exam_code), "")
         db.session.add(RisEntry(request_id=req.id, study_uid=study.study_uid, accession=study.accession,
-                                exam_code=code, event_date=acquired, s_number=req.s_number))
+                                exam_code=code, event_date=acquired, s_number=req.s_number,
+                                partial=transfer.partial_ok,
+                                note=(f"Partial: {study.instances} instances had arrived when the desk sent it; "
+                                      "the study may be incomplete.") if transfer.partial_ok else ""))
         made += 1
     db.session.commit()
     return made

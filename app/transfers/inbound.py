@@ -106,10 +106,8 @@ def record_arrival(path: Path, meta: InstanceMeta) -> InboundStudy:
         study.bytes = sum(f.stat().st_size for f in files)
         study.last_received_at = utcnow()
         try:
-            req = study.request
-            advance(req, Status.ON_IEP, actor_id=None,
-                    note=f"Images arrived on the gateway from {study.sender_ae or 'the sender'}.")
             db.session.commit()
+            settle(study)
             return study
         except IntegrityError:
             db.session.rollback()  # the same study's first instance came in on another association
@@ -142,18 +140,48 @@ def record_quarantined(path: Path, info: QuarantineInfo) -> QuarantinedFile:
     return row
 
 
-def in_app_context(app: Flask, record: Callable[[Path, Any], object]) -> Callable[[Path, Any], None]:
-    """A GatewaySCP callback that runs `record(path, info)` in an app context of its own.
+def settle(study: InboundStudy, *, commit: bool = True) -> bool:
+    """Say On IEP for the study's request once the desk knows the study is complete on
+    the gateway (issue 8.3: until then the request page shows "arriving: N so far").
+    True if the request moved."""
+    from app.transfers.service import arrival_state
+
+    complete, _words = arrival_state(study)
+    if study.request is None or not complete:
+        return False
+    moved = advance(study.request, Status.ON_IEP, actor_id=None,
+                    note=f"Images arrived on the gateway from {study.sender_ae or 'the sender'}, complete.")
+    if commit:
+        db.session.commit()
+    return moved
+
+
+def record_sender_done(study_uids: set[str], released: bool) -> None:
+    """The sender's association that brought these studies ended: released (it says it
+    has finished) or not. A study counts as complete after a release and a quiet period
+    (`service.arrival_state`). Idempotent."""
+    now = utcnow()
+    studies = db.session.scalars(sa.select(InboundStudy).where(InboundStudy.study_uid.in_(sorted(study_uids)))).all()
+    for study in studies:
+        study.sender_done_at = now
+        study.sender_released = released
+    for study in studies:
+        settle(study, commit=False)  # one commit: never "complete" without its On IEP
+    db.session.commit()
+
+
+def in_app_context(app: Flask, record: Callable[[Any, Any], object]) -> Callable[[Any, Any], None]:
+    """A GatewaySCP callback that runs `record(a, b)` in an app context of its own.
 
     The SCP calls back from its association threads: each call gets its own context and
     database session, removed afterwards. Exceptions propagate to the SCP, which decides
     what the sender is told.
     """
 
-    def callback(path: Path, info: Any) -> None:  # noqa: ANN401 - InstanceMeta or QuarantineInfo
+    def callback(first: Any, second: Any) -> None:  # noqa: ANN401 - (path, meta/info) or (studies, released)
         with app.app_context():
             try:
-                record(path, info)
+                record(first, second)
             finally:
                 db.session.remove()
 

@@ -24,6 +24,7 @@ from app import audit
 from app.dicom.errors import DicomFailure
 from app.extensions import db, redis_conn
 from app.timeutil import aware, utcnow
+from app.intake.models import Request
 from app.transfers import engine, service
 from app.transfers.models import InboundStudy, Transfer, TransferState
 from app.workflow.jobs import job_context
@@ -323,6 +324,21 @@ def purge_gateway() -> int:
     return purged
 
 
+def settle_arrivals() -> int:
+    """Maintenance job: a pushed study whose sender finished, and which has been quiet for
+    ARRIVAL_QUIET_SECONDS since, is complete: its request says On IEP. Idempotent."""
+    from app.transfers.inbound import settle
+
+    moved = 0
+    with job_context():
+        waiting = db.session.scalars(sa.select(InboundStudy).join(Request, InboundStudy.request_id == Request.id).where(
+            InboundStudy.purged_at.is_(None), InboundStudy.delivered_at.is_(None),
+            InboundStudy.sender_done_at.is_not(None), Request.status != Status.ON_IEP)).all()
+        for study in waiting:
+            moved += settle(study)
+    return moved
+
+
 def auto_download() -> int:
     """Maintenance job (AUTO_DOWNLOAD=1): queue "Download to PACS" for matched studies
     that stopped arriving a minute ago and have no transfer yet. Idempotent."""
@@ -340,6 +356,8 @@ def auto_download() -> int:
             InboundStudy.request_id.is_not(None), InboundStudy.delivered_at.is_(None),
             InboundStudy.purged_at.is_(None), InboundStudy.last_received_at < quiet))
         for study in waiting:
+            if not service.arrival_state(study)[0]:
+                continue  # still arriving, or the sender broke off: never sent incomplete (issue 8.3)
             # One download per request at a time: a later study waits for the analyst.
             taken = db.session.scalar(sa.select(Transfer.id).where(
                 Transfer.request_id == study.request_id, Transfer.direction == Direction.INBOUND.value,

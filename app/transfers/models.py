@@ -114,6 +114,9 @@ class Transfer(db.Model):
     stalled: so.Mapped[bool] = so.mapped_column(default=False)
     # Import: the analyst saw the sender's details beside the register's and went on.
     mismatch_accepted: so.Mapped[bool] = so.mapped_column(default=False)
+    # Import: the analyst chose "send what has arrived" although the study is not known
+    # complete (audited); the RIS entry and the Delivered e-mail say it is partial.
+    partial_ok: so.Mapped[bool] = so.mapped_column(default=False)
     phase: so.Mapped[str] = so.mapped_column(sa.String(200), default="")
     # While an export retrieves a study by C-MOVE, the instances our gateway receives for
     # this study go to this transfer's staging, never to the import arrivals (issue 8.4).
@@ -190,6 +193,12 @@ class InboundStudy(db.Model):
     folder: so.Mapped[str] = so.mapped_column(sa.String(500), default="")
     received_at: so.Mapped[datetime] = so.mapped_column(sa.DateTime(timezone=True), default=utcnow)
     last_received_at: so.Mapped[datetime] = so.mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    # How the desk knows a study has finished arriving (issue 8.3): a pull that checked
+    # every instance the remote listed sets `complete_at`; a push is complete once the
+    # sender released its association and nothing came for ARRIVAL_QUIET_SECONDS.
+    complete_at: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True))
+    sender_done_at: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True))
+    sender_released: so.Mapped[bool] = so.mapped_column(default=False)
     delivered_at: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True))
     purged_at: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True))
     purge_reason: so.Mapped[str] = so.mapped_column(sa.String(300), default="")
@@ -210,4 +219,7 @@ class RisEntry(db.Model):
     # The date the images were acquired, never the transfer date (guideline 2.3 f).
     event_date: so.Mapped[date | None] = so.mapped_column(sa.Date)
     s_number: so.Mapped[str] = so.mapped_column(sa.String(8))
+    # The analyst chose to send what had arrived: RIS says the study may be incomplete.
+    partial: so.Mapped[bool] = so.mapped_column(default=False)
+    note: so.Mapped[str] = so.mapped_column(sa.String(300), default="")
     created_at: so.Mapped[datetime] = so.mapped_column(sa.DateTime(timezone=True), default=utcnow)

@@ -27,9 +27,9 @@ from app.intake.models import Request
 from app.timeutil import utcnow
 from app.transfers import service
 from app.transfers.cli import upsert_node
+from app.transfers.inbound import settle
 from app.transfers.models import DicomNode, Direction, InboundStudy, NodeRole, Transfer, TransferState
 from app.transfers.quarantine import refused_files
-from app.workflow.machine import advance
 from app.workflow.statuses import Kind, Priority, Status
 
 bp = Blueprint("transfers", __name__)
@@ -290,14 +290,32 @@ def download_to_pacs(call_ref: str):
               else "The local PACS node is not in the node register.", "error")
         return _to_request_page(req.call_ref)
     uids = [s.study_uid for s in studies]
+    if req.status in (Status.DELIVERED, Status.COMPLETED) and request.form.get("again") != "1":
+        flash("These images are on PACS already: to store them a second time, tick the box by "
+              "“Send to PACS again”.", "error")
+        return _to_request_page(req.call_ref)
+    # Issue 8.3: never a study that is still arriving, or known to lack instances, unless
+    # the analyst chooses to send what has arrived (audited; RIS and the e-mail say so).
+    blockers = service.download_blockers(req, studies)
+    partial = bool(blockers) and request.form.get("partial") == "1"
+    if blockers and not partial:
+        flash("Not downloaded to PACS: " + "; ".join(blockers) + ". Wait until the images are complete, "
+              "or choose “Send what has arrived”.", "error")
+        return _to_request_page(req.call_ref)
 
     def create() -> Transfer:
         transfer = service.create_transfer(
             request=req, direction=Direction.INBOUND, priority=req.priority.value, source=None, dest=pacs,
             study_uids=uids, user_id=current_user.id,
         )
+        transfer.partial_ok = partial
         service.add_inbound_items(transfer, studies)
-        audit.record(audit.Action.TRANSFER, request_id=req.id, detail=f"{req.call_ref} import transfer {transfer.id}")
+        detail = f"{req.call_ref} import transfer {transfer.id}"
+        if partial:
+            detail += " sending what has arrived although: " + "; ".join(blockers)
+        elif request.form.get("again") == "1":
+            detail += " sent to PACS again"
+        audit.record(audit.Action.TRANSFER, request_id=req.id, detail=detail[:1000])
         return transfer
 
     transfer = _create_once(req, Direction.INBOUND, pacs, uids, create)
@@ -379,9 +397,9 @@ def arrivals():
             flash("No import request has that call reference.", "error")
         else:
             study.request = req
-            advance(req, Status.ON_IEP, actor_id=current_user.id, note="Arrived images matched by the desk.")
             audit.record(audit.Action.EDIT, request_id=req.id, detail=f"{req.call_ref} matched to arrived study")
             db.session.commit()
+            settle(study)  # On IEP once the study is known complete (issue 8.3)
             flash(f"Matched to {req.call_ref}.", "success")
         return redirect(url_for("transfers.arrivals"))
     studies = list(db.session.scalars(sa.select(InboundStudy).where(

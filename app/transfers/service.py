@@ -246,6 +246,53 @@ def enqueue(transfer: Transfer) -> str | None:
     return job_id
 
 
+def arrival_state(study: InboundStudy, now: datetime | None = None) -> tuple[bool, str]:
+    """(complete?, in words) for a study on the gateway (issue 8.3). Complete only when
+    the desk has reason to know it: a pull checked every instance the remote listed, or
+    the sender released its association and nothing has come since for the quiet period."""
+    now = now or utcnow()
+    count = f"{study.instances} instance{'' if study.instances == 1 else 's'}"
+    if study.complete_at is not None:
+        return True, f"complete: {count}, every one the sending node listed"
+    last = aware(study.last_received_at)
+    quiet = timedelta(seconds=settings().arrival_quiet_seconds)
+    if study.sender_done_at is not None and aware(study.sender_done_at) >= last:
+        if not study.sender_released:
+            return False, (f"arriving: {count} so far; the sender's connection broke off at "
+                           f"{last.astimezone(LONDON):%H:%M} (ask them to send it again)")
+        if now - last >= quiet:
+            return True, f"complete: {count} (the sender finished at {aware(study.sender_done_at).astimezone(LONDON):%H:%M})"
+    return False, f"arriving: {count} so far (the last at {last.astimezone(LONDON):%H:%M:%S})"
+
+
+def download_blockers(request: Request, studies: list[InboundStudy]) -> list[str]:
+    """Why "Download to PACS" would send an incomplete study now (issue 8.3): a pull of
+    these images still running or waiting to retry, instances known missing, or studies
+    still arriving. Empty when it may go."""
+    reasons = []
+    pulls = list(db.session.scalars(sa.select(Transfer).where(
+        Transfer.request_id == request.id, Transfer.direction == Direction.PULL.value).order_by(Transfer.id)))
+    wanted = {s.study_uid for s in studies}
+    for pull in pulls:
+        if not wanted & set(pull.study_uids):
+            continue
+        source = pull.source_node.name if pull.source_node else "the other hospital"
+        if pull.state in UNFINISHED_STATES:
+            doing = "waiting to retry" if pull.state == TransferState.QUEUED.value and pull.attempts else pull.state
+            reasons.append(f"transfer {pull.id} is still retrieving these images from {source} ({doing})")
+        elif pull.state in (TransferState.FAILED.value, TransferState.CANCELLED.value):
+            missing = db.session.scalar(sa.select(sa.func.count(TransferItem.id)).where(
+                TransferItem.transfer_id == pull.id, TransferItem.path == ""))
+            if missing:
+                reasons.append(f"{missing} instance{'' if missing == 1 else 's'} that {source} listed never arrived "
+                               f"(transfer {pull.id})")
+    for study in studies:
+        complete, words = arrival_state(study)
+        if not complete:
+            reasons.append(f"study of {study.study_date or 'unknown date'} {study.description}: {words}".strip())
+    return reasons
+
+
 def problem_items(transfer: Transfer, limit: int = 200) -> list[TransferItem]:
     """The instances that did not make it, each with its reason (issue 8.7): in series and
     instance order, as a person would look for them."""

@@ -41,6 +41,8 @@ PERIODIC: tuple[Periodic, ...] = (
     Periodic(transfer_jobs.purge_gateway, every_seconds=3600, job_timeout=1800, ttl=3600),
     # ... and so do the files it refused (issue 8 point 9).
     Periodic(quarantine.purge_quarantine, every_seconds=3600, job_timeout=1800, ttl=3600),
+    # Pushed studies whose sender finished and that stayed quiet: their requests say On IEP.
+    Periodic(transfer_jobs.settle_arrivals, every_seconds=30, job_timeout=120, ttl=60),
     # AUTO_DOWNLOAD=1: matched arrivals go to PACS without an analyst's click.
     Periodic(transfer_jobs.auto_download, every_seconds=60, job_timeout=300, ttl=120),
 )
