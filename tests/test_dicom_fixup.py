@@ -40,7 +40,7 @@ def elements(path: Path) -> tuple[bytes, list[tuple[int, bytes]]]:
             vr = fp.read(2)
             (length,) = struct.unpack("<I", fp.read(6)[2:]) if vr in LONG_VRS else struct.unpack("<H", fp.read(2))
         if length == 0xFFFFFFFF:
-            _walk_items(fp, len(raw), implicit, "<", 1)
+            _walk_items(fp, len(raw), implicit, "<", 1, defined=False, datasets=(group, elem) != (0x7FE0, 0x0010))
         else:
             fp.seek(length, 1)
         out.append((group << 16 | elem, raw[pos:fp.tell()]))

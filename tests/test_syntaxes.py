@@ -280,3 +280,23 @@ def test_jpeg_ls_near_lossless_counts_as_lossy_unless_every_scan_says_near_0(tmp
     assert ("LossyImageCompression" in again) is lossy
     if not lossy:
         assert np.array_equal(again.pixel_array, pixels(path))
+
+
+def test_a_truncated_frame_is_refused_even_with_weasyprint_loaded(tmp_path: Path) -> None:
+    """WeasyPrint makes Pillow load truncated images (process-wide); a conversion must not
+    turn a JPEG 2000 frame cut short into an image of garbage."""
+    import weasyprint  # noqa: F401 - sets PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True
+    from PIL import ImageFile
+
+    from app.dicom.convert import CannotConvert
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES
+    (corrupt,) = plain_study(tmp_path / "src", 1)
+    recode(corrupt, JPEG2000Lossless)
+    ds = dcmread(corrupt)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[: len(frame) // 3]])
+    ds.save_as(corrupt, enforce_file_format=True)
+    with pytest.raises(CannotConvert, match="cannot be decoded"):
+        convert(corrupt, ExplicitVRLittleEndian, tmp_path / "out.dcm")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES  # left as WeasyPrint wants it

@@ -423,3 +423,108 @@ def test_a_pull_whose_remote_dies_mid_c_move_is_never_on_iep_and_cannot_be_downl
     assert db.session.scalar(sa.select(sa.func.count(Transfer.id)).where(
         Transfer.request_id == req.id, Transfer.direction == Direction.INBOUND.value)) == 0
     assert orthanc.sop_uids(study_uid) == set()
+
+
+# --- Syntaxes through the engine (issue 8.5, 8.6) ----------------------------------------------
+
+
+def _export_through_the_engine(client, login_as, source_peer, dest_peer, study_uid: str,
+                               req: Request | None = None) -> Transfer:
+    from rq import Queue, SimpleWorker
+
+    from app.extensions import redis_conn
+
+    source = upsert_node("UHLPACSWFM01", source_peer.node.ae_title, "127.0.0.1", source_peer.node.port, "local_pacs")
+    dest = upsert_node(f"PACS {dest_peer.node.ae_title}", dest_peer.node.ae_title, "127.0.0.1", dest_peer.node.port,
+                       "remote")
+    req = req or _export_request(client, login_as)
+    Queue("outbound", connection=redis_conn()).empty()
+    transfer = service.create_transfer(request=req, direction=Direction.OUTBOUND, priority="Standard", source=source,
+                                       dest=dest, study_uids=[study_uid], user_id=None)
+    transfer.max_attempts = 1
+    db.session.commit()
+    service.enqueue(transfer)
+    SimpleWorker([Queue("outbound", connection=redis_conn())], connection=redis_conn()).work(burst=True)
+    db.session.expire_all()
+    return db.session.get(Transfer, transfer.id)
+
+
+def test_an_export_keeps_each_instance_in_its_own_syntax_byte_for_byte(
+    app, client, login_as, pas_patients, orthanc_factory, gateway_port, tmp_path
+):
+    from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
+
+    from app.dicom.store_link import read_part10
+    from tests.test_store_link import data_set_bytes
+    from tests.test_syntaxes import plain_study, recode, stored_file, upload
+
+    app.config["IEP_SETTINGS"].dicom_timeout_seconds = 10
+    pacs_a = orthanc_factory(aet="SYNTAXA", modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
+    pacs_b = orthanc_factory(aet="SYNTAXB", modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
+    syntaxes = [JPEG2000Lossless, JPEGLSLossless, RLELossless, ExplicitVRLittleEndian]
+    paths = plain_study(tmp_path / "src", len(syntaxes), patient_id="S1234567")
+    for path, syntax in zip(paths, syntaxes, strict=True):
+        upload(pacs_a, recode(path, syntax))
+    done = _export_through_the_engine(client, login_as, pacs_a, pacs_b,
+                                      str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID))
+    assert done.state == TransferState.DELIVERED.value, done.last_error
+    for original in paths:
+        copy = tmp_path / f"b-{original.name}"
+        copy.write_bytes(stored_file(pacs_b, read_part10(original).sop_uid))
+        assert read_part10(copy).syntax == read_part10(original).syntax
+        assert data_set_bytes(copy) == data_set_bytes(original), read_part10(original).syntax
+
+
+# Orthanc 1.10: the list, and the older per-family switches (which it also reads) all off.
+UNCOMPRESSED_ONLY = {
+    "AcceptedTransferSyntaxes": ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"],
+    **{f"{family}TransferSyntaxAccepted": False
+       for family in ("Deflated", "Jpeg", "Jpeg2000", "JpegLossless", "Jpip", "Mpeg2", "Rle", "Mpeg4", "H265")},
+}
+
+
+def test_a_pacs_that_takes_only_uncompressed_gets_converted_copies_or_nothing_at_all(
+    app, client, login_as, pas_patients, orthanc_factory, gateway_port, make_user, tmp_path
+):
+    from pydicom.encaps import encapsulate, generate_frames
+    from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+
+    from app.dicom.store_link import read_part10
+    from tests.test_syntaxes import plain_study, recode, stored_file, upload
+
+    app.config["IEP_SETTINGS"].dicom_timeout_seconds = 10
+    pacs_a = orthanc_factory(aet="SYNTAXC", modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
+    plain_b = orthanc_factory(aet="PLAINB", modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)}, extra=UNCOMPRESSED_ONLY)
+    paths = plain_study(tmp_path / "src", 3, patient_id="S1234567")
+    for path, syntax in zip(paths, [JPEG2000Lossless, JPEGLSLossless, RLELossless], strict=True):
+        upload(pacs_a, recode(path, syntax))
+    study_uid = str(dcmread(paths[0], stop_before_pixels=True).StudyInstanceUID)
+    done = _export_through_the_engine(client, login_as, pacs_a, plain_b, study_uid)
+    assert done.state == TransferState.DELIVERED.value, done.last_error
+    assert done.instances_confirmed == 3
+    for original in paths:  # stored uncompressed, the same pixels
+        at_b = tmp_path / f"at-b-{original.name}"
+        at_b.write_bytes(stored_file(plain_b, read_part10(original).sop_uid))
+        assert read_part10(at_b).syntax in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+        assert (dcmread(at_b).pixel_array == dcmread(original).pixel_array).all()
+    # A second study with a JPEG 2000 frame cut short: it cannot be decoded, so nothing of
+    # that study is stored at all, and the widget says which instance and why. (The engine
+    # runs with WeasyPrint loaded, which makes Pillow "decode" truncated images into garbage:
+    # this once arrived at the PACS as an uncompressed image and was called Delivered.)
+    good, corrupt = plain_study(tmp_path / "bad", 2, patient_id="S1234567", study_date="20240316")
+    recode(corrupt, JPEG2000Lossless)
+    ds = dcmread(corrupt)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[: len(frame) // 3]])
+    ds.save_as(corrupt, enforce_file_format=True)
+    upload(pacs_a, good)
+    upload(pacs_a, corrupt)
+    bad_study = str(dcmread(good, stop_before_pixels=True).StudyInstanceUID)
+    failed = _export_through_the_engine(client, login_as, pacs_a, plain_b, bad_study, req=done.request)
+    assert failed.state == TransferState.FAILED.value
+    assert plain_b.sop_uids(bad_study) == set()  # not even the good one
+    assert "nothing was sent" in failed.last_error
+    am = _desk(app, make_user, "am_radiology")
+    page = am.get(f"/transfers/{failed.id}").get_data(as_text=True)
+    assert "1 instance did not make it" in page and f"<code>{read_part10(corrupt).sop_uid}</code>" in page
+    assert "this instance cannot be decoded" in page

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import array
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,8 +131,9 @@ def convert(source: Path, target: str, out: Path) -> Converted:
         try:
             # The samples as coded (no colour conversion of ours), and the same instance: a
             # change of transfer syntax keeps the SOP Instance UID (pydicom would make a new one).
-            ds.decompress(as_rgb=False, generate_instance_uid=False)
-            decoded = ds.pixel_array
+            with _strict_pillow():
+                ds.decompress(as_rgb=False, generate_instance_uid=False)
+                decoded = ds.pixel_array
         except Exception as exc:  # noqa: BLE001 - any decoder error: corrupt or unsupported data
             raise CannotConvert(f"{_name(syntax)}, and the destination accepts only uncompressed "
                                 f"data: this instance cannot be decoded ({_short(exc)})") from None
@@ -148,6 +151,25 @@ def convert(source: Path, target: str, out: Path) -> Converted:
             out.unlink(missing_ok=True)
             raise CannotConvert("the decoded pixel data did not survive re-encoding")
     return Converted(out, syntax, target, lossy)
+
+
+@contextmanager
+def _strict_pillow() -> Iterator[None]:
+    """Pillow (one of pydicom's decoders) refuses truncated data while we decode.
+
+    WeasyPrint sets Pillow's process-wide `ImageFile.LOAD_TRUNCATED_IMAGES = True` when it is
+    imported (weasyprint/images.py), and the worker imports it for reports: Pillow would then
+    "decode" a JPEG 2000 frame cut short into an image of garbage, and the desk would deliver
+    it as if it were the original. Conversions run one at a time in a worker process.
+    """
+    from PIL import ImageFile
+
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = before
 
 
 def _short(exc: BaseException) -> str:

@@ -133,6 +133,7 @@ def _run(transfer_id: int, token: str) -> str:
                 f"(attempt {transfer.attempts} of {transfer.max_attempts})."
             )
             transfer.phase = "Waiting to retry"
+            transfer.job_id = ""  # this job is done with it: the dispatcher queues the retry when due
             db.session.commit()
             _release(transfer.id, token)
             service.enqueue(transfer)
