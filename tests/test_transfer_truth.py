@@ -350,7 +350,8 @@ def test_a_push_cut_off_mid_study_is_not_downloaded_unless_the_analyst_sends_wha
 
 
 def test_a_pull_whose_remote_dies_mid_c_move_is_never_on_iep_and_cannot_be_downloaded(
-    app, client, login_as, make_user, pas_patients, orthanc, orthanc_factory, gateway, gateway_port, tmp_path
+    fault_app, app, client, login_as, make_user, pas_patients, orthanc, orthanc_factory, gateway, gateway_port,
+    database_url, redis_url, tmp_path
 ):
     """The remote hospital's PACS dies in the middle of a C-MOVE to our gateway: what came
     is kept as "arriving", the request never says On IEP, Download to PACS is refused
@@ -409,15 +410,15 @@ def test_a_pull_whose_remote_dies_mid_c_move_is_never_on_iep_and_cannot_be_downl
     token = page.split('name="csrf_token" value="')[1].split('"')[0]
     shown = _flash_after(analyst, analyst.post(f"/requests/{req.call_ref}/import", data={"csrf_token": token}))
     assert "Not downloaded to PACS" in shown and "still retrieving" in shown
-    # The retry finds the remote gone and gives up: the missing instances are known, and named.
-    pull.not_before = None  # (the pool's wait, proven in test_transfer_faults; here the job body)
-    db.session.commit()
-    from app.transfers import jobs
-
-    jobs.run_transfer(pull.id)
-    db.session.expire_all()
-    pull = db.session.get(Transfer, pull.id)
-    assert pull.state == TransferState.FAILED.value
+    # The pool runs the retry when it is due; it finds the remote gone and gives up: the
+    # missing instances are known, and named.
+    pool = start_pool(fault_app, database_url, redis_url, "inbound-bluelight,inbound=1", DICOM_TIMEOUT_SECONDS="5")
+    try:
+        pull = wait_for(lambda: (t := db.session.get(Transfer, pull.id)).state == TransferState.FAILED.value
+                        and t, 60, "the pull to give up")
+    finally:
+        kill_pool(pool)
+    assert pull.attempts == 2
     page = analyst.get(f"/requests/{req.call_ref}").get_data(as_text=True)
     assert f"{150 - arrived} instances that Dying PACS listed never arrived (transfer {pull.id})" in page
     assert db.session.scalar(sa.select(sa.func.count(Transfer.id)).where(
