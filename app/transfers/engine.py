@@ -233,7 +233,7 @@ def fetch_study(transfer: Transfer, study_uid: str, folder: Path, progress: Prog
     raise DicomFailure(
         code="incomplete",
         plain=(f"{len(still)} of {len(items)} instances of the study did not come from {node.name}: "
-               + describe_items(still, limit=5) + ". Only those are fetched again"),
+               + describe_items(still, limit=5) + ". Retry fetches only the missing ones"),
         retryable=failure.retryable if failure is not None and not arrived else True,
         failed_uids=[i.sop_uid for i in still],
     )
