@@ -9,7 +9,7 @@ worker for a warm shutdown (finish the job in hand), then exits.
 
 Beside the workers it runs one `dispatcher` process, which queues each transfer when
 the database says it is due (retries, Batch windows; see `run_dispatcher`), and one `cron` process: RQ's CronScheduler, which enqueues the
-periodic jobs of `app/workflow/schedule.py` (outbox flush, auto-cancel) on the
+periodic jobs of `app/schedule.py` (outbox flush, auto-cancel) on the
 `maintenance` queue. It is supervised like a worker. A second pool on another host may
 set IEP_CRON=0 to skip it; two would only enqueue the same idempotent jobs twice.
 """
@@ -88,7 +88,7 @@ def run_cron(name: str) -> None:
     from rq.cron import CronScheduler
 
     from app.extensions import redis_conn
-    from app.workflow.schedule import register_cron
+    from app.schedule import register_cron
 
     app = create_app()
     with app.app_context():

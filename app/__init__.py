@@ -32,20 +32,19 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
     # Import every model so that Alembic and relationships see the whole schema.
     from app import audit  # noqa: F401
     from app.auth import models as _auth_models  # noqa: F401
-    from app.intake import models as _intake_models  # noqa: F401
+    from app.auth.guard import install_guard
+    from app.auth.routes import bp as auth_bp
+    from app.desk.routes import bp as desk_bp
+    from app.intake.routes import bp as intake_bp
+    from app.main.routes import bp as main_bp
     from app.patients import models as _patient_models  # noqa: F401
+    from app.printing.routes import bp as printing_bp
+    from app.requests import models as _request_models  # noqa: F401
     from app.transfers import models as _transfer_models  # noqa: F401
     from app.transfers import quarantine as _quarantine_models  # noqa: F401
+    from app.transfers.routes import bp as transfers_bp
     from app.workflow import mail as _mail  # noqa: F401  (installs the after-commit hook)
     from app.workflow import models as _workflow_models  # noqa: F401
-
-    from app.auth import bp as auth_bp
-    from app.auth.guard import install_guard
-    from app.intake import bp as intake_bp
-    from app.desk import bp as desk_bp
-    from app.main import bp as main_bp
-    from app.printing import bp as printing_bp
-    from app.transfers.routes import bp as transfers_bp
     from app.workflow.routes import bp as workflow_bp
 
     app.register_blueprint(main_bp)

@@ -18,8 +18,8 @@ from stdnum.gb import nhs
 
 from app.auth.models import Role, User
 from app.extensions import db
-from app.intake.models import Institution
 from app.patients.models import Patient
+from app.requests.models import Institution
 
 demo_cli = AppGroup("demo", help="Demonstration data for a fresh desk.")
 

@@ -6,7 +6,7 @@ from datetime import date, datetime
 
 from flask import Flask
 
-from app.intake.validators import format_nhs_number
+from app.requests.validators import format_nhs_number
 from app.timeutil import as_local
 
 

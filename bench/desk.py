@@ -49,10 +49,10 @@ from app.config import Settings  # noqa: E402
 from app.desk.queries import encode_cursor  # noqa: E402
 from app.embedded_redis import ensure_embedded_redis  # noqa: E402
 from app.extensions import db  # noqa: E402
-from app.intake.models import CallRefCounter, ExamLine, Institution, Request  # noqa: E402
 from app.patients.models import Patient  # noqa: E402
+from app.requests.models import CallRefCounter, ExamLine, Institution, Request  # noqa: E402
+from app.requests.statuses import Kind, Priority, Status  # noqa: E402
 from app.workflow.models import Message, MessageKind  # noqa: E402
-from app.workflow.statuses import Kind, Priority, Status  # noqa: E402
 
 PASSWORD = "correct-horse-9"
 BATCH = 5_000

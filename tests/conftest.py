@@ -44,6 +44,20 @@ POSTGRES_ADMIN_URL = os.environ.get(
 )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The PostgreSQL pass runs only the tests that touch the database (issue 9): a test
+    whose fixtures never reach `database` (DICOM, pure logic, the import checks) proves
+    nothing more the second time. They are deselected there, not skipped."""
+    if TEST_DB != "postgresql":
+        return
+    keep, drop = [], []
+    for item in items:
+        (keep if "database" in getattr(item, "fixturenames", ()) else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def _settings(instance: Path, database_url: str, redis_url: str) -> Settings:
     return Settings(
         instance_path=instance,

@@ -20,9 +20,9 @@ from app.demo import demo_password, demo_patients
 from app.dicom import scu
 from app.dicom.ae import Node
 from app.extensions import db, redis_conn
-from app.intake.models import Request
+from app.requests.models import Request
+from app.requests.statuses import Status
 from app.transfers.models import DicomNode, Transfer, TransferState
-from app.workflow.statuses import Status
 from tests.conftest import csrf_token, post_form
 from tests.dicom_peers import QUICK, free_port, wait_for_echo
 from tests.forms_data import valid_export

@@ -10,11 +10,11 @@ import sqlalchemy as sa
 
 from app.audit import AuditEvent
 from app.extensions import db
-from app.intake.models import Request
+from app.requests.models import Request
+from app.requests.statuses import Status
 from app.timeutil import freeze, utcnow
 from app.workflow.machine import ALLOWED, TransitionRefused, transition
 from app.workflow.models import Message
-from app.workflow.statuses import Status
 from tests.conftest import csrf_token, post_form
 from tests.forms_data import valid_cd, valid_export, valid_import
 

@@ -17,8 +17,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from app.extensions import db
-from app.intake.models import Request
-from app.workflow.statuses import Kind, Status
+from app.requests.models import Request
+from app.requests.statuses import Kind, Status
 from tests.browser_support import save_screenshot
 from tests.test_browser import sign_in
 

@@ -13,9 +13,9 @@ import sqlalchemy as sa
 from app.audit import AuditEvent
 from app.extensions import db
 from app.intake.duplicates import find_duplicate, same_exam
-from app.intake.models import Request
+from app.requests.models import Request
+from app.requests.statuses import Kind, Status
 from app.timeutil import local_today
-from app.workflow.statuses import Kind, Status
 from tests.conftest import post_form
 from tests.forms_data import valid_cd, valid_export, valid_import
 

@@ -21,10 +21,10 @@ from app.dicom.scp import read_meta
 from app.dicom.synth import make_instance, make_study
 from app.extensions import db
 from app.patients.models import Patient
+from app.requests.statuses import Status
 from app.transfers import service
 from app.transfers.models import InboundStudy, Transfer, TransferState
 from app.workflow.machine import transition
-from app.workflow.statuses import Status
 from tests.conftest import csrf_token
 from tests.dicom_peers import run_storescu
 from tests.forms_data import valid_import

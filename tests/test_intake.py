@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from app.audit import AuditEvent
 from app.extensions import db
-from app.intake.models import Request
+from app.requests.models import Request
 from app.timeutil import local_today
 from tests.conftest import post_form
 from tests.forms_data import valid_cd, valid_export, valid_import

@@ -12,8 +12,8 @@ import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email import policy
-from email.parser import BytesParser
 from email.message import EmailMessage
+from email.parser import BytesParser
 
 import pytest
 import sqlalchemy as sa
@@ -22,13 +22,13 @@ from flask import Flask
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 
+from app.audit import AuditEvent
 from app.extensions import db, redis_conn
-from app.intake.models import Institution, Request
+from app.requests.models import Institution, Request
+from app.requests.statuses import Status
 from app.timeutil import freeze
 from app.workflow import machine, mail, notices
 from app.workflow.models import OutboxEmail, OutboxStatus
-from app.workflow.statuses import Status
-from app.audit import AuditEvent
 from tests.conftest import csrf_token, post_form
 from tests.forms_data import valid_export, valid_import
 

@@ -9,9 +9,9 @@ import pytest
 import sqlalchemy as sa
 
 from app.extensions import db
-from app.intake.models import Request
+from app.requests.models import Request
+from app.requests.statuses import Status
 from app.workflow.machine import transition
-from app.workflow.statuses import Status
 from tests.conftest import csrf_token, post_form
 from tests.forms_data import valid_import
 

@@ -18,10 +18,10 @@ from pypdf import PdfReader
 
 from app.audit import AuditEvent
 from app.extensions import db
-from app.intake.models import Request
 from app.printing import render
 from app.printing.collections import is_working_day, next_collection_date
 from app.printing.render import STATIC_ORIGIN, RefusedURL, StaticOnlyFetcher
+from app.requests.models import Request
 from app.timeutil import freeze, local_today
 from tests.conftest import post_form
 from tests.forms_data import valid_cd, valid_export, valid_import

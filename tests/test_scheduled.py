@@ -21,12 +21,12 @@ from rq.cron import CronScheduler
 
 from app import audit
 from app.extensions import db, redis_conn
-from app.intake.models import Request
+from app.requests.models import Request
+from app.requests.statuses import Status
+from app.schedule import register_cron
 from app.timeutil import freeze
 from app.workflow import jobs, notices
 from app.workflow.models import Message, MessageKind
-from app.workflow.schedule import register_cron
-from app.workflow.statuses import Status
 from tests.forms_data import valid_import
 from tests.test_mail import (  # noqa: F401 - fixtures
     REQUESTER_MAIL,

@@ -22,13 +22,13 @@ from app.dicom import scu
 from app.dicom.scp import read_meta
 from app.dicom.synth import make_study
 from app.extensions import db, redis_conn
-from app.intake.models import Request
+from app.requests.models import Request
+from app.requests.statuses import Status
 from app.transfers import jobs, service
 from app.transfers.cli import upsert_node
 from app.transfers.inbound import record_arrival
 from app.transfers.models import Direction, InboundStudy, RisEntry, Transfer, TransferState
 from app.workflow.machine import transition
-from app.workflow.statuses import Status
 from tests.conftest import post_form
 from tests.dicom_peers import OUR_AE, QUICK
 from tests.forms_data import valid_export, valid_import
@@ -257,8 +257,9 @@ def test_watchdog_flags_a_transfer_that_stopped_moving_and_requeues_it(fault_app
     pacs = upsert_node("UHLPACSWFM01", orthanc.node.ae_title, "127.0.0.1", orthanc.node.port, "local_pacs")
     transfer = service.create_transfer(request=None, direction=Direction.OUTBOUND, priority="Standard", source=pacs,
                                        dest=pacs, study_uids=["1.2.3"], user_id=None)
-    from app.timeutil import utcnow
     from datetime import timedelta
+
+    from app.timeutil import utcnow
 
     transfer.state = TransferState.RUNNING.value
     transfer.job_id = "transfer-gone"

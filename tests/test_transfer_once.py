@@ -18,14 +18,14 @@ import sqlalchemy as sa
 from rq import Queue
 
 from app.extensions import db, redis_conn
-from app.intake.models import Request
+from app.requests.models import Request
+from app.requests.statuses import Status
 from app.timeutil import utcnow
 from app.transfers import service
 from app.transfers.cli import upsert_node
 from app.transfers.models import InboundStudy, Transfer, TransferState
 from app.workflow.machine import transition
 from app.workflow.models import Message
-from app.workflow.statuses import Status
 from tests.conftest import csrf_token
 from tests.forms_data import valid_export, valid_import
 from tests.test_transfers import LANES, _login, _request, clean_queues  # noqa: F401 (a fixture)
@@ -416,7 +416,7 @@ def test_migration_fills_the_keys_of_existing_transfers_and_spares_legacy_twins(
 
     from app.auth.models import Role, User
     from app.patients.models import Patient
-    from app.workflow.statuses import Kind
+    from app.requests.statuses import Kind
     from tests.test_migrations import desk_on, empty_database
 
     with empty_database(tmp_path) as url, desk_on(url, redis_url, tmp_path):

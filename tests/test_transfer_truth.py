@@ -19,12 +19,12 @@ from pynetdicom import evt
 from app.dicom import scu
 from app.dicom.synth import make_instance, make_study
 from app.extensions import db
-from app.intake.models import Request
+from app.requests.models import Request
+from app.requests.statuses import Status
 from app.transfers import service
 from app.transfers.cli import upsert_node
 from app.transfers.models import Direction, InboundStudy, Transfer, TransferItem, TransferState
 from app.workflow.mail import OutboxEmail
-from app.workflow.statuses import Status
 from tests.conftest import post_form
 from tests.dicom_peers import OUR_AE, QUICK
 from tests.forms_data import valid_export, valid_import

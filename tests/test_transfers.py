@@ -13,12 +13,12 @@ from app.dicom import scu
 from app.dicom.scp import GatewaySCP
 from app.dicom.synth import make_study
 from app.extensions import db, redis_conn
-from app.intake.models import Request
+from app.requests.models import Request
+from app.requests.statuses import Status
 from app.transfers import jobs, service
 from app.transfers.cli import upsert_node
 from app.transfers.models import InboundStudy, RisEntry, Transfer, TransferState
 from app.workflow.machine import transition
-from app.workflow.statuses import Status
 from tests.conftest import csrf_token, post_form
 from tests.dicom_peers import OUR_AE, QUICK, run_storescu
 from tests.forms_data import valid_export, valid_import

@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from app.intake import validators as v
+from app.requests import validators as v
 
 
 @pytest.mark.parametrize(

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_user, logout_user
 
 from app import audit
-from app.auth import bp
 from app.auth.forms import LoginForm
 from app.auth.guard import user_by_email
 from app.extensions import db
+
+bp = Blueprint("auth", __name__)
 
 
 def _safe_next(target: str | None) -> str:

@@ -8,8 +8,8 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import Length, Optional
 
 from app.intake.forms import UKDateField
+from app.requests.statuses import Kind, Priority, Status
 from app.workflow.machine import DECLINE_REASONS
-from app.workflow.statuses import Kind, Priority, Status
 
 
 class FilterForm(FlaskForm):

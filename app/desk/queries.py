@@ -18,10 +18,10 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from app.extensions import db
-from app.intake.models import Request
+from app.requests.models import Request
+from app.requests.statuses import Kind, Priority, Status
 from app.timeutil import LONDON, utcnow
 from app.workflow.models import Message, MessageKind
-from app.workflow.statuses import Kind, Priority, Status
 
 S = Status
 BLUE_LIGHT_TARGET = timedelta(hours=4)  # glossary "Blue Light": expected within 4 hours
@@ -277,15 +277,6 @@ def unmatched_arrivals() -> int:
 
     return db.session.scalar(
         sa.select(sa.func.count(InboundStudy.id)).where(InboundStudy.request_id.is_(None), InboundStudy.purged_at.is_(None))
-    ) or 0
-
-
-def refused_arrivals() -> int:
-    """Instances the gateway refused, still in quarantine (shown in Action Required)."""
-    from app.transfers.quarantine import QuarantinedFile
-
-    return db.session.scalar(
-        sa.select(sa.func.count(QuarantinedFile.id)).where(QuarantinedFile.purged_at.is_(None))
     ) or 0
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Response, flash, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, Response, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy.orm.exc import StaleDataError
 
 from app import audit
 from app.auth.guard import roles_required
 from app.auth.models import DESK_ROLES, User
-from app.desk import bp
 from app.desk.forms import EditForm, FilterForm
 from app.desk.queries import (
     SORTS,
@@ -19,18 +18,21 @@ from app.desk.queries import (
     active_transfers,
     queue_page,
     queue_stamp,
-    refused_arrivals,
     tab_counts,
     time_left,
     unmatched_arrivals,
 )
 from app.extensions import db
-from app.intake.access import visible_request
-from app.intake.models import Request
+from app.requests.access import visible_request
+from app.requests.models import Request
+from app.requests.statuses import Status
+from app.transfers.quarantine import refused_arrivals
 from app.workflow import mail
 from app.workflow.machine import TransitionRefused, allowed_next, transition
 from app.workflow.models import OutboxEmail, OutboxStatus
-from app.workflow.statuses import Status
+
+bp = Blueprint("desk", __name__)
+
 
 DESK = tuple(DESK_ROLES)
 MBP_FIELDS = ("mbp_call_ref", "imaging_uploaded_by", "images_fixed_up_by", "date_imaging_sent")

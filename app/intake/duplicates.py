@@ -21,8 +21,8 @@ from datetime import date
 import sqlalchemy as sa
 
 from app.extensions import db
-from app.intake.models import ExamLine, Request
-from app.workflow.statuses import Kind, Status
+from app.requests.models import ExamLine, Request
+from app.requests.statuses import Kind, Status
 
 # (exam_date, description, exam_code), the order of an exam line's columns.
 ExamKey = tuple[date, str, str]

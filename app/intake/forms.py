@@ -37,10 +37,10 @@ from wtforms.validators import (
 )
 
 from app.extensions import db
-from app.intake import validators as rules
 from app.patients.models import Patient
+from app.requests import validators as rules
+from app.requests.statuses import Priority
 from app.timeutil import local_today
-from app.workflow.statuses import Priority
 
 MAX_EXAM_LINES = 20
 

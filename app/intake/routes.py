@@ -7,23 +7,25 @@ import uuid
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from flask import flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy.exc import IntegrityError
 
 from app import audit
 from app.extensions import db
-from app.intake import bp
-from app.intake.access import visible_request
 from app.intake.duplicates import find_duplicate
 from app.intake.forms import CDForm, ExportForm, ImportForm, RequestForm
-from app.intake.models import Institution, Request
 from app.intake.service import already_submitted, create_request
+from app.requests.access import visible_request
+from app.requests.models import Institution, Request
+from app.requests.statuses import Kind
 from app.timeutil import utcnow
-from app.workflow.hours import desk_status
 from app.transfers.panel import panel_for
+from app.workflow.hours import desk_status
 from app.workflow.routes import thread_for
-from app.workflow.statuses import Kind
+
+bp = Blueprint("intake", __name__)
+
 
 PAGE_SIZE = 25
 _KEY = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

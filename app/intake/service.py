@@ -7,11 +7,11 @@ import sqlalchemy as sa
 from app import audit
 from app.auth.models import User
 from app.extensions import db
-from app.intake.callref import next_call_ref
 from app.intake.forms import CDForm, ExportForm, ImportForm, RequestForm
-from app.intake.models import ExamLine, Institution, Request
+from app.requests.callref import next_call_ref
+from app.requests.models import ExamLine, Institution, Request
+from app.requests.statuses import Kind, Priority, Status
 from app.timeutil import local_today
-from app.workflow.statuses import Kind, Priority, Status
 
 _PATIENT_FIELDS = (
     "s_number", "nhs_number", "family_name", "given_name", "dob", "gender",

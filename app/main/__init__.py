@@ -1,7 +1,1 @@
 """Home page and health check."""
-
-from flask import Blueprint
-
-bp = Blueprint("main", __name__)
-
-from app.main import routes  # noqa: E402,F401

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import jsonify, redirect, url_for
+from flask import Blueprint, jsonify, redirect, url_for
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.extensions import db, redis_conn
-from app.main import bp
+
+bp = Blueprint("main", __name__)
 
 
 @bp.route("/")

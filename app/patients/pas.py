@@ -10,8 +10,8 @@ from datetime import date, datetime
 import sqlalchemy as sa
 
 from app.extensions import db
-from app.intake.validators import FieldError, clean_nhs_number, clean_s_number
 from app.patients.models import Patient
+from app.requests.validators import FieldError, clean_nhs_number, clean_s_number
 
 COLUMNS = (
     "s_number", "nhs_number", "family_name", "given_name", "dob", "gender",

@@ -6,18 +6,20 @@ from dataclasses import dataclass
 from datetime import date, datetime
 
 import segno
-from flask import Response, abort
+from flask import Blueprint, Response, abort
 from markupsafe import Markup
 
 from app import audit
 from app.extensions import db
-from app.intake.access import visible_request
-from app.intake.models import Request
-from app.printing import bp
 from app.printing.collections import DROP_OFF_SITES, next_collection_date
 from app.printing.render import render_pdf
+from app.requests.access import visible_request
+from app.requests.models import Request
+from app.requests.statuses import Kind, Priority
 from app.timeutil import local_now, local_today
-from app.workflow.statuses import Kind, Priority
+
+bp = Blueprint("printing", __name__)
+
 
 FORM_TEMPLATES = {
     Kind.IMPORT: "pdf/form_import.html",

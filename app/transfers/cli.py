@@ -10,7 +10,7 @@ from app.dicom import scu
 from app.dicom.ae import Node
 from app.dicom.errors import DicomFailure
 from app.extensions import db
-from app.intake.models import Institution
+from app.requests.models import Institution
 from app.transfers import service
 from app.transfers.models import DicomNode, NodeRole
 

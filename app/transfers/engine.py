@@ -24,6 +24,7 @@ from app.dicom.fixup import compare_with_register, fix_up, parse_date
 from app.dicom.scp import read_meta
 from app.dicom.store_link import PRIORITY_HIGH, PRIORITY_MEDIUM
 from app.extensions import db
+from app.requests.statuses import Priority, Status
 from app.timeutil import utcnow
 from app.transfers import service
 from app.transfers.models import (
@@ -35,7 +36,6 @@ from app.transfers.models import (
     TransferState,
 )
 from app.workflow.machine import advance, transition
-from app.workflow.statuses import Priority, Status
 
 log = logging.getLogger("iep.transfers")
 

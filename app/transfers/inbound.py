@@ -12,21 +12,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
-
 import sqlalchemy as sa
+from flask import Flask
 from sqlalchemy.exc import IntegrityError
 
 from app.dicom.fixup import parse_date, sender_nhs_number
 from app.dicom.scp import InstanceMeta, QuarantineInfo
 from app.extensions import db
-from app.intake.models import ExamLine, Request
 from app.patients.models import Patient
+from app.requests.models import ExamLine, Request
+from app.requests.statuses import Kind, Status
 from app.timeutil import utcnow
 from app.transfers.models import InboundStudy
 from app.transfers.quarantine import QuarantinedFile
 from app.workflow.machine import advance
-from app.workflow.statuses import Kind, Status
 
 log = logging.getLogger("iep.gateway")
 

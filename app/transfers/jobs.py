@@ -14,22 +14,22 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from redis.exceptions import RedisError
+from rq import get_current_job
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
-from rq.exceptions import NoSuchJobError
-from rq import get_current_job
-from rq.job import Job, JobStatus
 
 from app import audit
 from app.dicom.errors import DicomFailure
 from app.extensions import db, redis_conn
+from app.requests.models import Request
+from app.requests.statuses import Priority, Status
 from app.timeutil import aware, utcnow
-from app.intake.models import Request
 from app.transfers import engine, service
 from app.transfers.models import InboundStudy, Transfer, TransferState
 from app.workflow.jobs import job_context
 from app.workflow.machine import advance
-from app.workflow.statuses import Priority, Status
 
 log = logging.getLogger("iep.transfers")
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from datetime import datetime, time, timedelta
 
+from app.requests.statuses import Priority
 from app.timeutil import LONDON
 from app.transfers.models import Direction
-from app.workflow.statuses import Priority
 
 OUTBOUND_BLUELIGHT = "outbound-bluelight"
 OUTBOUND = "outbound"

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from app.extensions import db
-from app.intake.models import Institution, Request
+from app.requests.models import Institution, Request
 from app.timeutil import utcnow
 
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from app.extensions import db
-from app.intake.models import Request
-from app.transfers.models import DicomNode, InboundStudy, NodeRole, Transfer
+from app.requests.models import Request
+from app.requests.statuses import Kind, Status
 from app.transfers import service
-from app.workflow.statuses import Kind, Status
+from app.transfers.models import DicomNode, InboundStudy, NodeRole, Transfer
 
 
 @dataclass

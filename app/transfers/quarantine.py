@@ -93,3 +93,11 @@ def purge_quarantine() -> int:
     if purged:
         log.info("purged %s quarantined file(s)", purged)
     return purged
+
+
+def refused_arrivals() -> int:
+    """Instances the gateway refused, still in quarantine (shown in Action Required and on
+    Arrivals): one indexed count."""
+    return db.session.scalar(
+        sa.select(sa.func.count(QuarantinedFile.id)).where(QuarantinedFile.purged_at.is_(None))
+    ) or 0

@@ -18,19 +18,18 @@ from sqlalchemy.orm.exc import StaleDataError
 from app import audit
 from app.auth.guard import roles_required
 from app.auth.models import DESK_ROLES, Role
-from app.desk.queries import refused_arrivals
 from app.dicom import scu
 from app.dicom.errors import DicomFailure
 from app.extensions import db
-from app.intake.access import visible_request
-from app.intake.models import Request
+from app.requests.access import visible_request
+from app.requests.models import Request
+from app.requests.statuses import Kind, Priority, Status
 from app.timeutil import utcnow
 from app.transfers import service
 from app.transfers.cli import upsert_node
 from app.transfers.inbound import settle
 from app.transfers.models import DicomNode, Direction, InboundStudy, NodeRole, Transfer, TransferState
-from app.transfers.quarantine import refused_files
-from app.workflow.statuses import Kind, Priority, Status
+from app.transfers.quarantine import refused_arrivals, refused_files
 
 bp = Blueprint("transfers", __name__)
 log = logging.getLogger("iep.transfers")

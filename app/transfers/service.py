@@ -20,13 +20,20 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from app.dicom.ae import AEConfig, Node, Timeouts
 from app.extensions import db, redis_conn
-from app.intake.models import Request
+from app.requests.models import Request
+from app.requests.statuses import Priority, Status
 from app.timeutil import LONDON, aware, utcnow
 from app.transfers.lanes import in_window, next_window_start, queue_name
-from app.transfers.models import DicomNode, Direction, InboundStudy, Transfer, TransferItem, TransferState
-from app.transfers.models import UNFINISHED_STATES
+from app.transfers.models import (
+    UNFINISHED_STATES,
+    DicomNode,
+    Direction,
+    InboundStudy,
+    Transfer,
+    TransferItem,
+    TransferState,
+)
 from app.workflow.machine import advance, transition
-from app.workflow.statuses import Priority, Status
 
 log = logging.getLogger("iep.transfers")
 

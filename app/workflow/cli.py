@@ -7,9 +7,9 @@ import sqlalchemy as sa
 from flask.cli import AppGroup
 
 from app.extensions import db
-from app.intake.models import Request
+from app.requests.models import Request
+from app.requests.statuses import Status
 from app.workflow.machine import DECLINE_REASONS, TransitionRefused, transition
-from app.workflow.statuses import Status
 
 requests_cli = AppGroup("requests", help="Work requests from the command line.")
 

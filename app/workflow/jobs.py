@@ -1,7 +1,7 @@
 """Scheduled rules and the app context every job runs in.
 
 Jobs run on the `maintenance` queue (DESIGN "Transfers"), enqueued by the pool's cron
-process (`app/workflow/schedule.py`) or by the web side. Each job body takes ids (or
+process (`app/schedule.py`) or by the web side. Each job body takes ids (or
 nothing), opens its own app context with `job_context()`, and is idempotent: running it
 twice, or after a crash half-way, leaves the same state as running it once.
 """
@@ -18,9 +18,9 @@ import sqlalchemy as sa
 from flask import Flask, current_app, has_app_context
 
 from app.extensions import db
-from app.intake.models import Request
+from app.requests.models import Request
+from app.requests.statuses import Status
 from app.timeutil import utcnow
-from app.workflow.statuses import Status
 
 log = logging.getLogger("iep.jobs")
 

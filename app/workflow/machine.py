@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from app import audit
 from app.extensions import db
-from app.intake.models import Request
+from app.requests.models import Request
+from app.requests.statuses import Status
 from app.timeutil import utcnow
 from app.workflow.models import Message, MessageKind
-from app.workflow.statuses import Status
 
 S = Status
 

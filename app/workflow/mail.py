@@ -46,7 +46,7 @@ from flask import has_app_context, render_template
 from redis.exceptions import RedisError
 
 from app.extensions import db
-from app.intake.models import Request
+from app.requests.models import Request
 from app.timeutil import utcnow
 from app.workflow.jobs import job_context, job_label
 from app.workflow.models import OutboxEmail, OutboxStatus

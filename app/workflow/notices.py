@@ -29,9 +29,9 @@ from __future__ import annotations
 import hashlib
 import logging
 
-from app.intake.models import Request
+from app.requests.models import Request
+from app.requests.statuses import Kind, Status
 from app.workflow import mail
-from app.workflow.statuses import Kind, Status
 
 log = logging.getLogger("iep.notices")
 

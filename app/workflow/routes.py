@@ -12,8 +12,8 @@ from wtforms.validators import Length
 
 from app import audit
 from app.extensions import db
-from app.intake.access import visible_request
-from app.intake.models import Request
+from app.requests.access import visible_request
+from app.requests.models import Request
 from app.workflow.models import Message, MessageKind
 
 bp = Blueprint("workflow", __name__)

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from app.extensions import db
-from app.intake.models import CallRefCounter
+from app.requests.models import CallRefCounter
 
 
 def next_call_ref(year: int) -> str:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from app.auth.models import User
 from app.extensions import db
-from app.patients.models import Patient
+from app.requests.statuses import Kind, Priority, Status
 from app.timeutil import utcnow
-from app.workflow.statuses import Kind, Priority, Status
+
+if TYPE_CHECKING:  # the PAS register imports this package, never the other way round
+    from app.patients.models import Patient
 
 
 def _str_enum(enum_cls: type, name: str, length: int = 20) -> sa.Enum:
@@ -142,7 +145,7 @@ class Request(db.Model):
     requester: so.Mapped[User] = so.relationship(foreign_keys=[requester_id])
     assigned_to: so.Mapped[User | None] = so.relationship(foreign_keys=[assigned_to_id])
     duplicate_of: so.Mapped[Request | None] = so.relationship(remote_side=[id])
-    patient: so.Mapped[Patient] = so.relationship()
+    patient: so.Mapped[Patient] = so.relationship("Patient")
     institution: so.Mapped[Institution | None] = so.relationship()
     exams: so.Mapped[list[ExamLine]] = so.relationship(
         back_populates="request",

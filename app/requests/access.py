@@ -7,7 +7,7 @@ from flask import abort
 from flask_login import current_user
 
 from app.extensions import db
-from app.intake.models import Request
+from app.requests.models import Request
 
 
 def visible_request(call_ref: str) -> Request:
