@@ -56,11 +56,13 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
     app.register_blueprint(transfers_bp)
     install_guard(app)
 
+    from app import htmx
     from app.errors import install_error_handlers
     from app.templating import install_template_helpers
 
     install_error_handlers(app)
     install_template_helpers(app)
+    htmx.install(app)
 
     from app.auth.cli import users_cli
     from app.demo import demo_cli
@@ -87,8 +89,6 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
         if request.endpoint != "static":
             # Pages may hold patient data: never keep them in a shared PC's cache.
             response.headers.setdefault("Cache-Control", "no-store")
-        if request.headers.get("HX-Request"):
-            response.vary.add("HX-Request")
         return response
 
     from app.logs import configure_logging

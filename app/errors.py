@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Flask, render_template, request
+from flask import Flask, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
+
+from app import htmx
 
 MESSAGES = {
     403: "Your role does not give access to this page. If you need it, ask the service desk.",
@@ -44,5 +46,4 @@ def install_error_handlers(app: Flask) -> None:
 
 
 def _render(code: int, title: str, message: str):  # noqa: ANN202
-    template = "errors/_error.html" if request.headers.get("HX-Request") else "errors/error.html"
-    return render_template(template, code=code, title=title, message=message), code
+    return htmx.render("errors/error.html", "errors/_error.html", status=code, code=code, title=title, message=message)

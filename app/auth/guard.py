@@ -7,9 +7,10 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from flask import Flask, Response, abort, redirect, request, session, url_for
+from flask import Flask, Response, abort, request, session, url_for
 from flask_login import current_user
 
+from app import htmx
 from app.auth.models import Role, User
 from app.extensions import db, login_manager
 
@@ -44,12 +45,9 @@ def install_guard(app: Flask) -> None:
         # A session cookie that no longer signs anyone in: it expired or was revoked.
         ended = app.config["SESSION_COOKIE_NAME"] in request.cookies
         login_url = url_for("auth.login", next=request.full_path.rstrip("?"), ended=1 if ended else None)
-        if request.headers.get("HX-Request"):
-            # A 302 would be swapped into the table cell that asked (PITFALLS "Web").
-            response = Response(status=401)
-            response.headers["HX-Redirect"] = login_url
-            return response
-        return redirect(login_url)
+        # htmx gets 401 + HX-Redirect: a 302 would be swapped into the table cell that
+        # asked (PITFALLS "Web"); a browser, or a history restore, gets the 302.
+        return htmx.redirect_to(login_url, htmx_status=401)
 
 
 def roles_required(*roles: Role) -> Callable[[F], F]:

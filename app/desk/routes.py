@@ -7,7 +7,7 @@ from flask import Blueprint, Response, flash, make_response, redirect, render_te
 from flask_login import current_user
 from sqlalchemy.orm.exc import StaleDataError
 
-from app import audit
+from app import audit, htmx
 from app.auth.guard import roles_required
 from app.auth.models import DESK_ROLES, User
 from app.desk.forms import EditForm, FilterForm
@@ -119,10 +119,7 @@ def _filter_form() -> FilterForm:
 @roles_required(*DESK)
 def queue():
     """The queue: tabs with counts, Blue Light on top, filters, sortable columns."""
-    context = _queue_context(_filter_form())
-    htmx = request.headers.get("HX-Request") and not request.headers.get("HX-History-Restore-Request")
-    template = "desk/_table.html" if htmx else "desk/page.html"
-    return render_template(template, **context)
+    return htmx.render("desk/page.html", "desk/_table.html", **_queue_context(_filter_form()))
 
 
 @bp.route("/desk/table", methods=["POST"])
@@ -153,7 +150,7 @@ def _edit_form(req: Request, formdata=None) -> EditForm:  # noqa: ANN001
 
 def _editor(req: Request, form: EditForm, status: int = 200, **extra: object) -> Response:
     context = {"req": req, "form": form, "time_left": time_left, "transfers": active_transfers([req.id]), **extra}
-    if request.headers.get("HX-Request"):
+    if htmx.is_htmx():
         body = render_template("desk/_editor.html", **context)
         if extra.get("saved"):
             # A bare <tr> after a <section> is dropped by the HTML parser; htmx swaps
@@ -207,7 +204,7 @@ def edit(call_ref: str):
         current = _edit_form(fresh)
         form.version.data = str(fresh.version)
         return _editor(fresh, form, 409, conflict=current)
-    if not request.headers.get("HX-Request"):
+    if not htmx.is_htmx():
         flash(f"{req.call_ref} saved.", "success")
         return redirect(url_for("desk.queue"))
     return _editor(req, _edit_form(req), saved=True)

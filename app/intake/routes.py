@@ -11,7 +11,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy.exc import IntegrityError
 
-from app import audit
+from app import audit, htmx
 from app.extensions import db
 from app.intake.duplicates import find_duplicate
 from app.intake.forms import CDForm, ExportForm, ImportForm, RequestForm
@@ -94,7 +94,7 @@ def _form_page(kind: Kind):  # noqa: ANN202
     if request.method == "GET":
         _prefill_contact(form)
     elif _edit_exam_lines(form, action):
-        if request.headers.get("HX-Request"):
+        if htmx.is_htmx():
             return render_template("intake/_exam_lines.html", form=form, kind=kind)
     elif (earlier := already_submitted(form.submission_key.data, current_user)) is not None:
         flash(f"This form was already submitted as {earlier.call_ref}; it was not sent twice.", "info")
@@ -199,7 +199,7 @@ def mine():
         .limit(PAGE_SIZE)
         .offset((page - 1) * PAGE_SIZE)
     ).all()
-    template = "intake/_my_rows.html" if request.headers.get("HX-Request") and not request.headers.get("HX-History-Restore-Request") else "intake/mine.html"
-    return render_template(
-        template, rows=rows, q=query, page=page, total=total, pages=max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1)
+    return htmx.render(
+        "intake/mine.html", "intake/_my_rows.html",
+        rows=rows, q=query, page=page, total=total, pages=max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1),
     )

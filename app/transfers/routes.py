@@ -15,7 +15,7 @@ from flask_login import current_user
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
-from app import audit
+from app import audit, htmx
 from app.auth.guard import roles_required
 from app.auth.models import DESK_ROLES, Role
 from app.dicom import scu
@@ -92,7 +92,7 @@ def echo(node_id: int):
         node.last_echo_result = f"No: {failure.plain}"
     node.last_echo_at = utcnow()
     db.session.commit()
-    if request.headers.get("HX-Request"):
+    if htmx.is_htmx():
         return render_template("transfers/_echo.html", node=node)
     flash(f"{node.name}: {node.last_echo_result}", "info")
     return redirect(url_for("transfers.nodes"))
@@ -151,14 +151,7 @@ def pacs_search(call_ref: str):
 def _to_request_page(call_ref: str, anchor: str = "transfers") -> Response:
     """Back to the request page at `anchor`; an HTMX request is sent there with HX-Redirect
     (a 302 would be swapped into the element that asked, PITFALLS "Web")."""
-    url = url_for("intake.show", call_ref=call_ref) + f"#{anchor}"
-    if request.headers.get("HX-Request"):
-        response = Response(status=200, headers={"HX-Redirect": url})
-        response.vary.add("HX-Request")
-        return response
-    response = redirect(url)
-    response.vary.add("HX-Request")
-    return response
+    return htmx.redirect_to(url_for("intake.show", call_ref=call_ref) + f"#{anchor}")
 
 
 _STATE_WORDS = {
@@ -379,7 +372,7 @@ def act(transfer_id: int, action: str):
     ref = transfer.request.call_ref if transfer.request else ""
     audit.record(audit.Action.TRANSFER, request_id=transfer.request_id, detail=f"{ref} transfer {transfer.id} {action}")
     db.session.commit()
-    if request.headers.get("HX-Request"):
+    if htmx.is_htmx():
         return render_template("transfers/_widget.html", t=transfer)
     return redirect(url_for("intake.show", call_ref=ref) + "#transfers" if ref else url_for("desk.queue"))
 

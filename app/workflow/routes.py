@@ -10,7 +10,7 @@ from wtforms import RadioField, TextAreaField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import Length
 
-from app import audit
+from app import audit, htmx
 from app.extensions import db
 from app.requests.access import visible_request
 from app.requests.models import Request
@@ -62,14 +62,14 @@ def post_message(call_ref: str):
     if not form.validate() or not body:
         if not body:
             form.body.errors = [*form.body.errors, "Write a message before sending it."]
-        if request.headers.get("HX-Request"):
+        if htmx.is_htmx():
             return _panel(req, form, 422)
         flash(" ".join(form.body.errors + form.kind.errors) or "The message could not be sent.", "error")
         return redirect(url_for("intake.show", call_ref=req.call_ref))
     db.session.add(Message(request_id=req.id, author_id=current_user.id, kind=form.kind.data, body=body))
     audit.record(audit.Action.MESSAGE, request_id=req.id, detail=f"{req.call_ref} {form.kind.data}")
     db.session.commit()
-    if request.headers.get("HX-Request"):
+    if htmx.is_htmx():
         return _panel(req, MessageForm())
     flash("Message sent.", "success")
     return redirect(url_for("intake.show", call_ref=req.call_ref) + "#messages")
