@@ -21,12 +21,12 @@ INBOUND = "inbound"
 
 
 def queue_name(direction: str, priority: str) -> str:
-    if direction == Direction.OUTBOUND.value:
+    if direction == Direction.OUTBOUND:
         return {
-            Priority.BLUE_LIGHT.value: OUTBOUND_BLUELIGHT,
-            Priority.BATCH.value: OUTBOUND_BATCH,
+            Priority.BLUE_LIGHT: OUTBOUND_BLUELIGHT,
+            Priority.BATCH: OUTBOUND_BATCH,
         }.get(priority, OUTBOUND)
-    return INBOUND_BLUELIGHT if priority == Priority.BLUE_LIGHT.value else INBOUND
+    return INBOUND_BLUELIGHT if priority == Priority.BLUE_LIGHT else INBOUND
 
 
 def parse_window(spec: str) -> tuple[time, time]:
