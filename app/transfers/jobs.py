@@ -25,10 +25,10 @@ from app.dicom.errors import DicomFailure
 from app.extensions import db, redis_conn
 from app.requests.models import Request
 from app.requests.statuses import Priority, Status
+from app.queues import job_context
 from app.timeutil import aware, utcnow
 from app.transfers import engine, service
 from app.transfers.models import ACTIVE_STATES, InboundStudy, Transfer, TransferState
-from app.workflow.jobs import job_context
 from app.workflow.machine import advance
 
 log = logging.getLogger("iep.transfers")

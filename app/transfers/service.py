@@ -15,11 +15,11 @@ from pathlib import Path
 import sqlalchemy as sa
 from flask import current_app
 from redis.exceptions import RedisError
-from rq import Queue
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.dicom.ae import AEConfig, Node, Timeouts
-from app.extensions import db, redis_conn
+from app.extensions import db
+from app.queues import queue
 from app.requests.models import Request
 from app.requests.statuses import Priority, Status
 from app.timeutil import LONDON, aware, utcnow
@@ -237,7 +237,7 @@ def enqueue(transfer: Transfer) -> str | None:
     # change here would open a write transaction at the caller's next query).
     set_committed_value(transfer, "job_id", job_id)
     try:
-        Queue(queue_name(transfer.direction, transfer.priority), connection=redis_conn()).enqueue(
+        queue(queue_name(transfer.direction, transfer.priority)).enqueue(
             run_transfer, transfer.id, job_id=job_id, job_timeout=JOB_TIMEOUT,
             at_front=transfer.priority == Priority.BLUE_LIGHT,
         )
