@@ -71,7 +71,8 @@ def _release(transfer_id: int, token: str) -> None:
 
 
 def run_transfer(transfer_id: int) -> str:
-    """Job body: run (or resume) one transfer. Idempotent; returns its state."""
+    """Job body: run (or resume) one transfer. Idempotent; returns its state (a plain string:
+    RQ pickles the result, and a reader of it need not import the models)."""
     with job_context():
         transfer = db.session.get(Transfer, transfer_id)
         if transfer is None:
@@ -116,7 +117,7 @@ def _run(transfer_id: int, token: str) -> str:
         transfer.last_error = str(stop)
         transfer.phase = "Waiting for the analyst"
         db.session.commit()
-        return transfer.state
+        return transfer.state.value
     except engine.PartialFailure as partial:
         db.session.rollback()
         return _fail(db.session.get(Transfer, transfer_id), str(partial))
@@ -136,7 +137,7 @@ def _run(transfer_id: int, token: str) -> str:
             db.session.commit()
             _release(transfer.id, token)
             service.enqueue(transfer)
-            return transfer.state
+            return transfer.state.value
         return _fail(transfer, failure.plain + ("" if not failure.retryable else
                                                 f" (gave up after {transfer.attempts} attempts)"))
     except Exception as exc:
@@ -146,7 +147,7 @@ def _run(transfer_id: int, token: str) -> str:
         _fail(db.session.get(Transfer, transfer_id),
               f"The desk hit an unexpected error ({type(exc).__name__}); it is logged. Retry, or call IM&T.")
         raise
-    return db.session.get(Transfer, transfer_id).state
+    return db.session.get(Transfer, transfer_id).state.value
 
 
 def _fail(transfer: Transfer, reason: str) -> str:
@@ -159,7 +160,7 @@ def _fail(transfer: Transfer, reason: str) -> str:
     req = transfer.request
     advance(req, Status.FAILED, actor_id=None, note=f"Transfer failed: {reason}")
     db.session.commit()
-    return transfer.state
+    return transfer.state.value
 
 
 def _tell_the_desk(transfer: Transfer, reason: str) -> None:
@@ -186,7 +187,7 @@ def _finish_cancelled(transfer: Transfer) -> str:
     transfer.finished_at = utcnow()
     transfer.phase = "Cancelled"
     db.session.commit()
-    return transfer.state
+    return transfer.state.value
 
 
 def _forget_job(transfer_id: int) -> None:
