@@ -3,7 +3,8 @@
     python worker.py            # the default pool
     IEP_WORKERS="outbound-bluelight=1;outbound-bluelight,outbound,outbound-batch=4;..." python worker.py
 
-Each lane is a set of queues in priority order and a worker count. The supervisor
+Each lane is a set of queues in priority order and a worker count; a queue name that
+`app/queues.py` does not list stops the pool before it starts (exit status 2). The supervisor
 starts one process per worker, replaces any that dies, and on SIGTERM/SIGINT asks every
 worker for a warm shutdown (finish the job in hand), then exits.
 
@@ -26,6 +27,7 @@ from multiprocessing import Process
 
 from app import create_app
 from app.extensions import db
+from app.queues import MAINTENANCE, QUEUES, queue
 
 log = logging.getLogger("iep.worker")
 
@@ -38,13 +40,19 @@ DEFAULT_LANES = (
 
 
 def parse_lanes(spec: str) -> list[tuple[list[str], int]]:
-    """`"a,b=2;c=1"` -> `[(["a", "b"], 2), (["c"], 1)]`; raises ValueError when malformed."""
+    """`"a,b=2;c=1"` -> `[(["a", "b"], 2), (["c"], 1)]`; raises ValueError when malformed
+    or when it names a queue that `app/queues.py` does not (a worker on a misspelt lane
+    would wait for ever while the real lane's jobs pile up)."""
     lanes = []
     for part in filter(None, (p.strip() for p in spec.split(";"))):
         queues, _, count = part.rpartition("=")
         names = [q.strip() for q in queues.split(",") if q.strip()]
         if not names or not count.strip().isdigit():
             raise ValueError(f"malformed lane {part!r}: expected 'queue,queue=count'")
+        unknown = [n for n in names if n not in QUEUES]
+        if unknown:
+            raise ValueError(f"unknown queue {', '.join(map(repr, unknown))} in lane {part!r}; "
+                             f"the queues are: {', '.join(QUEUES)}")
         lanes.append((names, int(count)))
     return lanes
 
@@ -67,16 +75,15 @@ def _child(target: Callable[..., None], args: tuple[object, ...]) -> None:
 
 def run_worker(queues: list[str], name: str) -> None:
     """One RQ worker process: its own app, its own database and Redis connections."""
-    from rq import Queue, Worker
+    from rq import Worker
 
     from app.extensions import redis_conn
 
     app = create_app()
     with app.app_context():
         db.engine.dispose()  # never share a pooled connection across fork()
-        conn = redis_conn()
-        worker = Worker([Queue(q, connection=conn) for q in queues], connection=conn, name=name)
-        worker.work(with_scheduler=("maintenance" in queues), logging_level="INFO")
+        worker = Worker([queue(q) for q in queues], connection=redis_conn(), name=name)
+        worker.work(with_scheduler=(MAINTENANCE in queues), logging_level="INFO")
 
 
 def run_cron(name: str) -> None:
@@ -240,8 +247,13 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # pynetdicom logs several lines per instance at INFO (and patient details for C-FIND).
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    try:
+        lanes = parse_lanes(os.environ.get("IEP_WORKERS", DEFAULT_LANES))
+    except ValueError as exc:  # before any process starts or any connection opens
+        print(f"worker.py: IEP_WORKERS: {exc}", file=sys.stderr)
+        sys.exit(2)
     supervise(
-        parse_lanes(os.environ.get("IEP_WORKERS", DEFAULT_LANES)),
+        lanes,
         cron=os.environ.get("IEP_CRON", "1").strip() not in {"0", "false", "no", "off"},
         gateway=os.environ.get("IEP_GATEWAY", "1").strip() not in {"0", "false", "no", "off"},
         dispatcher=os.environ.get("IEP_DISPATCHER", "1").strip() not in {"0", "false", "no", "off"},

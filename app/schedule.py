@@ -5,7 +5,9 @@
 web process. Every job listed here is idempotent, so two pools (two cron processes) or a
 run enqueued twice do no harm, only duplicate work.
 
-Add a job by adding a line to `PERIODIC`.
+Add a job by adding a line to `PERIODIC`. The queues themselves, and the app context each
+job opens, are in `app/queues.py`; the list lives here because it imports the job bodies
+of every area, and `app/queues.py` must import none (every area imports it).
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from app.queues import MAINTENANCE
 from app.transfers import jobs as transfer_jobs
 from app.transfers import quarantine
 from app.workflow import jobs, mail
-
-QUEUE = "maintenance"
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def register_cron(scheduler) -> None:  # noqa: ANN001 - rq.cron.CronScheduler
     for job in PERIODIC:
         scheduler.register(
             job.func,
-            queue_name=QUEUE,
+            queue_name=MAINTENANCE,
             interval=job.every_seconds,
             job_timeout=job.job_timeout,
             ttl=job.ttl,

@@ -53,9 +53,10 @@ def _transfer_next_run(transfer) -> str:  # noqa: ANN001 - a Transfer row
 
 def _transfer_problems(transfer, limit: int = 100):  # noqa: ANN001, ANN202 - a Transfer row
     """(instances that did not make it, how many in all) for the widget (issue 8.7)."""
+    from app.transfers.models import TransferState
     from app.transfers.service import problem_count, problem_items
 
-    if transfer.state == "delivered" or not transfer.last_error:
+    if transfer.state == TransferState.DELIVERED or not transfer.last_error:
         return [], 0
     return problem_items(transfer, limit=limit), problem_count(transfer)
 

@@ -51,13 +51,13 @@ def _requester_replied() -> sa.ColumnElement[bool]:
 def _transfer_needs_eyes() -> sa.ColumnElement[bool]:
     """A transfer of the request stalled (the watchdog re-queued it) or waits for the
     analyst to confirm demographics that differ from the register."""
-    from app.transfers.models import Transfer, TransferState
+    from app.transfers.models import ACTIVE_STATES, Transfer, TransferState
 
     return sa.exists().where(
         Transfer.request_id == Request.id,
         sa.or_(
-            sa.and_(Transfer.stalled, Transfer.state.in_(["queued", "running", "verifying"])),
-            Transfer.state == TransferState.WAITING_CONFIRMATION.value,
+            sa.and_(Transfer.stalled, Transfer.state.in_(ACTIVE_STATES)),
+            Transfer.state == TransferState.WAITING_CONFIRMATION,
         ),
     )
 

@@ -17,8 +17,11 @@ if TYPE_CHECKING:  # the PAS register imports this package, never the other way 
     from app.patients.models import Patient
 
 
-def _str_enum(enum_cls: type, name: str, length: int = 20) -> sa.Enum:
-    # VARCHAR plus a CHECK constraint: portable, and no PostgreSQL ENUM type to migrate.
+def str_enum(enum_cls: type, name: str, length: int = 20) -> sa.Enum:
+    """A column type holding `enum_cls` members, stored as their values.
+
+    VARCHAR plus a CHECK constraint: portable, and no PostgreSQL ENUM type to migrate.
+    """
     return sa.Enum(
         enum_cls,
         native_enum=False,
@@ -63,12 +66,12 @@ class Request(db.Model):
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     call_ref: so.Mapped[str] = so.mapped_column(sa.String(20), unique=True)
-    kind: so.Mapped[Kind] = so.mapped_column(_str_enum(Kind, "kind"), index=True)
+    kind: so.Mapped[Kind] = so.mapped_column(str_enum(Kind, "kind"), index=True)
     status: so.Mapped[Status] = so.mapped_column(
-        _str_enum(Status, "status"), default=Status.NEW, index=True
+        str_enum(Status, "status"), default=Status.NEW, index=True
     )
     priority: so.Mapped[Priority] = so.mapped_column(
-        _str_enum(Priority, "priority"), default=Priority.STANDARD, index=True
+        str_enum(Priority, "priority"), default=Priority.STANDARD, index=True
     )
     priority_reason: so.Mapped[str] = so.mapped_column(sa.String(200), default="")
     requester_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("users.id"), index=True)

@@ -188,7 +188,7 @@ def fetch_study(transfer: Transfer, study_uid: str, folder: Path, progress: Prog
     said_failed: set[str] = set()
     outcomes: list[str] = []
     failure: DicomFailure | None = None
-    if method == "move" and transfer.direction == Direction.OUTBOUND.value:
+    if method == "move" and transfer.direction == Direction.OUTBOUND:
         # Our gateway hands this study's instances to this transfer's staging (issue 8.4).
         transfer.moving_study_uid = study_uid
         db.session.commit()
@@ -344,7 +344,7 @@ def send_items(transfer: Transfer, progress: Progress, items: list[TransferItem]
             service.as_node(transfer.dest_node), [row.path for row in rows], config=service.ae_config(),
             on_progress=on_progress, should_cancel=progress.cancelled,
             # Blue Light goes as a HIGH-priority C-STORE: a PACS that queues by priority files it first.
-            priority=PRIORITY_HIGH if transfer.priority == Priority.BLUE_LIGHT.value else PRIORITY_MEDIUM,
+            priority=PRIORITY_HIGH if transfer.priority == Priority.BLUE_LIGHT else PRIORITY_MEDIUM,
             workdir=service.staging_dir(transfer.id) / "convert",
         )
     except DicomFailure as failure:
@@ -381,7 +381,7 @@ def _note_refused(transfer: Transfer, failure: DicomFailure) -> None:
 def verify(transfer: Transfer, progress: Progress) -> int:
     """Ask the destination which instances it holds (C-FIND, image level); mark them
     confirmed; unconfirmed ones go back to unsent. Returns how many are missing."""
-    progress.beat(force=True, state=TransferState.VERIFYING.value, phase="Checking the destination holds every instance")
+    progress.beat(force=True, state=TransferState.VERIFYING, phase="Checking the destination holds every instance")
     dest = service.as_node(transfer.dest_node)
     missing = 0
     for study_uid in sorted({i.study_uid for i in _items(transfer.id)}):
@@ -487,7 +487,7 @@ def run_pull(transfer: Transfer, progress: Progress) -> None:
         if study is not None and study.complete_at is None:
             study.complete_at = utcnow()
             db.session.commit()
-    transfer.state = TransferState.DELIVERED.value
+    transfer.state = TransferState.DELIVERED
     transfer.stalled = False
     transfer.finished_at = utcnow()
     transfer.phase = f"Every instance {node.name} listed is on the gateway"
@@ -523,7 +523,7 @@ def _deliver(transfer: Transfer, progress: Progress, phase: str,
             failed_uids=[_sop_of(i) for i in lacking])
     if before_delivered is not None:
         before_delivered()
-    transfer.state = TransferState.DELIVERED.value
+    transfer.state = TransferState.DELIVERED
     transfer.stalled = False  # a stall on the way is history once every instance is confirmed
     transfer.finished_at = utcnow()
     transfer.phase = "Delivered and verified"
@@ -581,7 +581,7 @@ def _step(transfer: Transfer, status: Status) -> None:
 
 
 RUNNERS: dict[str, Callable[[Transfer, Progress], None]] = {
-    Direction.OUTBOUND.value: run_outbound,
-    Direction.INBOUND.value: run_inbound,
-    Direction.PULL.value: run_pull,
+    Direction.OUTBOUND: run_outbound,
+    Direction.INBOUND: run_inbound,
+    Direction.PULL: run_pull,
 }

@@ -39,8 +39,8 @@ def take_for_export(path: Path, meta: InstanceMeta) -> bool:
     transfer_id = db.session.scalar(
         sa.select(Transfer.id).where(
             Transfer.moving_study_uid == meta.study_uid,
-            Transfer.direction == Direction.OUTBOUND.value,
-            Transfer.state.in_([TransferState.RUNNING.value, TransferState.QUEUED.value]),
+            Transfer.direction == Direction.OUTBOUND,
+            Transfer.state.in_([TransferState.RUNNING, TransferState.QUEUED]),
         ).order_by(Transfer.id)
     )
     if transfer_id is None:

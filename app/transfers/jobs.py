@@ -25,15 +25,14 @@ from app.dicom.errors import DicomFailure
 from app.extensions import db, redis_conn
 from app.requests.models import Request
 from app.requests.statuses import Priority, Status
+from app.queues import job_context
 from app.timeutil import aware, utcnow
 from app.transfers import engine, service
-from app.transfers.models import InboundStudy, Transfer, TransferState
-from app.workflow.jobs import job_context
+from app.transfers.models import ACTIVE_STATES, InboundStudy, Transfer, TransferState
 from app.workflow.machine import advance
 
 log = logging.getLogger("iep.transfers")
 
-ACTIVE = (TransferState.QUEUED.value, TransferState.RUNNING.value, TransferState.VERIFYING.value)
 GATEWAY_KEEP = timedelta(days=15)  # Appendix 1 "Purged": not available after 15 days
 
 
@@ -48,7 +47,7 @@ def _take_lease(transfer_id: int, token: str) -> bool:
         sa.update(Transfer)
         .where(
             Transfer.id == transfer_id,
-            Transfer.state.in_(ACTIVE),
+            Transfer.state.in_(ACTIVE_STATES),
             sa.or_(Transfer.lease_until.is_(None), Transfer.lease_until < now),
             # A job that comes early (a duplicate, or one queued by an older desk) never
             # runs a transfer before its retry time.
@@ -72,12 +71,13 @@ def _release(transfer_id: int, token: str) -> None:
 
 
 def run_transfer(transfer_id: int) -> str:
-    """Job body: run (or resume) one transfer. Idempotent; returns its state."""
+    """Job body: run (or resume) one transfer. Idempotent; returns its state (a plain string:
+    RQ pickles the result, and a reader of it need not import the models)."""
     with job_context():
         transfer = db.session.get(Transfer, transfer_id)
         if transfer is None:
             return "no such transfer"
-        if transfer.state == TransferState.QUEUED.value and not service.is_due(transfer):
+        if transfer.state == TransferState.QUEUED and not service.is_due(transfer):
             _forget_job(transfer_id)
             return "not due yet: the dispatcher queues it when it is"
         token = uuid.uuid4().hex
@@ -93,7 +93,7 @@ def _run(transfer_id: int, token: str) -> str:
     transfer = db.session.get(Transfer, transfer_id)
     if transfer.cancel_requested:
         return _finish_cancelled(transfer)
-    transfer.state = TransferState.RUNNING.value
+    transfer.state = TransferState.RUNNING
     transfer.attempts += 1
     transfer.started_at = transfer.started_at or utcnow()
     transfer.progressed_at = utcnow()
@@ -113,11 +113,11 @@ def _run(transfer_id: int, token: str) -> str:
     except engine.Stop as stop:
         db.session.rollback()
         transfer = db.session.get(Transfer, transfer_id)
-        transfer.state = TransferState.WAITING_CONFIRMATION.value
+        transfer.state = TransferState.WAITING_CONFIRMATION
         transfer.last_error = str(stop)
         transfer.phase = "Waiting for the analyst"
         db.session.commit()
-        return transfer.state
+        return transfer.state.value
     except engine.PartialFailure as partial:
         db.session.rollback()
         return _fail(db.session.get(Transfer, transfer_id), str(partial))
@@ -126,7 +126,7 @@ def _run(transfer_id: int, token: str) -> str:
         transfer = db.session.get(Transfer, transfer_id)
         if failure.retryable and transfer.attempts < transfer.max_attempts:
             wait = service.backoff(transfer.attempts)
-            transfer.state = TransferState.QUEUED.value
+            transfer.state = TransferState.QUEUED
             transfer.not_before = utcnow() + wait
             transfer.last_error = (
                 f"{failure.plain}. Trying again in {int(wait.total_seconds())} s "
@@ -137,7 +137,7 @@ def _run(transfer_id: int, token: str) -> str:
             db.session.commit()
             _release(transfer.id, token)
             service.enqueue(transfer)
-            return transfer.state
+            return transfer.state.value
         return _fail(transfer, failure.plain + ("" if not failure.retryable else
                                                 f" (gave up after {transfer.attempts} attempts)"))
     except Exception as exc:
@@ -147,12 +147,12 @@ def _run(transfer_id: int, token: str) -> str:
         _fail(db.session.get(Transfer, transfer_id),
               f"The desk hit an unexpected error ({type(exc).__name__}); it is logged. Retry, or call IM&T.")
         raise
-    return db.session.get(Transfer, transfer_id).state
+    return db.session.get(Transfer, transfer_id).state.value
 
 
 def _fail(transfer: Transfer, reason: str) -> str:
     _tell_the_desk(transfer, reason)
-    transfer.state = TransferState.FAILED.value
+    transfer.state = TransferState.FAILED
     transfer.stalled = False  # the failure is what the desk sees now, not an old stall
     transfer.last_error = reason
     transfer.finished_at = utcnow()
@@ -160,7 +160,7 @@ def _fail(transfer: Transfer, reason: str) -> str:
     req = transfer.request
     advance(req, Status.FAILED, actor_id=None, note=f"Transfer failed: {reason}")
     db.session.commit()
-    return transfer.state
+    return transfer.state.value
 
 
 def _tell_the_desk(transfer: Transfer, reason: str) -> None:
@@ -182,12 +182,12 @@ def _tell_the_desk(transfer: Transfer, reason: str) -> None:
 
 
 def _finish_cancelled(transfer: Transfer) -> str:
-    transfer.state = TransferState.CANCELLED.value
+    transfer.state = TransferState.CANCELLED
     transfer.stalled = False
     transfer.finished_at = utcnow()
     transfer.phase = "Cancelled"
     db.session.commit()
-    return transfer.state
+    return transfer.state.value
 
 
 def _forget_job(transfer_id: int) -> None:
@@ -235,12 +235,12 @@ def _dispatch_due(limit: int) -> int:
     due = db.session.scalars(
         sa.select(Transfer)
         .where(
-            Transfer.state == TransferState.QUEUED.value,
+            Transfer.state == TransferState.QUEUED,
             Transfer.job_id == "",
             Transfer.cancel_requested.is_(False),
             sa.or_(Transfer.not_before.is_(None), Transfer.not_before <= now),
         )
-        .order_by(sa.case((Transfer.priority == Priority.BLUE_LIGHT.value, 0), else_=1), Transfer.id)
+        .order_by(sa.case((Transfer.priority == Priority.BLUE_LIGHT, 0), else_=1), Transfer.id)
         .limit(limit)
     ).all()
     queued = 0
@@ -265,7 +265,7 @@ def reconcile() -> int:
     now = utcnow()
     requeued = 0
     with job_context():
-        for transfer in db.session.scalars(sa.select(Transfer).where(Transfer.state.in_(ACTIVE))).all():
+        for transfer in db.session.scalars(sa.select(Transfer).where(Transfer.state.in_(ACTIVE_STATES))).all():
             if transfer.lease_until is not None and aware(transfer.lease_until) > now:
                 continue  # a live run holds it
             try:
@@ -273,16 +273,16 @@ def reconcile() -> int:
                     continue
             except RedisError:
                 return requeued  # Redis is down: nothing can be queued now; next pass
-            if transfer.state == TransferState.QUEUED.value and not transfer.job_id:
+            if transfer.state == TransferState.QUEUED and not transfer.job_id:
                 if service.enqueue(transfer):  # the dispatcher's work, should it not run
                     requeued += 1
                 continue
-            values: dict[str, object] = {"job_id": "", "state": TransferState.QUEUED.value}
-            if transfer.state != TransferState.QUEUED.value:
+            values: dict[str, object] = {"job_id": "", "state": TransferState.QUEUED}
+            if transfer.state != TransferState.QUEUED:
                 values |= {"stalled": True, "phase": "Stalled: re-queued by the watchdog"}
             cleared = db.session.execute(
                 sa.update(Transfer)
-                .where(Transfer.id == transfer.id, Transfer.job_id == transfer.job_id, Transfer.state.in_(ACTIVE),
+                .where(Transfer.id == transfer.id, Transfer.job_id == transfer.job_id, Transfer.state.in_(ACTIVE_STATES),
                        sa.or_(Transfer.lease_until.is_(None), Transfer.lease_until < now))
                 .values(**values),
                 execution_options={"synchronize_session": False},
@@ -361,13 +361,13 @@ def auto_download() -> int:
                 continue  # still arriving, or the sender broke off: never sent incomplete (issue 8.3)
             # One download per request at a time: a later study waits for the analyst.
             taken = db.session.scalar(sa.select(Transfer.id).where(
-                Transfer.request_id == study.request_id, Transfer.direction == Direction.INBOUND.value,
-                Transfer.state != TransferState.CANCELLED.value))
+                Transfer.request_id == study.request_id, Transfer.direction == Direction.INBOUND,
+                Transfer.state != TransferState.CANCELLED))
             if taken:
                 continue
             try:
                 transfer = service.create_transfer(request=study.request, direction=Direction.INBOUND,
-                                                   priority=study.request.priority.value, source=None, dest=pacs,
+                                                   priority=study.request.priority, source=None, dest=pacs,
                                                    study_uids=[study.study_uid], user_id=None)
                 service.add_inbound_items(transfer, [study])
                 db.session.commit()

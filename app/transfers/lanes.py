@@ -1,32 +1,28 @@
 """Which RQ queue a transfer goes on, and the overnight window for Batch transfers.
 
 Guideline 2.3 d: five outbound lanes, one reserved for Blue Light only, and four inbound
-lanes. The queues below are those lanes; `worker.py` decides how many workers listen to
-which (a dedicated worker on `outbound-bluelight` is what keeps Blue Light fast).
+lanes. The queues (named in `app/queues.py`) are those lanes; `worker.py` decides how many
+workers listen to which (a dedicated worker on `outbound-bluelight` is what keeps Blue
+Light fast).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
 
+from app.queues import INBOUND, INBOUND_BLUELIGHT, OUTBOUND, OUTBOUND_BATCH, OUTBOUND_BLUELIGHT
 from app.requests.statuses import Priority
 from app.timeutil import LONDON
 from app.transfers.models import Direction
 
-OUTBOUND_BLUELIGHT = "outbound-bluelight"
-OUTBOUND = "outbound"
-OUTBOUND_BATCH = "outbound-batch"
-INBOUND_BLUELIGHT = "inbound-bluelight"
-INBOUND = "inbound"
-
 
 def queue_name(direction: str, priority: str) -> str:
-    if direction == Direction.OUTBOUND.value:
+    if direction == Direction.OUTBOUND:
         return {
-            Priority.BLUE_LIGHT.value: OUTBOUND_BLUELIGHT,
-            Priority.BATCH.value: OUTBOUND_BATCH,
+            Priority.BLUE_LIGHT: OUTBOUND_BLUELIGHT,
+            Priority.BATCH: OUTBOUND_BATCH,
         }.get(priority, OUTBOUND)
-    return INBOUND_BLUELIGHT if priority == Priority.BLUE_LIGHT.value else INBOUND
+    return INBOUND_BLUELIGHT if priority == Priority.BLUE_LIGHT else INBOUND
 
 
 def parse_window(spec: str) -> tuple[time, time]:

@@ -15,7 +15,8 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from app.extensions import db
-from app.requests.models import Institution, Request
+from app.requests.models import Institution, Request, str_enum
+from app.requests.statuses import Priority
 from app.timeutil import utcnow
 
 
@@ -65,18 +66,22 @@ class TransferState(enum.StrEnum):
 
     @property
     def active(self) -> bool:
-        return self in (TransferState.QUEUED, TransferState.RUNNING, TransferState.VERIFYING)
+        """Queued, running or verifying: a job has it, or will."""
+        return self in ACTIVE_STATES
 
     @property
     def unfinished(self) -> bool:
         """Active, or waiting for the analyst's Confirm (which resumes this same transfer)."""
-        return self.active or self is TransferState.WAITING_CONFIRMATION
+        return self in UNFINISHED_STATES
 
+
+# The one definition of "active" and "unfinished": Python (`in`) and SQL (`in_()`) alike.
+ACTIVE_STATES = (TransferState.QUEUED, TransferState.RUNNING, TransferState.VERIFYING)
+UNFINISHED_STATES = (*ACTIVE_STATES, TransferState.WAITING_CONFIRMATION)
 
 # One unfinished transfer per (request, direction, destination, study set) (issue 8.8):
 # a second Send or "Download to PACS" shows the one under way instead of starting another.
-UNFINISHED_STATES = tuple(s.value for s in TransferState if s.unfinished)
-_UNFINISHED_SQL = sa.text("state IN (" + ", ".join(f"'{s}'" for s in UNFINISHED_STATES) + ")")
+_UNFINISHED_SQL = sa.text("state IN (" + ", ".join(f"'{s.value}'" for s in UNFINISHED_STATES) + ")")
 
 
 class Transfer(db.Model):
@@ -84,9 +89,11 @@ class Transfer(db.Model):
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     request_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("requests.id"), index=True)
-    direction: so.Mapped[str] = so.mapped_column(sa.String(10))
-    priority: so.Mapped[str] = so.mapped_column(sa.String(20))  # Priority value
-    state: so.Mapped[str] = so.mapped_column(sa.String(24), default=TransferState.QUEUED.value, index=True)
+    direction: so.Mapped[Direction] = so.mapped_column(str_enum(Direction, "direction", length=10))
+    priority: so.Mapped[Priority] = so.mapped_column(str_enum(Priority, "priority"))
+    state: so.Mapped[TransferState] = so.mapped_column(
+        str_enum(TransferState, "state", length=24), default=TransferState.QUEUED, index=True
+    )
     source_node_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("dicom_nodes.id"))
     dest_node_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("dicom_nodes.id"))
     study_uids: so.Mapped[list[str]] = so.mapped_column(sa.JSON, default=list)
@@ -143,6 +150,14 @@ class Transfer(db.Model):
             sqlite_where=_UNFINISHED_SQL, postgresql_where=_UNFINISHED_SQL,
         ),
     )
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+    @property
+    def is_unfinished(self) -> bool:
+        return self.state in UNFINISHED_STATES
 
 
 class TransferItem(db.Model):

@@ -70,7 +70,7 @@ def purge_quarantine() -> int:
     Idempotent: a purged row is skipped, a file already gone is no error, and each row is
     committed with its audit event, so a run cut short resumes where it stopped.
     """
-    from app.workflow.jobs import job_context
+    from app.queues import job_context
 
     cutoff = utcnow() - QUARANTINE_KEEP
     purged = 0

@@ -155,18 +155,18 @@ def _to_request_page(call_ref: str, anchor: str = "transfers") -> Response:
 
 
 _STATE_WORDS = {
-    TransferState.QUEUED.value: "queued",
-    TransferState.RUNNING.value: "running",
-    TransferState.VERIFYING.value: "verifying",
-    TransferState.WAITING_CONFIRMATION.value: "waiting for the analyst to confirm the patient",
+    TransferState.QUEUED: "queued",
+    TransferState.RUNNING: "running",
+    TransferState.VERIFYING: "verifying",
+    TransferState.WAITING_CONFIRMATION: "waiting for the analyst to confirm the patient",
 }
 
 
 def _under_way(call_ref: str, transfer: Transfer) -> Response:
     """Show the analyst the transfer a second press would have repeated, at its widget."""
-    if transfer.direction == Direction.OUTBOUND.value:
+    if transfer.direction == Direction.OUTBOUND:
         where = transfer.dest_node.name if transfer.dest_node else "its destination"
-    elif transfer.direction == Direction.INBOUND.value:
+    elif transfer.direction == Direction.INBOUND:
         where = f"PACS ({transfer.dest_node.name})" if transfer.dest_node else "PACS"
     else:
         where = "the gateway"
@@ -248,7 +248,7 @@ def start(call_ref: str):
 
     def create() -> Transfer:
         transfer = service.create_transfer(
-            request=req, direction=direction, priority=priority, source=source, dest=dest, study_uids=uids,
+            request=req, direction=direction, priority=Priority(priority), source=source, dest=dest, study_uids=uids,
             user_id=current_user.id, report_text=(request.form.get("report_text") or "").strip()[:20000],
             report_pdf_path=report_path,
         )
@@ -297,7 +297,7 @@ def download_to_pacs(call_ref: str):
 
     def create() -> Transfer:
         transfer = service.create_transfer(
-            request=req, direction=Direction.INBOUND, priority=req.priority.value, source=None, dest=pacs,
+            request=req, direction=Direction.INBOUND, priority=req.priority, source=None, dest=pacs,
             study_uids=uids, user_id=current_user.id,
         )
         transfer.partial_ok = partial
@@ -341,9 +341,9 @@ def widget(transfer_id: int):
 def act(transfer_id: int, action: str):
     """Retry, Cancel, or confirm an import whose details differ from the register."""
     transfer = _transfer(transfer_id)
-    if action == "retry" and transfer.state in (TransferState.FAILED.value, TransferState.CANCELLED.value):
+    if action == "retry" and transfer.state in (TransferState.FAILED, TransferState.CANCELLED):
         req = transfer.request
-        twin = (service.unfinished_twin(req, Direction(transfer.direction), transfer.dest_node, transfer.study_uids)
+        twin = (service.unfinished_twin(req, transfer.direction, transfer.dest_node, transfer.study_uids)
                 if req is not None else None)
         if twin is not None:  # a new Send of the same studies is under way: that one, not two
             return _under_way(req.call_ref, twin)
@@ -354,17 +354,17 @@ def act(transfer_id: int, action: str):
             if req is None:
                 abort(409)
             fresh = db.session.get(Transfer, transfer_id)
-            twin = service.unfinished_twin(fresh.request, Direction(fresh.direction), fresh.dest_node,
+            twin = service.unfinished_twin(fresh.request, fresh.direction, fresh.dest_node,
                                            fresh.study_uids)
             if twin is not None:
                 return _under_way(fresh.request.call_ref, twin)
             flash("Someone changed this request at the same moment; check it and try again.", "error")
             return _to_request_page(fresh.request.call_ref)
-    elif action == "cancel" and TransferState(transfer.state).unfinished:
+    elif action == "cancel" and transfer.is_unfinished:
         service.cancel(transfer)
-    elif action == "confirm" and transfer.state == TransferState.WAITING_CONFIRMATION.value:
+    elif action == "confirm" and transfer.state == TransferState.WAITING_CONFIRMATION:
         transfer.mismatch_accepted = True
-        transfer.state = TransferState.QUEUED.value
+        transfer.state = TransferState.QUEUED
         db.session.commit()
         service.enqueue(transfer)
     else:

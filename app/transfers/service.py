@@ -15,11 +15,11 @@ from pathlib import Path
 import sqlalchemy as sa
 from flask import current_app
 from redis.exceptions import RedisError
-from rq import Queue
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.dicom.ae import AEConfig, Node, Timeouts
-from app.extensions import db, redis_conn
+from app.extensions import db
+from app.queues import queue
 from app.requests.models import Request
 from app.requests.statuses import Priority, Status
 from app.timeutil import LONDON, aware, utcnow
@@ -101,7 +101,7 @@ def unfinished_twin(
     return db.session.scalar(
         sa.select(Transfer).where(
             Transfer.request_id == request.id,
-            Transfer.direction == direction.value,
+            Transfer.direction == direction,
             Transfer.dest_key == (dest.id if dest is not None else 0),
             Transfer.study_key == study_key(study_uids),
             Transfer.state.in_(UNFINISHED_STATES),
@@ -113,7 +113,7 @@ def create_transfer(
     *,
     request: Request | None,
     direction: Direction,
-    priority: str,
+    priority: Priority,
     source: DicomNode | None,
     dest: DicomNode | None,
     study_uids: list[str],
@@ -134,8 +134,8 @@ def create_transfer(
         raise TransferUnderWay(twin)
     transfer = Transfer(
         request=request,
-        direction=direction.value,
-        priority=priority,
+        direction=direction,
+        priority=Priority(priority),
         source_node=source,
         dest_node=dest,
         study_uids=list(study_uids),
@@ -145,7 +145,7 @@ def create_transfer(
         created_by_id=user_id,
         report_text=report_text,
         report_pdf_path=report_pdf_path,
-        state=TransferState.QUEUED.value,
+        state=TransferState.QUEUED,
     )
     db.session.add(transfer)
     db.session.flush()
@@ -182,15 +182,15 @@ def is_due(transfer: Transfer, now: datetime | None = None) -> bool:
     now = now or utcnow()
     if transfer.not_before is not None and aware(transfer.not_before) > now:
         return False
-    return transfer.priority != Priority.BATCH.value or in_window(now, settings().batch_window)
+    return transfer.priority != Priority.BATCH or in_window(now, settings().batch_window)
 
 
 def next_run_at(transfer: Transfer) -> datetime | None:
     """When a queued transfer that is not due yet will be started (for the widget)."""
-    if transfer.state != TransferState.QUEUED.value or is_due(transfer):
+    if transfer.state != TransferState.QUEUED or is_due(transfer):
         return None
     moment = aware(transfer.not_before) if transfer.not_before is not None else utcnow()
-    if transfer.priority == Priority.BATCH.value:
+    if transfer.priority == Priority.BATCH:
         moment = next_window_start(max(moment, utcnow()), settings().batch_window)
     return moment
 
@@ -211,12 +211,12 @@ def enqueue(transfer: Transfer) -> str | None:
     """
     from app.transfers.jobs import run_transfer
 
-    if transfer.state != TransferState.QUEUED.value or transfer.cancel_requested:
+    if transfer.state != TransferState.QUEUED or transfer.cancel_requested:
         return None
     if not is_due(transfer):
         if transfer.job_id:
             transfer.job_id = ""
-        if transfer.priority == Priority.BATCH.value and transfer.not_before is None:
+        if transfer.priority == Priority.BATCH and transfer.not_before is None:
             opens = next_window_start(utcnow(), settings().batch_window).astimezone(LONDON)
             transfer.phase = f"Batch: waits for the overnight window (opens {opens:%H:%M})"
         db.session.commit()
@@ -225,7 +225,7 @@ def enqueue(transfer: Transfer) -> str | None:
     job_id = f"transfer-{transfer.id}-{uuid.uuid4().hex[:10]}"
     claimed = db.session.execute(
         sa.update(Transfer)
-        .where(Transfer.id == transfer.id, Transfer.state == TransferState.QUEUED.value, Transfer.job_id == seen)
+        .where(Transfer.id == transfer.id, Transfer.state == TransferState.QUEUED, Transfer.job_id == seen)
         .values(job_id=job_id),
         execution_options={"synchronize_session": False},
     ).rowcount
@@ -237,9 +237,9 @@ def enqueue(transfer: Transfer) -> str | None:
     # change here would open a write transaction at the caller's next query).
     set_committed_value(transfer, "job_id", job_id)
     try:
-        Queue(queue_name(transfer.direction, transfer.priority), connection=redis_conn()).enqueue(
+        queue(queue_name(transfer.direction, transfer.priority)).enqueue(
             run_transfer, transfer.id, job_id=job_id, job_timeout=JOB_TIMEOUT,
-            at_front=transfer.priority == Priority.BLUE_LIGHT.value,
+            at_front=transfer.priority == Priority.BLUE_LIGHT,
         )
     except RedisError as exc:
         log.warning("transfer %s not enqueued (%s); the dispatcher will retry", transfer.id, type(exc).__name__)
@@ -278,16 +278,16 @@ def download_blockers(request: Request, studies: list[InboundStudy]) -> list[str
     still arriving. Empty when it may go."""
     reasons = []
     pulls = list(db.session.scalars(sa.select(Transfer).where(
-        Transfer.request_id == request.id, Transfer.direction == Direction.PULL.value).order_by(Transfer.id)))
+        Transfer.request_id == request.id, Transfer.direction == Direction.PULL).order_by(Transfer.id)))
     wanted = {s.study_uid for s in studies}
     for pull in pulls:
         if not wanted & set(pull.study_uids):
             continue
         source = pull.source_node.name if pull.source_node else "the other hospital"
         if pull.state in UNFINISHED_STATES:
-            doing = "waiting to retry" if pull.state == TransferState.QUEUED.value and pull.attempts else pull.state
+            doing = "waiting to retry" if pull.state == TransferState.QUEUED and pull.attempts else pull.state
             reasons.append(f"transfer {pull.id} is still retrieving these images from {source} ({doing})")
-        elif pull.state in (TransferState.FAILED.value, TransferState.CANCELLED.value):
+        elif pull.state in (TransferState.FAILED, TransferState.CANCELLED):
             missing = db.session.scalar(sa.select(sa.func.count(TransferItem.id)).where(
                 TransferItem.transfer_id == pull.id, TransferItem.path == ""))
             if missing:
@@ -321,16 +321,16 @@ def problem_count(transfer: Transfer) -> int:
 
 def retry(transfer: Transfer, user_id: int | None) -> None:
     """Queue a failed transfer again: it resumes with what is not yet confirmed."""
-    if transfer.state not in (TransferState.FAILED.value, TransferState.CANCELLED.value):
+    if transfer.state not in (TransferState.FAILED, TransferState.CANCELLED):
         raise ValueError("only a failed or cancelled transfer can be retried")
-    transfer.state = TransferState.QUEUED.value
+    transfer.state = TransferState.QUEUED
     transfer.attempts = 0
     transfer.last_error = ""
     transfer.cancel_requested = False
     transfer.stalled = False
     transfer.not_before = None
     if transfer.request is not None and transfer.request.status in (Status.FAILED, Status.PURGED):
-        if transfer.request.status == Status.PURGED or transfer.direction == Direction.PULL.value:
+        if transfer.request.status == Status.PURGED or transfer.direction == Direction.PULL:
             transition(transfer.request, Status.ACCEPTED, actor_id=user_id, note="Transfer retried.")
         else:
             advance(transfer.request, Status.DOWNLOAD_REQUEST, actor_id=user_id, note="Transfer retried.")
@@ -342,8 +342,8 @@ def cancel(transfer: Transfer) -> None:
     """Ask a transfer to stop between instances; a queued one, or one waiting for the
     analyst's confirmation, stops at once."""
     transfer.cancel_requested = True
-    if transfer.state in (TransferState.QUEUED.value, TransferState.WAITING_CONFIRMATION.value):
-        transfer.state = TransferState.CANCELLED.value
+    if transfer.state in (TransferState.QUEUED, TransferState.WAITING_CONFIRMATION):
+        transfer.state = TransferState.CANCELLED
         transfer.finished_at = utcnow()
     db.session.commit()
 

@@ -1,23 +1,21 @@
-"""Scheduled rules and the app context every job runs in.
+"""Scheduled rules of the workflow.
 
 Jobs run on the `maintenance` queue (DESIGN "Transfers"), enqueued by the pool's cron
 process (`app/schedule.py`) or by the web side. Each job body takes ids (or
-nothing), opens its own app context with `job_context()`, and is idempotent: running it
-twice, or after a crash half-way, leaves the same state as running it once.
+nothing), opens its own app context with `job_context()` (`app/queues.py`), and is
+idempotent: running it twice, or after a crash half-way, leaves the same state as running
+it once.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from flask import Flask, current_app, has_app_context
 
 from app.extensions import db
+from app.queues import job_context, job_label
 from app.requests.models import Request
 from app.requests.statuses import Status
 from app.timeutil import utcnow
@@ -30,57 +28,6 @@ AUTO_CANCEL_NOTE = (
     "Cancelled automatically: the details asked for were not received within 14 days "
     "(guideline 2.4 d)."
 )
-
-_standalone: Flask | None = None
-_engine_pid: dict[int, int] = {}
-
-
-def _standalone_app() -> Flask:
-    """The app for a job run outside `worker.py` (e.g. `rq worker`), made once per process."""
-    global _standalone
-    if _standalone is None:
-        from app import create_app
-
-        _standalone = create_app()
-    return _standalone
-
-
-def _fresh_pool_after_fork() -> None:
-    # STYLE habit 4 / PITFALLS "RQ": a forked process must not reuse its parent's pooled
-    # connections. dispose(close=False) drops the inherited pool without closing the
-    # parent's sockets (SQLAlchemy "Using Connection Pools with Multiprocessing").
-    engine = db.engine
-    pid = os.getpid()
-    seen = _engine_pid.setdefault(id(engine), pid)
-    if seen != pid:
-        engine.dispose(close=False)
-        _engine_pid[id(engine)] = pid
-
-
-def job_label() -> str:
-    """`job <id>` of the RQ job running now, for log lines (STYLE habit 4)."""
-    from rq import get_current_job
-
-    job = get_current_job()
-    return f"job {job.id}" if job is not None else "job -"
-
-
-@contextmanager
-def job_context() -> Iterator[Flask]:
-    """An app context of the job's own: a database session of its own, removed at the end.
-
-    Inside `worker.py` (or a test) the current app is reused; elsewhere one is created.
-    A fresh context is pushed even when one exists, so a job never shares the session of
-    whoever runs it (an in-process `SimpleWorker` in a test, say).
-    """
-    if has_app_context():
-        app = current_app._get_current_object()  # type: ignore[attr-defined]  # a LocalProxy typed as Flask
-    else:
-        app = _standalone_app()
-    with app.app_context():
-        _fresh_pool_after_fork()
-        yield app
-
 
 def stale_awaiting_details_ids(now: datetime | None = None) -> list[int]:
     """Ids of requests left in Awaiting Details for more than 14 days (pure query)."""

@@ -46,14 +46,13 @@ from flask import has_app_context, render_template
 from redis.exceptions import RedisError
 
 from app.extensions import db
+from app.queues import MAINTENANCE, job_context, job_label, queue
 from app.requests.models import Request
 from app.timeutil import utcnow
-from app.workflow.jobs import job_context, job_label
 from app.workflow.models import OutboxEmail, OutboxStatus
 
 log = logging.getLogger("iep.mail")
 
-QUEUE = "maintenance"
 SMTP_TIMEOUT = 10  # seconds, for connect and for each SMTP command
 DEFAULT_FROM = "image-exchange-desk@localhost"
 # Minutes to wait after the n-th failed attempt; the last value repeats for ever.
@@ -160,22 +159,14 @@ def _after_commit(session: so.Session) -> None:
 # --- enqueueing (web side, cron) -------------------------------------------------------
 
 
-def _queue():  # noqa: ANN202 - rq.Queue
-    from rq import Queue
-
-    from app.extensions import redis_conn
-
-    return Queue(QUEUE, connection=redis_conn())
-
-
 def _enqueue(outbox_id: int) -> bool:
     """`enqueue_delivery` without the safety net: Redis errors propagate."""
     from rq.job import JobStatus
     from rq.utils import now as rq_now
 
     job_id = f"mail-{int(outbox_id)}"
-    queue = _queue()
-    existing = queue.fetch_job(job_id)
+    lane = queue(MAINTENANCE)
+    existing = lane.fetch_job(job_id)
     if existing is not None:
         status = existing.get_status(refresh=False)
         since = existing.started_at or existing.enqueued_at or existing.created_at
@@ -183,7 +174,7 @@ def _enqueue(outbox_id: int) -> bool:
         if active and since is not None and rq_now() - since < STALE_JOB:
             return False
         existing.delete()
-    queue.enqueue(
+    lane.enqueue(
         deliver,
         args=(int(outbox_id),),
         job_id=job_id,
