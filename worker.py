@@ -9,10 +9,11 @@ starts one process per worker, replaces any that dies, and on SIGTERM/SIGINT ask
 worker for a warm shutdown (finish the job in hand), then exits.
 
 Beside the workers it runs one `dispatcher` process, which queues each transfer when
-the database says it is due (retries, Batch windows; see `run_dispatcher`), and one `cron` process: RQ's CronScheduler, which enqueues the
-periodic jobs of `app/schedule.py` (outbox flush, auto-cancel) on the
-`maintenance` queue. It is supervised like a worker. A second pool on another host may
-set IEP_CRON=0 to skip it; two would only enqueue the same idempotent jobs twice.
+the database says it is due (retries, Batch windows; see `run_dispatcher`), and one `cron`
+process: RQ's CronScheduler, which enqueues the periodic jobs of `app/schedule.py` (outbox
+flush, auto-cancel) on the `maintenance` queue. It is supervised like a worker. A second
+pool on another host may set IEP_CRON=0 to skip it; two would only enqueue the same
+idempotent jobs twice.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from app.requests.models import Institution
 
 demo_cli = AppGroup("demo", help="Demonstration data for a fresh desk.")
 
-DEMO_PASSWORD_SUFFIX = "-demo-2026"
+DEMO_PASSWORD_SUFFIX = "-demo-2026"  # noqa: S105 - demo accounts' documented password, not a secret
 DEMO_USERS = [
     ("requester@demo.uhl", "Dr Priya Shah", Role.REQUESTER, "Respiratory Medicine", "0116 258 4000"),
     ("analyst@demo.uhl", "Sam Okafor", Role.ANALYST, "MBP Service Desk", "x18000"),
@@ -87,11 +87,16 @@ def demo_patients() -> list[dict[str, object]]:
 
 def _demo_patients() -> list[dict[str, object]]:
     rows = [
-        ("S1000001", "999000001", "SMITH", "Margaret", date(1948, 3, 14), "Female", "12 Welford Road", "Leicester", "LE2 7AA"),
-        ("S1000002", "999000002", "PATEL", "Ravi", date(1975, 11, 2), "Male", "4 Narborough Road", "Leicester", "LE3 0BQ"),
-        ("S1000003", "999000003", "O'BRIEN", "Siobhan", date(1990, 6, 30), "Female", "88 London Road", "Leicester", "LE2 0QS"),
-        ("S1000004", "999000004", "NOWAK", "Piotr", date(1962, 1, 9), "Male", "2 Loughborough Road", "Leicester", "LE4 5LE"),
-        ("S1000005", "999000005", "JONES", "Ellie", date(2012, 9, 21), "Female", "17 Hinckley Road", "Leicester", "LE3 0TE"),
+        ("S1000001", "999000001", "SMITH", "Margaret", date(1948, 3, 14), "Female",
+         "12 Welford Road", "Leicester", "LE2 7AA"),
+        ("S1000002", "999000002", "PATEL", "Ravi", date(1975, 11, 2), "Male",
+         "4 Narborough Road", "Leicester", "LE3 0BQ"),
+        ("S1000003", "999000003", "O'BRIEN", "Siobhan", date(1990, 6, 30), "Female",
+         "88 London Road", "Leicester", "LE2 0QS"),
+        ("S1000004", "999000004", "NOWAK", "Piotr", date(1962, 1, 9), "Male",
+         "2 Loughborough Road", "Leicester", "LE4 5LE"),
+        ("S1000005", "999000005", "JONES", "Ellie", date(2012, 9, 21), "Female",
+         "17 Hinckley Road", "Leicester", "LE3 0TE"),
     ]
     patients = []
     for s_number, stem, family, given, dob, gender, street, town, postcode in rows:

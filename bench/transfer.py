@@ -421,10 +421,8 @@ class Bench:
         stop(self.worker)
         stop(self.storescp)
         if self.redis_pid_file is not None and self.redis_pid_file.exists():
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 os.kill(int(self.redis_pid_file.read_text().strip()), signal.SIGTERM)
-            except (OSError, ValueError):
-                pass
 
 
 def _vm_hwm(pid: int) -> int:

@@ -25,7 +25,8 @@ S = Status
 def requests_made(app, client, login_as, pas_patients):
     """Three requests by one requester: Blue Light import, standard export, CD."""
     user = login_as("requester")
-    post_form(client, "/requests/new/import", {**valid_import(), "priority": "Blue Light", "priority_reason": "Theatre 14:00"})
+    post_form(client, "/requests/new/import",
+              {**valid_import(), "priority": "Blue Light", "priority_reason": "Theatre 14:00"})
     post_form(client, "/requests/new/export", valid_export())
     post_form(client, "/requests/new/cd", {**valid_cd(), "s_number": "S7654321", "nhs_number": "9990000026",
                                            "family_name": "Patel", "given_name": "Ravi", "dob": "1975-11-02"})
@@ -54,7 +55,8 @@ def _editor_token(browser, call_ref):
 
 
 def _save(browser, call_ref, version, token, **fields):
-    data = {"csrf_token": token, "version": version, "status": fields.pop("status", _req(call_ref).status.value), **fields}
+    data = {"csrf_token": token, "version": version,
+            "status": fields.pop("status", _req(call_ref).status.value), **fields}
     return browser.post(f"/desk/requests/{call_ref}/edit", data=data, headers={"HX-Request": "true"})
 
 
@@ -152,13 +154,14 @@ def test_inline_edit_answers_with_the_updated_row(requests_made, analyst):
                      date_imaging_sent="2026-11-01")
     html = response.get_data(as_text=True)
     assert response.status_code == 200
-    row = re.search(rf'<template>\s*<tr id="row-{ref}"[^>]*hx-swap-oob="true".*?</tr>\s*</template>', html, re.S).group(0)
+    row = re.search(rf'<template>\s*<tr id="row-{ref}"[^>]*hx-swap-oob="true".*?</tr>\s*</template>',
+                    html, re.S).group(0)
     assert "Accepted" in row and user.name in row
     req = _req(ref)
     assert (req.status, req.assigned_to_id, req.mbp_call_ref, req.imaging_uploaded_by) == (
         S.ACCEPTED, user.id, "NTT-4411", "J Bloggs")
-    actions = list(db.session.scalars(sa.select(AuditEvent.detail).where(AuditEvent.request_id == req.id,
-                                                                         AuditEvent.action.in_(["edit", "status_change"]))))
+    actions = list(db.session.scalars(sa.select(AuditEvent.detail).where(
+        AuditEvent.request_id == req.id, AuditEvent.action.in_(["edit", "status_change"]))))
     assert f"{ref} New -> Accepted" in actions
     assert any("mbp_call_ref" in a and "assigned_to" in a for a in actions)
 
@@ -220,7 +223,8 @@ def _rows(html: str) -> list[str]:
 
 
 def _counts(html: str) -> dict[str, int]:
-    return {k.strip(): int(v) for k, v in re.findall(r'class="tab[^"]*"[^>]*>([^<]*)<span class="count">\((\d+)\)', html)}
+    tabs = re.findall(r'class="tab[^"]*"[^>]*>([^<]*)<span class="count">\((\d+)\)', html)
+    return {k.strip(): int(v) for k, v in tabs}
 
 
 def test_tabs_count_and_blue_light_sits_on_top_with_time_left(requests_made, analyst):
@@ -232,7 +236,8 @@ def test_tabs_count_and_blue_light_sits_on_top_with_time_left(requests_made, ana
     assert _counts(page) == {"Action Required": 3, "Accepted": 0, "In Progress": 0, "Failed": 0, "All": 3}
     transition(_req(refs[1]), S.ACCEPTED, actor_id=None)
     db.session.commit()
-    page = post_form(browser, "/desk", {"tab_choice": "accepted"}, headers={"HX-Request": "true"}).get_data(as_text=True)
+    page = post_form(browser, "/desk", {"tab_choice": "accepted"},
+                     headers={"HX-Request": "true"}).get_data(as_text=True)
     assert _rows(page) == [refs[1]]
     assert _counts(page)["Action Required"] == 2
 
@@ -261,7 +266,8 @@ SEARCHES = [
 ]
 
 
-@pytest.mark.parametrize(("field", "value", "expected"), SEARCHES, ids=[f"{f}-{i}" for i, (f, _v, _e) in enumerate(SEARCHES)])
+@pytest.mark.parametrize(("field", "value", "expected"), SEARCHES,
+                         ids=[f"{f}-{i}" for i, (f, _v, _e) in enumerate(SEARCHES)])
 def test_search_with_each_filter(requests_made, analyst, field, value, expected):
     _user, browser = analyst
     refs = requests_made[1]
@@ -285,7 +291,8 @@ def test_sorting_and_keyset_pages(app, requests_made, analyst, monkeypatch):
     second = post_form(browser, "/desk", {"tab": "all", "sort": "call_ref", "direction": "asc", "page_cursor": cursor},
                        headers={"HX-Request": "true"}).get_data(as_text=True)
     assert _rows(second) == [refs[2]]
-    flipped = post_form(browser, "/desk", {"tab": "all", "sort": "call_ref", "direction": "asc", "sort_choice": "call_ref"},
+    flipped = post_form(browser, "/desk",
+                        {"tab": "all", "sort": "call_ref", "direction": "asc", "sort_choice": "call_ref"},
                         headers={"HX-Request": "true"}).get_data(as_text=True)
     assert _rows(flipped) == [refs[0], refs[2]]
 
@@ -298,7 +305,8 @@ def test_poll_answers_204_when_nothing_changed_and_keeps_filters(requests_made, 
     html = browser.post("/desk/table", data={"tab": "all", "kind": "cd"}, headers=headers).get_data(as_text=True)
     assert _rows(html) == [refs[2]]
     stamp = re.search(r'name="stamp" value="([^"]+)"', html).group(1)
-    assert browser.post("/desk/table", data={"tab": "all", "kind": "cd", "stamp": stamp}, headers=headers).status_code == 204
+    data = {"tab": "all", "kind": "cd", "stamp": stamp}
+    assert browser.post("/desk/table", data=data, headers=headers).status_code == 204
     transition(_req(refs[2]), S.ACCEPTED, actor_id=None)
     db.session.commit()
     again = browser.post("/desk/table", data={"tab": "all", "kind": "cd", "stamp": stamp}, headers=headers)

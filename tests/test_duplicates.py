@@ -30,7 +30,8 @@ def requester(login_as, pas_patients):
 
 def submit(client, url: str, data: dict[str, str]) -> Request:
     response = post_form(client, url, data)
-    assert response.status_code == 302, re.findall(r'class="field-error"[^>]*>(.*?)</p>', response.get_data(as_text=True))
+    assert response.status_code == 302, re.findall(r'class="field-error"[^>]*>(.*?)</p>',
+                                                   response.get_data(as_text=True))
     call_ref = re.search(r"/requests/(IEP-\d{4}-\d{6})", response.headers["Location"]).group(1)
     return db.session.scalar(sa.select(Request).where(Request.call_ref == call_ref))
 
@@ -66,7 +67,8 @@ def test_same_exam_again_is_warned_and_not_saved(client, requester):
     assert f"You already requested the same examination for this patient: {earlier.call_ref} (status: New)" in warning
     assert f'href="/requests/{earlier.call_ref}"' in page
     # Beside the exam lines, with the box to submit anyway, unticked.
-    assert page.index('id="exam-lines"') < page.index('id="duplicate-warning"') < page.index('id="requesting_clinician"')
+    assert (page.index('id="exam-lines"') < page.index('id="duplicate-warning"')
+            < page.index('id="requesting_clinician"'))
     box = re.search(r'<input[^>]*name="confirm_duplicate"[^>]*>', page).group(0)
     assert 'type="checkbox"' in box and "checked" not in box
     assert CHECKBOX_LABEL in page
@@ -138,14 +140,16 @@ def test_import_and_export_of_the_same_exam_are_not_duplicates(client, requester
 )
 def test_same_description_is_a_duplicate(client, requester, description, code):
     earlier = submit(client, IMPORT, valid_import())
-    response = post_form(client, IMPORT, {**valid_import(), "exams-0-description": description, "exams-0-exam_code": code})
+    response = post_form(client, IMPORT,
+                         {**valid_import(), "exams-0-description": description, "exams-0-exam_code": code})
     assert response.status_code == 409
     assert earlier.call_ref in warning_text(response.get_data(as_text=True))
 
 
 def test_same_exam_code_is_a_duplicate_whatever_the_description(client, requester):
     earlier = submit(client, IMPORT, valid_import())  # CCAPC
-    response = post_form(client, IMPORT, {**valid_import(), "exams-0-description": "CT thorax", "exams-0-exam_code": "ccapc"})
+    response = post_form(client, IMPORT,
+                         {**valid_import(), "exams-0-description": "CT thorax", "exams-0-exam_code": "ccapc"})
     assert response.status_code == 409
     assert earlier.call_ref in warning_text(response.get_data(as_text=True))
 

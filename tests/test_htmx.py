@@ -42,7 +42,9 @@ def _is_page(html: str) -> bool:
 def bare() -> Flask:
     """A Flask app with two templates and nothing else: the helper needs only Flask."""
     app = Flask("htmx_unit")
-    app.jinja_loader = DictLoader({"page.html": "<!doctype html><p>page {{ n }}</p>", "_frag.html": "<p>frag {{ n }}</p>"})
+    app.jinja_loader = DictLoader(
+        {"page.html": "<!doctype html><p>page {{ n }}</p>", "_frag.html": "<p>frag {{ n }}</p>"}
+    )
     return app
 
 

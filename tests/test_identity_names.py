@@ -160,7 +160,7 @@ def test_names_decoded_by_the_gateway_compare_with_the_register(tmp_path, charse
     ids=["greek_name_mismatch_stops_the_import", "greek_name_match_delivers_the_import"],
 )
 def test_greek_names_through_the_engine(
-    app, client, login_as, make_user, pas_patients, nodes, orthanc, gateway, tmp_path, clean_queues,  # noqa: F811
+    app, client, login_as, make_user, pas_patients, nodes, orthanc, gateway, tmp_path, clean_queues,
     sent_family, delivered,
 ) -> None:
     login_as("requester")

@@ -56,7 +56,7 @@ class Inbox:
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001, ANN201, N802
         if address in self.refuse:
-            return "550 5.1.1 <%s>: recipient address rejected: user unknown" % address
+            return f"550 5.1.1 <{address}>: recipient address rejected: user unknown"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

@@ -50,7 +50,8 @@ def test_good_rows_load_and_bad_rows_are_named_by_line(runner, tmp_path):
 def test_import_again_updates_instead_of_duplicating(runner, tmp_path):
     first = _write(tmp_path, "S1000001,,SMITH,Margaret,1948-03-14,,12 Welford Road,,Leicester,,LE2 7AA\n", "a.csv")
     assert runner.invoke(args=["pas", "import", first]).exit_code == 0
-    second = _write(tmp_path, "S1000001,9990000018,SMITH,Margaret,1948-03-14,,3 New Street,,Leicester,,LE1 5AA\n", "b.csv")
+    second = _write(tmp_path, "S1000001,9990000018,SMITH,Margaret,1948-03-14,,3 New Street,,Leicester,,LE1 5AA\n",
+                    "b.csv")
     result = runner.invoke(args=["pas", "import", second])
     assert result.exit_code == 0 and "0 added, 1 updated, 0 rejected" in result.output
     patient = db.session.scalar(sa.select(Patient))

@@ -151,7 +151,9 @@ def test_refused_files_are_purged_15_days_after_arrival(refused, client, login_a
     by_id = {r.id: r for r in rows()}
     assert by_id[no_study.id].purged_at is not None and by_id[truncated.id].purged_at is None
     events = list(db.session.scalars(sa.select(AuditEvent).where(AuditEvent.action == Action.PURGE.value)))
-    assert [e.detail for e in events] == [f"quarantined file {no_study.id} (refused by the gateway) purged after 15 days"]
+    assert [e.detail for e in events] == [
+        f"quarantined file {no_study.id} (refused by the gateway) purged after 15 days"
+    ]
 
     login_as("analyst")
     page = text(client.get("/desk/arrivals").get_data(as_text=True))

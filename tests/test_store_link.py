@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.encaps import encapsulate
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import JPEGBaseline8Bit
 from pynetdicom import evt
 

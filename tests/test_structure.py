@@ -8,6 +8,7 @@ import ast
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +105,7 @@ def test_every_module_of_app_imports_on_its_own_in_a_fresh_interpreter():
 def test_no_area_of_app_imports_another_that_imports_it_back():
     graph = area_graph()
     cycle = find_cycle(graph)
-    where = [f"{a} -> {b} at {graph[a][b]}" for a, b in zip(cycle, cycle[1:])]
+    where = [f"{a} -> {b} at {graph[a][b]}" for a, b in pairwise(cycle)]
     assert cycle == [], "import cycle between areas: " + "; ".join(where)
 
 

@@ -5,6 +5,7 @@ real Redis, real Orthanc."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -88,10 +89,8 @@ def kill_pool(pool: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     except psutil.NoSuchProcess:
         family = []
     for proc in family:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(sig)
-        except psutil.NoSuchProcess:
-            pass
     pool.wait(timeout=60)
     if sig == signal.SIGKILL:
         psutil.wait_procs(family, timeout=10)
@@ -189,7 +188,9 @@ def test_redis_flushed_with_a_transfer_queued_is_requeued_by_the_reconciler(
     assert scu.send_files(orthanc.node, files, config=QUICK).ok
     login_as("requester")
     response = post_form(client, "/requests/new/export", valid_export())
-    req = db.session.scalar(sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0]))
+    req = db.session.scalar(
+        sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0])
+    )
     study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     transfer = service.create_transfer(request=req, direction=Direction.OUTBOUND, priority="Standard", source=pacs,
                                        dest=dest, study_uids=[study_uid], user_id=None)
@@ -220,7 +221,9 @@ def test_blue_light_starts_within_two_seconds_while_every_general_worker_is_busy
     study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     login_as("requester")
     response = post_form(client, "/requests/new/export", valid_export())
-    req = db.session.scalar(sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0]))
+    req = db.session.scalar(
+        sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0])
+    )
     busy = []
     for _ in range(4):  # four long transfers to the slow PACS: every general worker busy
         t = service.create_transfer(request=None, direction=Direction.OUTBOUND, priority="Standard", source=pacs,
@@ -244,7 +247,8 @@ def test_blue_light_starts_within_two_seconds_while_every_general_worker_is_busy
         db.session.commit()
         queued_at = time.monotonic()
         service.enqueue(blue)
-        wait_for(lambda: db.session.get(Transfer, blue.id).started_at is not None, 10, "the Blue Light transfer to start")
+        wait_for(lambda: db.session.get(Transfer, blue.id).started_at is not None, 10,
+                 "the Blue Light transfer to start")
         waited = time.monotonic() - queued_at
         assert waited < 2.0, f"Blue Light started after {waited:.2f} s"
         assert all(db.session.get(Transfer, t.id).state == TransferState.RUNNING.value for t in busy)
@@ -284,7 +288,9 @@ def test_watchdog_flags_a_transfer_that_stopped_moving_and_requeues_it(fault_app
 def _export(client, login_as, pacs_node, dest, study_uid: str, priority: str = "Standard") -> Transfer:
     login_as("requester")
     response = post_form(client, "/requests/new/export", valid_export())
-    req = db.session.scalar(sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0]))
+    req = db.session.scalar(
+        sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0])
+    )
     transfer = service.create_transfer(request=req, direction=Direction.OUTBOUND, priority=priority, source=pacs_node,
                                        dest=dest, study_uids=[study_uid], user_id=None)
     db.session.commit()
@@ -332,8 +338,10 @@ def test_closed_port_that_opens_later_is_delivered_by_the_pools_own_retry(
         page = client.get(f"/transfers/{transfer.id}").get_data(as_text=True)
         assert "Starts at" in page and "Waiting to retry" in page
         # The PACS comes up on that port; nobody touches the transfer; the pool retries it.
-        derby = orthanc_factory(aet="DERBYPACS", dicom_port=port, modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
-        done = wait_for(lambda: (t := db.session.get(Transfer, transfer.id)).state not in ("queued", "running", "verifying")
+        derby = orthanc_factory(aet="DERBYPACS", dicom_port=port,
+                                modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
+        done = wait_for(lambda: (t := db.session.get(Transfer, transfer.id)).state
+                        not in ("queued", "running", "verifying")
                         and t, 90, "the retry to finish")
     finally:
         kill_pool(pool)

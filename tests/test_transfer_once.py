@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -30,7 +30,9 @@ from tests.conftest import csrf_token
 from tests.forms_data import valid_export, valid_import
 from tests.test_transfers import LANES, _login, _request, clean_queues  # noqa: F401 (a fixture)
 
-STUDY_A, STUDY_B, STUDY_C = "1.2.826.0.1.3680043.8.498.101", "1.2.826.0.1.3680043.8.498.102", "1.2.826.0.1.3680043.8.498.103"
+STUDY_A, STUDY_B, STUDY_C = (
+    "1.2.826.0.1.3680043.8.498.101", "1.2.826.0.1.3680043.8.498.102", "1.2.826.0.1.3680043.8.498.103"
+)
 
 
 @pytest.fixture
@@ -210,7 +212,7 @@ def test_send_pressed_at_the_same_instant_from_two_browsers_makes_one_transfer(
     assert [r.status_code for r in responses] == [302, 302], [r.get_data(as_text=True)[:300] for r in responses]
     [transfer] = _transfers(export)
     assert all(r.headers["Location"].endswith(f"#transfer-{transfer.id}") for r in responses)
-    pages = [_flashes(b, r) for b, r in zip((one, two), responses)]
+    pages = [_flashes(b, r) for b, r in zip((one, two), responses, strict=True)]
     assert sum("Transfer of 2 studies queued." in p for p in pages) == 1
     assert sum(f"Transfer {transfer.id} of these studies to NUH Radiology PACS is already running" in p
                for p in pages) == 1
@@ -236,7 +238,7 @@ def test_two_study_sets_at_the_same_instant_one_is_asked_to_try_again_nothing_ha
 
     responses = _together(press(one, STUDY_A), press(two, STUDY_B))
     assert [getattr(r, "status_code", r) for r in responses] == [302, 302]
-    pages = [_flashes(b, r) for b, r in zip((one, two), responses)]
+    pages = [_flashes(b, r) for b, r in zip((one, two), responses, strict=True)]
     assert sum("Someone changed this request at the same moment, so nothing was started." in p for p in pages) == 1
     assert "lost a race (StaleDataError)" in caplog.text
     assert len(_transfers(export)) == 1 and _queued_jobs() == 1
@@ -280,7 +282,7 @@ def test_download_to_pacs_at_the_same_instant_makes_one_transfer(
     responses = _together(*[(lambda b=b: b.post(url, data={"csrf_token": tokens[b]})) for b in (one, two)])
     assert [getattr(r, "status_code", r) for r in responses] == [302, 302]
     [transfer] = _transfers(arrived)
-    pages = [_flashes(b, r) for b, r in zip((one, two), responses)]
+    pages = [_flashes(b, r) for b, r in zip((one, two), responses, strict=True)]
     assert sum("Download to PACS queued." in p for p in pages) == 1
     assert sum(f"Transfer {transfer.id} of these studies to PACS (UHLPACSWFM01) is already running" in p
                for p in pages) == 1
@@ -404,7 +406,7 @@ def _filler(column: sa.Column) -> object:
     if isinstance(column.type, sa.JSON):
         return []
     if isinstance(column.type, sa.DateTime):
-        return datetime.now(timezone.utc)
+        return datetime.now(UTC)
     return {int: 0, str: "", bool: False}[column.type.python_type]
 
 

@@ -40,7 +40,9 @@ def _export_request(client, login_as=None) -> Request:
     if login_as is not None:
         login_as("requester")
     response = post_form(client, "/requests/new/export", valid_export())
-    return db.session.scalar(sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0]))
+    return db.session.scalar(
+        sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0])
+    )
 
 
 class ScriptedPacs:
@@ -154,7 +156,8 @@ def test_a_partial_c_get_is_never_sent_and_retry_fetches_only_the_missing_instan
     assert f"Series 2 (AX T2), instance 4, SOP Instance UID {scripted.fourth.SOPInstanceUID}" in mail.body
     # The PACS is fixed; Retry fetches only that instance, and now everything is delivered.
     scripted.broken = False
-    token = am.get(f"/requests/{req.call_ref}").get_data(as_text=True).split('name="csrf_token" value="')[1].split('"')[0]
+    page = am.get(f"/requests/{req.call_ref}").get_data(as_text=True)
+    token = page.split('name="csrf_token" value="')[1].split('"')[0]
     assert am.post(f"/transfers/{transfer.id}/retry", data={"csrf_token": token}).status_code == 302
     pool = start_pool(fault_app, database_url, redis_url, LANES)
     try:
@@ -202,13 +205,15 @@ def test_a_pacs_frozen_mid_c_get_is_resumed_by_the_pool_and_nothing_is_lost(
             assert remote.count_instances() == 0  # nothing sent while incomplete
         finally:
             pacs_peer.proc.send_signal(signal.SIGCONT)
-        done = wait_for(lambda: (t := db.session.get(Transfer, transfer.id)).state not in ("queued", "running", "verifying")
+        done = wait_for(lambda: (t := db.session.get(Transfer, transfer.id)).state
+                        not in ("queued", "running", "verifying")
                         and t, 120, "the retry to finish")
     finally:
         kill_pool(pool)
     assert done.state == TransferState.DELIVERED.value, done.last_error
     assert len(remote.sop_uids(study_uid)) == 120 and done.instances_confirmed == 120
-    assert db.session.scalar(sa.select(sa.func.count(TransferItem.id)).where(TransferItem.transfer_id == transfer.id)) == 120
+    items = sa.select(sa.func.count(TransferItem.id)).where(TransferItem.transfer_id == transfer.id)
+    assert db.session.scalar(items) == 120
 
 
 def test_export_from_a_pacs_without_c_get_goes_by_c_move_to_staging_not_to_the_arrivals(
@@ -235,7 +240,9 @@ def test_export_from_a_pacs_without_c_get_goes_by_c_move_to_staging_not_to_the_a
     # An open import request for the same patient, with an exam on the study's date.
     login_as("requester")
     response = post_form(client, "/requests/new/import", {**valid_import(), "exams-0-exam_date": "2026-09-15"})
-    imp = db.session.scalar(sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0]))
+    imp = db.session.scalar(
+        sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0])
+    )
     transition(imp, Status.ACCEPTED, actor_id=None)
     db.session.commit()
     req = _export_request(client)  # the same requester
@@ -265,7 +272,9 @@ def _import_request(client, login_as, exam_date: str) -> Request:
 
     login_as("requester")
     response = post_form(client, "/requests/new/import", {**valid_import(), "exams-0-exam_date": exam_date})
-    req = db.session.scalar(sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0]))
+    req = db.session.scalar(
+        sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0])
+    )
     transition(req, Status.ACCEPTED, actor_id=None)
     db.session.commit()
     return req
@@ -289,18 +298,21 @@ def _run_inbound() -> None:
     from app.extensions import redis_conn
 
     conn = redis_conn()
-    SimpleWorker([Queue(n, connection=conn) for n in ("inbound-bluelight", "inbound")], connection=conn).work(burst=True)
+    queues = [Queue(n, connection=conn) for n in ("inbound-bluelight", "inbound")]
+    SimpleWorker(queues, connection=conn).work(burst=True)
 
 
 def test_a_push_cut_off_mid_study_is_not_downloaded_unless_the_analyst_sends_what_arrived(
     app, client, login_as, make_user, pas_patients, orthanc, gateway, tmp_path
 ):
     from pynetdicom import AE, StoragePresentationContexts
+    from rq import Queue
 
+    from app.extensions import redis_conn
     from app.transfers.models import RisEntry
 
     for name in ("inbound-bluelight", "inbound"):
-        __import__("rq").Queue(name, connection=__import__("app.extensions", fromlist=["redis_conn"]).redis_conn()).empty()
+        Queue(name, connection=redis_conn()).empty()
     upsert_node("UHLPACSWFM01", orthanc.node.ae_title, "127.0.0.1", orthanc.node.port, "local_pacs")
     db.session.commit()
     req = _import_request(client, login_as, "2026-09-16")
@@ -495,7 +507,8 @@ def test_a_pacs_that_takes_only_uncompressed_gets_converted_copies_or_nothing_at
 
     app.config["IEP_SETTINGS"].dicom_timeout_seconds = 10
     pacs_a = orthanc_factory(aet="SYNTAXC", modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
-    plain_b = orthanc_factory(aet="PLAINB", modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)}, extra=UNCOMPRESSED_ONLY)
+    plain_b = orthanc_factory(aet="PLAINB", modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)},
+                              extra=UNCOMPRESSED_ONLY)
     paths = plain_study(tmp_path / "src", 3, patient_id="S1234567")
     for path, syntax in zip(paths, [JPEG2000Lossless, JPEGLSLossless, RLELossless], strict=True):
         upload(pacs_a, recode(path, syntax))

@@ -27,13 +27,13 @@ LANES = ["outbound-bluelight", "outbound", "outbound-batch", "inbound-bluelight"
 
 
 @pytest.fixture(scope="module")
-def remote(orthanc_factory, gateway_port):  # noqa: F811
+def remote(orthanc_factory, gateway_port):
     """The other hospital's PACS (it knows our AE, as NUH's would)."""
     return orthanc_factory(aet="NUHPACS", modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
 
 
 @pytest.fixture
-def nodes(app, orthanc, remote, gateway_port):  # noqa: F811
+def nodes(app, orthanc, remote, gateway_port):
     settings = app.config["IEP_SETTINGS"]
     settings.gateway_port = gateway_port
     settings.dicom_timeout_seconds = 10
@@ -73,7 +73,7 @@ def _request(client, url, data) -> Request:
 
 
 def test_export_sends_every_instance_from_the_pacs_to_the_remote_node(
-    app, client, login_as, make_user, pas_patients, nodes, orthanc, remote, tmp_path, clean_queues  # noqa: F811
+    app, client, login_as, make_user, pas_patients, nodes, orthanc, remote, tmp_path, clean_queues
 ):
     study_files = make_study(tmp_path / "study", patient_id="S1234567", patient_name="SMITH^MARGARET",
                              birth_date="19480314", study_date="20261001", n_series=3, n_per_series=4,
@@ -150,7 +150,7 @@ def wait_until_complete(req: Request, seconds: float = 10.0) -> None:
     raise AssertionError("the gateway never saw the sender finish")
 
 
-def _pacs_tags(orthanc, study_uid):  # noqa: F811
+def _pacs_tags(orthanc, study_uid):
     hits = orthanc.rest_post("/tools/lookup", study_uid)
     study = next(h for h in hits if h["Type"] == "Study")
     instance = orthanc.rest(f"/studies/{study['ID']}/instances")[0]
@@ -158,7 +158,7 @@ def _pacs_tags(orthanc, study_uid):  # noqa: F811
 
 
 def test_import_pushed_by_storescu_lands_in_pacs_with_the_s_number_and_one_ris_entry(
-    app, client, login_as, make_user, pas_patients, nodes, orthanc, gateway, tmp_path, clean_queues  # noqa: F811
+    app, client, login_as, make_user, pas_patients, nodes, orthanc, gateway, tmp_path, clean_queues
 ):
     login_as("requester")
     req = _request(client, "/requests/new/import", {**valid_import(), "exams-0-exam_date": "2026-09-15",
@@ -198,7 +198,7 @@ def test_import_pushed_by_storescu_lands_in_pacs_with_the_s_number_and_one_ris_e
 
 
 def test_import_stops_when_the_senders_details_disagree_with_the_register(
-    app, client, login_as, make_user, pas_patients, nodes, orthanc, gateway, tmp_path, clean_queues  # noqa: F811
+    app, client, login_as, make_user, pas_patients, nodes, orthanc, gateway, tmp_path, clean_queues
 ):
     login_as("requester")
     req = _request(client, "/requests/new/import", valid_import())
@@ -226,7 +226,8 @@ def test_import_stops_when_the_senders_details_disagree_with_the_register(
 
 
 def test_destination_down_retries_then_fails_in_plain_words_and_retry_delivers(
-    app, client, login_as, make_user, pas_patients, nodes, orthanc, orthanc_factory, tmp_path, clean_queues, gateway_port  # noqa: F811
+    app, client, login_as, make_user, pas_patients, nodes, orthanc, orthanc_factory, tmp_path, clean_queues,
+    gateway_port,
 ):
     from tests.dicom_peers import free_port
 
@@ -336,7 +337,7 @@ def test_batch_transfers_wait_for_the_overnight_window(app, nodes, clean_queues)
     assert Queue("outbound-batch", connection=redis_conn()).job_ids == [db.session.get(Transfer, transfer.id).job_id]
 
 
-def test_node_register_page_cli_and_echo_button(app, client, login_as, make_user, runner, orthanc):  # noqa: F811
+def test_node_register_page_cli_and_echo_button(app, client, login_as, make_user, runner, orthanc):
     result = runner.invoke(args=["nodes", "add", "--name", "Test PACS", "--ae-title", orthanc.node.ae_title,
                                  "--host", "127.0.0.1", "--port", str(orthanc.node.port), "--role", "local_pacs"])
     assert result.exit_code == 0, result.output
@@ -357,7 +358,9 @@ def test_node_register_page_cli_and_echo_button(app, client, login_as, make_user
     assert "Answered in" in answer.get_data(as_text=True)
     upsert_node("Nobody home", "NOBODY", "127.0.0.1", 9, "remote")
     db.session.commit()
-    down_id = db.session.scalar(sa.select(sa.text("id")).select_from(sa.text("dicom_nodes")).where(sa.text("name = 'Nobody home'")))
+    down_id = db.session.scalar(
+        sa.select(sa.text("id")).select_from(sa.text("dicom_nodes")).where(sa.text("name = 'Nobody home'"))
+    )
     answer = am.post(f"/admin/nodes/{down_id}/echo", data={"csrf_token": token}, headers={"HX-Request": "true"})
     assert "connection refused" in answer.get_data(as_text=True).lower()
 
@@ -367,12 +370,13 @@ def test_requesters_cannot_start_or_steer_transfers(app, client, login_as, pas_p
     req = _request(client, "/requests/new/export", valid_export())
     token = csrf_token(client, f"/requests/{req.call_ref}")
     assert client.post(f"/requests/{req.call_ref}/pacs-search", data={"csrf_token": token}).status_code == 403
-    assert client.post(f"/requests/{req.call_ref}/transfers", data={"csrf_token": token, "study_uid": "1.2"}).status_code == 403
+    data = {"csrf_token": token, "study_uid": "1.2"}
+    assert client.post(f"/requests/{req.call_ref}/transfers", data=data).status_code == 403
     assert "Search the local PACS" not in client.get(f"/requests/{req.call_ref}").get_data(as_text=True)
 
 
 def test_direct_pull_from_the_other_hospital_lands_on_the_gateway_and_then_in_pacs(
-    app, client, login_as, make_user, pas_patients, nodes, orthanc, remote, tmp_path, clean_queues  # noqa: F811
+    app, client, login_as, make_user, pas_patients, nodes, orthanc, remote, tmp_path, clean_queues
 ):
     """The other institution exposes a node: search it, retrieve to the gateway (On IEP),
     then Download to PACS as for any arrival."""
@@ -386,7 +390,8 @@ def test_direct_pull_from_the_other_hospital_lands_on_the_gateway_and_then_in_pa
     req = _request(client, "/requests/new/import", {**valid_import(), "exams-0-exam_date": "2026-08-20"})
     analyst = _login(app, make_user, "analyst")
     token = csrf_token(analyst, f"/requests/{req.call_ref}")
-    found = analyst.post(f"/requests/{req.call_ref}/pacs-search", data={"csrf_token": token, "node_id": str(nodes[1].id)},
+    found = analyst.post(f"/requests/{req.call_ref}/pacs-search",
+                         data={"csrf_token": token, "node_id": str(nodes[1].id)},
                          headers={"HX-Request": "true"}).get_data(as_text=True)
     assert f'value="{study_uid}"' in found  # found by the NHS number the sender files under
     assert f'value="{_study_uid(own_id[0])}"' in found and "NUH555111" in found  # by name and birth date

@@ -8,7 +8,9 @@ from wtforms.validators import DataRequired, Email, Length
 class LoginForm(FlaskForm):
     email = EmailField(
         "NHS e-mail address",
-        validators=[DataRequired("Enter your e-mail address."), Email("Enter a valid e-mail address."), Length(max=254)],
+        validators=[
+            DataRequired("Enter your e-mail address."), Email("Enter a valid e-mail address."), Length(max=254)
+        ],
         render_kw={"autocomplete": "username", "autofocus": True},
     )
     password = PasswordField(

@@ -109,7 +109,8 @@ class Filters:
         if self.s_number:
             conds.append(Request.s_number == self.s_number.strip().upper())
         if self.institution:
-            conds.append(sa.func.lower(Request.institution_name).like(f"%{_escape(self.institution.lower())}%", escape="\\"))
+            pattern = f"%{_escape(self.institution.lower())}%"
+            conds.append(sa.func.lower(Request.institution_name).like(pattern, escape="\\"))
         if self.kind in {k.value for k in Kind}:
             conds.append(Request.kind == Kind(self.kind))
         if self.status in {s.value for s in Status}:
@@ -276,7 +277,8 @@ def unmatched_arrivals() -> int:
     from app.transfers.models import InboundStudy
 
     return db.session.scalar(
-        sa.select(sa.func.count(InboundStudy.id)).where(InboundStudy.request_id.is_(None), InboundStudy.purged_at.is_(None))
+        sa.select(sa.func.count(InboundStudy.id))
+        .where(InboundStudy.request_id.is_(None), InboundStudy.purged_at.is_(None))
     ) or 0
 
 

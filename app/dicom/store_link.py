@@ -222,7 +222,7 @@ class StoreLink:
         try:
             self._sock.sendall(self._associate_rq())
             kind, body = self._read_pdu()
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             self._close()
             raise to_failure(self._outcome(timed_out=True, timeout_seconds=timeouts.acse)) from None
         except (OSError, _Closed):
@@ -363,7 +363,7 @@ class StoreLink:
                 self._send_pdv(context_id, command, _COMMAND | _LAST)
                 self._send_data_set(fp, context_id, part10.size - part10.data_offset)
                 return self._read_response()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 self.abort()
                 seconds = self.config.timeouts.dimse
                 raise InstanceAbandoned(to_failure(self._outcome(timed_out=True, timeout_seconds=seconds))) \
@@ -386,7 +386,7 @@ class StoreLink:
 
     def _send_pdv(self, context_id: int, data: bytes, control: int) -> None:
         """Small data (a command set) in as many fragments as the peer's PDU allows."""
-        assert self._sock is not None
+        assert self._sock is not None  # noqa: S101 - narrows the type; an invariant, not a check
         for start in range(0, max(len(data), 1), self._fragment):
             piece = data[start:start + self._fragment]
             last = control & _LAST if start + self._fragment >= len(data) else 0
@@ -396,7 +396,7 @@ class StoreLink:
 
     def _send_data_set(self, fp: io.RawIOBase, context_id: int, remaining: int) -> None:
         """The data set, one PDU per `sendall`, read into the one reused buffer."""
-        assert self._sock is not None
+        assert self._sock is not None  # noqa: S101 - narrows the type; an invariant, not a check
         header = _PDATA_HEADER.size
         view = memoryview(self._buffer)
         while True:
@@ -461,7 +461,7 @@ class StoreLink:
         return kind, (header + body if kind in (ASSOCIATE_AC, ASSOCIATE_RJ, ABORT) else body)
 
     def _read_exact(self, n: int) -> bytes:
-        assert self._sock is not None
+        assert self._sock is not None  # noqa: S101 - narrows the type; an invariant, not a check
         chunks, left = [], n
         while left:
             chunk = self._sock.recv(left)

@@ -352,7 +352,8 @@ class ExportForm(RequestForm):
         render_kw={"list": "institutions", "autocomplete": "off"},
     )
     site_contact_name = StringField(
-        "Site contact name", validators=[_required("Enter the name of the person receiving the images."), Length(max=120)]
+        "Site contact name",
+        validators=[_required("Enter the name of the person receiving the images."), Length(max=120)],
     )
     site_contact_position = StringField(
         "Site contact position", validators=[_required("Enter their position."), Length(max=120)]

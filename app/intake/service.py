@@ -54,7 +54,7 @@ def create_request(form: RequestForm, requester: User, duplicate_of: Request | N
     All or nothing: the caller commits once; on any error it rolls back and nothing of
     the request is left behind.
     """
-    assert form.patient is not None, "validate() matches the patient first"
+    assert form.patient is not None, "validate() matches the patient first"  # noqa: S101 - an invariant (validate() ran), not a check
     kind = kind_of(form)
     req = Request(
         call_ref=next_call_ref(local_today().year),

@@ -74,7 +74,9 @@ class Progress:
             values["phase"] = values["phase"][:200]
         values = {**values, "progressed_at": utcnow(), "lease_until": utcnow() + self.lease}
         result = db.session.execute(
-            sa.update(Transfer).where(Transfer.id == self.transfer_id, Transfer.lease_token == self.token).values(**values)
+            sa.update(Transfer)
+            .where(Transfer.id == self.transfer_id, Transfer.lease_token == self.token)
+            .values(**values)
         )
         db.session.commit()
         if result.rowcount == 0:
@@ -108,7 +110,8 @@ def _totals(transfer: Transfer) -> None:
         ).where(TransferItem.transfer_id == transfer.id)
     ).one()
     transfer.instances_total, transfer.bytes_total = int(count), int(size)
-    transfer.instances_done, transfer.instances_confirmed, transfer.bytes_done = int(sent), int(confirmed), int(sent_bytes)
+    transfer.instances_done, transfer.instances_confirmed = int(sent), int(confirmed)
+    transfer.bytes_done = int(sent_bytes)
 
 
 # --- stages --------------------------------------------------------------------------------

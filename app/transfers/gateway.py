@@ -11,6 +11,7 @@ runs; the instance is then moved into the export's staging folder.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -48,9 +49,7 @@ def take_for_export(path: Path, meta: InstanceMeta) -> bool:
     folder = service.staging_dir(transfer_id) / meta.study_uid
     folder.mkdir(parents=True, exist_ok=True)
     os.replace(path, folder / Path(path).name)  # same file system: the data dir
-    try:
+    with contextlib.suppress(OSError):
         Path(path).parent.rmdir()  # the study's folder on the gateway, if this left it empty
-    except OSError:
-        pass
     log.info("instance for export transfer %s taken from the gateway into its staging", transfer_id)
     return True

@@ -70,7 +70,9 @@ def match_request(meta: InstanceMeta) -> Request | None:
         study_day = parse_date(meta.study_date)
         on_day = [
             r for r in candidates
-            if db.session.scalar(sa.select(ExamLine.id).where(ExamLine.request_id == r.id, ExamLine.exam_date == study_day))
+            if db.session.scalar(
+                sa.select(ExamLine.id).where(ExamLine.request_id == r.id, ExamLine.exam_date == study_day)
+            )
         ]
         candidates = on_day
     return candidates[0] if len(candidates) == 1 else None
@@ -98,7 +100,8 @@ def record_arrival(path: Path, meta: InstanceMeta) -> InboundStudy:
             if req is not None:
                 study.request = req
             db.session.add(study)
-        modalities = set(filter(None, (study.modalities or "").split(","))) | ({meta.modality} if meta.modality else set())
+        modalities = set(filter(None, (study.modalities or "").split(",")))
+        modalities |= {meta.modality} if meta.modality else set()
         study.modalities = ",".join(sorted(modalities))[:64]
         files = list(path.parent.glob("*.dcm"))
         study.instances = len(files)

@@ -23,9 +23,9 @@ from sqlalchemy.orm.exc import StaleDataError
 from app import audit
 from app.dicom.errors import DicomFailure
 from app.extensions import db, redis_conn
+from app.queues import job_context
 from app.requests.models import Request
 from app.requests.statuses import Priority, Status
-from app.queues import job_context
 from app.timeutil import aware, utcnow
 from app.transfers import engine, service
 from app.transfers.models import ACTIVE_STATES, InboundStudy, Transfer, TransferState
@@ -282,7 +282,8 @@ def reconcile() -> int:
                 values |= {"stalled": True, "phase": "Stalled: re-queued by the watchdog"}
             cleared = db.session.execute(
                 sa.update(Transfer)
-                .where(Transfer.id == transfer.id, Transfer.job_id == transfer.job_id, Transfer.state.in_(ACTIVE_STATES),
+                .where(Transfer.id == transfer.id, Transfer.job_id == transfer.job_id,
+                       Transfer.state.in_(ACTIVE_STATES),
                        sa.or_(Transfer.lease_until.is_(None), Transfer.lease_until < now))
                 .values(**values),
                 execution_options={"synchronize_session": False},
@@ -317,7 +318,8 @@ def purge_gateway() -> int:
             study.purged_at = utcnow()
             req = study.request
             audit.record(audit.Action.PURGE, request_id=req.id if req else None, user_id=None, actor="desk",
-                         detail=f"gateway copy of a study purged ({'delivered' if study.delivered_at else study.purge_reason[:200]})")
+                         detail="gateway copy of a study purged "
+                                f"({'delivered' if study.delivered_at else study.purge_reason[:200]})")
             if study.delivered_at is None:
                 advance(req, Status.PURGED, actor_id=None, note="Gateway copies removed after 15 days.")
             db.session.commit()

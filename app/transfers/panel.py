@@ -26,7 +26,9 @@ class Panel:
 
 
 def panel_for(req: Request) -> Panel:
-    transfers = list(db.session.scalars(sa.select(Transfer).where(Transfer.request_id == req.id).order_by(Transfer.id.desc())))
+    transfers = list(db.session.scalars(
+        sa.select(Transfer).where(Transfer.request_id == req.id).order_by(Transfer.id.desc())
+    ))
     inbound = list(db.session.scalars(sa.select(InboundStudy).where(InboundStudy.request_id == req.id)))
     role = NodeRole.REMOTE if req.kind == Kind.IMPORT else NodeRole.LOCAL_PACS
     nodes = list(db.session.scalars(sa.select(DicomNode).where(DicomNode.role == role.value, DicomNode.active)

@@ -55,7 +55,9 @@ def _nodes(*roles: NodeRole) -> list[DicomNode]:
 def nodes():
     """The DICOM node register, with a form to add one."""
     errors: dict[str, str] = {}
-    values = {k: (request.form.get(k) or "").strip() for k in ("name", "ae_title", "host", "port", "role", "institution")}
+    values = {
+        k: (request.form.get(k) or "").strip() for k in ("name", "ae_title", "host", "port", "role", "institution")
+    }
     if request.method == "POST":
         if not values["name"]:
             errors["name"] = "Give the node a name."
@@ -134,7 +136,8 @@ def pacs_search(call_ref: str):
                 if criteria is None:
                     continue
                 for study in scu.find_studies(
-                    service.as_node(node), **criteria, date_from=_date(form["date_from"]), date_to=_date(form["date_to"]),
+                    service.as_node(node), **criteria,
+                    date_from=_date(form["date_from"]), date_to=_date(form["date_to"]),
                     modality=form["modality"] or None, description=form["description"] or None,
                     accession=form["accession"] or None, config=service.ae_config(),
                 ):
@@ -384,7 +387,8 @@ def arrivals():
     the instances the gateway refused."""
     if request.method == "POST":
         study = db.session.get(InboundStudy, request.form.get("study_id", type=int) or 0) or abort(404)
-        req = db.session.scalar(sa.select(Request).where(Request.call_ref == (request.form.get("call_ref") or "").strip().upper()))
+        call_ref = (request.form.get("call_ref") or "").strip().upper()
+        req = db.session.scalar(sa.select(Request).where(Request.call_ref == call_ref))
         if req is None or req.kind != Kind.IMPORT:
             flash("No import request has that call reference.", "error")
         else:

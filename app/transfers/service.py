@@ -91,7 +91,7 @@ class TransferUnderWay(Exception):
 
 def study_key(study_uids: list[str]) -> str:
     """The study set as a key: sha1 of the sorted, de-duplicated Study Instance UIDs."""
-    return hashlib.sha1("\n".join(sorted(set(study_uids))).encode("utf-8")).hexdigest()
+    return hashlib.sha1("\n".join(sorted(set(study_uids))).encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
 def unfinished_twin(
@@ -268,7 +268,8 @@ def arrival_state(study: InboundStudy, now: datetime | None = None) -> tuple[boo
             return False, (f"arriving: {count} so far; the sender's connection broke off at "
                            f"{last.astimezone(LONDON):%H:%M} (ask them to send it again)")
         if now - last >= quiet:
-            return True, f"complete: {count} (the sender finished at {aware(study.sender_done_at).astimezone(LONDON):%H:%M})"
+            finished = aware(study.sender_done_at).astimezone(LONDON)
+            return True, f"complete: {count} (the sender finished at {finished:%H:%M})"
     return False, f"arriving: {count} so far (the last at {last.astimezone(LONDON):%H:%M:%S})"
 
 

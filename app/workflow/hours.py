@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
-
 from app.timeutil import LONDON, as_local, is_bank_holiday
 
 # Guideline 2.9: "Normal working hours are 08:00 to 17:30 (Monday to Friday)",

@@ -366,7 +366,7 @@ def deliver(outbox_id: int) -> str:
             log.info("%s mail %s: nothing to do (%s)", job_label(), outbox_id, status or "no such row")
             return status or "missing"
         row = db.session.get(OutboxEmail, outbox_id)
-        assert row is not None
+        assert row is not None  # noqa: S101 - narrows the type; an invariant, not a check
         call_ref = ""
         if row.request_id is not None:
             call_ref = db.session.scalar(sa.select(Request.call_ref).where(Request.id == row.request_id)) or ""
