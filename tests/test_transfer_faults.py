@@ -91,7 +91,16 @@ def kill_pool(pool: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     for proc in family:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.send_signal(sig)
-    pool.wait(timeout=60)
+    try:
+        pool.wait(timeout=120)  # a warm shutdown lets a job in hand finish
+    except subprocess.TimeoutExpired:
+        # Say which process would not stop (the next person needs to know), then clean up.
+        alive = [f"{p.pid} {' '.join(p.cmdline()[-3:])}" for p in family if p.is_running()]
+        for proc in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        pool.wait(timeout=30)
+        raise AssertionError(f"the pool did not stop on signal {sig} within 120 s; still running: {alive}") from None
     if sig == signal.SIGKILL:
         psutil.wait_procs(family, timeout=10)
 
