@@ -74,6 +74,26 @@ def _child(target: Callable[..., None], args: tuple[object, ...]) -> None:
     target(*args)
 
 
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; a long-running child polls it.
+
+    A plain attribute, not a threading.Event: Event.set() takes a non-reentrant lock, and
+    a signal handler that runs while the main thread holds it (inside Event.wait) waits
+    for ever — a pool that would not stop on SIGTERM, seen in the fault tests.
+    """
+
+    def __init__(self) -> None:
+        self.stopped = False
+        signal.signal(signal.SIGTERM, self._set)
+        signal.signal(signal.SIGINT, self._set)
+
+    def _set(self, *_: object) -> None:
+        self.stopped = True
+
+    def __bool__(self) -> bool:
+        return self.stopped
+
+
 def run_worker(queues: list[str], name: str) -> None:
     """One RQ worker process: its own app, its own database and Redis connections."""
     from rq import Worker
@@ -113,7 +133,6 @@ def run_gateway(name: str) -> None:
     if recording fails, the sender is told to try again (0xA700), so nothing is lost.
     Each refused (quarantined) instance is recorded too, for the desk's Arrivals page.
     """
-    import threading
 
     from app.dicom.scp import GatewaySCP
     from app.transfers import service
@@ -132,13 +151,12 @@ def run_gateway(name: str) -> None:
                      on_quarantined=in_app_context(app, record_quarantined),
                      on_sender_done=in_app_context(app, record_sender_done), config=service_config(app),
                      bind=settings.gateway_bind)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = _StopFlag()
     scp.start()
     log.info("%s: gateway %s listening on %s:%s", name, settings.gateway_ae_title, settings.gateway_bind,
              settings.gateway_port)
-    stop.wait()
+    while not stop:
+        time.sleep(0.5)
     scp.stop()
 
 
@@ -156,19 +174,16 @@ def run_dispatcher(name: str) -> None:
     RQ's own scheduler is not used for this: it promotes a scheduled job only from a
     worker listening to that job's queue, so a lane without one never ran its retries.
     """
-    import threading
 
     from app.transfers import jobs
 
     app = create_app()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop = _StopFlag()
     with app.app_context():
         db.engine.dispose()
     last_reconcile = 0.0
     failing = False
-    while not stop.is_set():
+    while not stop:
         with app.app_context():
             try:
                 jobs.dispatch_due()
@@ -184,7 +199,7 @@ def run_dispatcher(name: str) -> None:
                 failing = True
             finally:
                 db.session.remove()
-        stop.wait(DISPATCH_EVERY)
+        time.sleep(DISPATCH_EVERY)
 
 
 def service_config(app):  # noqa: ANN001, ANN201
