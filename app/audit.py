@@ -15,7 +15,7 @@ import sqlalchemy.orm as so
 from flask import has_request_context, request
 from flask_login import current_user
 
-from app.extensions import db
+from app.extensions import Model, db
 from app.timeutil import utcnow
 
 
@@ -36,7 +36,7 @@ class Action(enum.StrEnum):
     PAS_IMPORT = "pas_import"
 
 
-class AuditEvent(db.Model):
+class AuditEvent(Model):
     __tablename__ = "audit_events"
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import sqlalchemy as sa
 from flask import Flask, current_app
 from flask_login import LoginManager
@@ -29,6 +31,14 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base)
+
+# The base of every model. At run time it is db.Model (our Base with Flask-SQLAlchemy's
+# mixins, bound to `db`). mypy cannot take an attribute as a base class (python/mypy#8603:
+# "Name db.Model is not defined"), so to the checker it is the declarative Base it derives from.
+if TYPE_CHECKING:
+    Model = Base
+else:
+    Model = db.Model
 
 
 @sa.event.listens_for(sa.engine.Engine, "connect")

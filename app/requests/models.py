@@ -9,7 +9,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from app.auth.models import User
-from app.extensions import db
+from app.extensions import Model
 from app.requests.statuses import Kind, Priority, Status
 from app.timeutil import utcnow
 
@@ -32,7 +32,7 @@ def str_enum(enum_cls: type, name: str, length: int = 20) -> sa.Enum:
     )
 
 
-class Institution(db.Model):
+class Institution(Model):
     """An NHS or private hospital we exchange images with."""
 
     __tablename__ = "institutions"
@@ -45,7 +45,7 @@ class Institution(db.Model):
         return f"<Institution {self.id}>"
 
 
-class CallRefCounter(db.Model):
+class CallRefCounter(Model):
     """The last call reference number issued in a year."""
 
     __tablename__ = "call_ref_counters"
@@ -54,7 +54,7 @@ class CallRefCounter(db.Model):
     last: so.Mapped[int] = so.mapped_column(default=0)
 
 
-class Request(db.Model):
+class Request(Model):
     """One import, export, CD-import or trauma request, from submission to completion.
 
     Columns common to every kind come first; kind-specific ones are nullable. The
@@ -184,7 +184,7 @@ class Request(db.Model):
         return f"<Request {self.call_ref}>"
 
 
-class ExamLine(db.Model):
+class ExamLine(Model):
     """One examination asked for: its date, what it is, and its exam code if known."""
 
     __tablename__ = "exam_lines"

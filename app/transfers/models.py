@@ -14,7 +14,7 @@ from datetime import date, datetime
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from app.extensions import db
+from app.extensions import Model
 from app.requests.models import Institution, Request, str_enum
 from app.requests.statuses import Priority
 from app.timeutil import utcnow
@@ -30,7 +30,7 @@ class NodeRole(enum.StrEnum):
         return {"local_pacs": "Local PACS", "gateway": "Exchange gateway", "remote": "Remote hospital"}[self.value]
 
 
-class DicomNode(db.Model):
+class DicomNode(Model):
     __tablename__ = "dicom_nodes"
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
@@ -84,7 +84,7 @@ UNFINISHED_STATES = (*ACTIVE_STATES, TransferState.WAITING_CONFIRMATION)
 _UNFINISHED_SQL = sa.text("state IN (" + ", ".join(f"'{s.value}'" for s in UNFINISHED_STATES) + ")")
 
 
-class Transfer(db.Model):
+class Transfer(Model):
     __tablename__ = "transfers"
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
@@ -160,7 +160,7 @@ class Transfer(db.Model):
         return self.state in UNFINISHED_STATES
 
 
-class TransferItem(db.Model):
+class TransferItem(Model):
     """One instance of a transfer: where its file is, and how far it got."""
 
     __tablename__ = "transfer_items"
@@ -185,7 +185,7 @@ class TransferItem(db.Model):
     error: so.Mapped[str] = so.mapped_column(sa.String(300), default="")
 
 
-class InboundStudy(db.Model):
+class InboundStudy(Model):
     """A study received by the gateway SCP, matched (or not) to an import request."""
 
     __tablename__ = "inbound_studies"
@@ -221,7 +221,7 @@ class InboundStudy(db.Model):
     request: so.Mapped[Request | None] = so.relationship()
 
 
-class RisEntry(db.Model):
+class RisEntry(Model):
     """One imported examination recorded on RIS (guideline 2.3 f): unique per study."""
 
     __tablename__ = "ris_entries"

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from app import audit
-from app.extensions import db
+from app.extensions import Model, db
 from app.timeutil import utcnow
 
 log = logging.getLogger("iep.gateway")
@@ -25,7 +25,7 @@ log = logging.getLogger("iep.gateway")
 QUARANTINE_KEEP = timedelta(days=15)
 
 
-class QuarantinedFile(db.Model):
+class QuarantinedFile(Model):
     """An instance the gateway refused (malformed, missing attributes, not DICOM)."""
 
     __tablename__ = "quarantined_files"

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from app.auth.models import User
-from app.extensions import db
+from app.extensions import Model
 from app.timeutil import utcnow
 
 
@@ -20,7 +20,7 @@ class MessageKind(enum.StrEnum):
     SYSTEM = "system"  # written by the desk itself (status changes, notices)
 
 
-class Message(db.Model):
+class Message(Model):
     __tablename__ = "messages"
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
@@ -47,7 +47,7 @@ class OutboxStatus(enum.StrEnum):
     FAILED = "failed"  # refused for good, or given up after MAX_ATTEMPTS: the desk sends it again
 
 
-class OutboxEmail(db.Model):
+class OutboxEmail(Model):
     """An e-mail to send. Rows stay until sent; a failed send is retried, never lost. A
     mail the server refuses for good (or that failed for a day) waits as `failed` on the
     desk's "E-mail not delivered" page until someone sends it again."""
