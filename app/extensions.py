@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import sqlalchemy as sa
 from flask import Flask, current_app
@@ -11,7 +11,7 @@ from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import CSRFProtect
 from redis import Redis
-from sqlalchemy import MetaData
+from sqlalchemy import CursorResult, MetaData
 from sqlalchemy.orm import DeclarativeBase
 
 from app.embedded_redis import ensure_embedded_redis
@@ -39,6 +39,12 @@ if TYPE_CHECKING:
     Model = Base
 else:
     Model = db.Model
+
+
+def rowcount(result: sa.Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched. `Session.execute` is typed to return a Result;
+    for these statements it is a CursorResult, the class that has `rowcount`."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 @sa.event.listens_for(sa.engine.Engine, "connect")

@@ -23,7 +23,7 @@ from app.dicom.errors import DicomFailure
 from app.dicom.fixup import compare_with_register, fix_up, parse_date
 from app.dicom.scp import read_meta
 from app.dicom.store_link import PRIORITY_HIGH, PRIORITY_MEDIUM
-from app.extensions import db
+from app.extensions import db, rowcount
 from app.requests.statuses import Priority, Status
 from app.timeutil import utcnow
 from app.transfers import service
@@ -79,7 +79,7 @@ class Progress:
             .values(**values)
         )
         db.session.commit()
-        if result.rowcount == 0:
+        if rowcount(result) == 0:
             raise LeaseLost(self.transfer_id)
 
     def cancelled(self) -> bool:

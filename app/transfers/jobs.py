@@ -22,7 +22,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from app import audit
 from app.dicom.errors import DicomFailure
-from app.extensions import db, redis_conn
+from app.extensions import db, redis_conn, rowcount
 from app.queues import job_context
 from app.requests.models import Request
 from app.requests.statuses import Priority, Status
@@ -57,7 +57,7 @@ def _take_lease(transfer_id: int, token: str) -> bool:
         execution_options={"synchronize_session": False},
     )
     db.session.commit()
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def _release(transfer_id: int, token: str) -> None:
@@ -280,14 +280,14 @@ def reconcile() -> int:
             values: dict[str, object] = {"job_id": "", "state": TransferState.QUEUED}
             if transfer.state != TransferState.QUEUED:
                 values |= {"stalled": True, "phase": "Stalled: re-queued by the watchdog"}
-            cleared = db.session.execute(
+            cleared = rowcount(db.session.execute(
                 sa.update(Transfer)
                 .where(Transfer.id == transfer.id, Transfer.job_id == transfer.job_id,
                        Transfer.state.in_(ACTIVE_STATES),
                        sa.or_(Transfer.lease_until.is_(None), Transfer.lease_until < now))
                 .values(**values),
                 execution_options={"synchronize_session": False},
-            ).rowcount
+            ))
             db.session.commit()
             if not cleared:
                 continue

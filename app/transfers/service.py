@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.dicom.ae import AEConfig, Node, Timeouts
-from app.extensions import db
+from app.extensions import db, rowcount
 from app.queues import queue
 from app.requests.models import Request
 from app.requests.statuses import Priority, Status
@@ -223,12 +223,12 @@ def enqueue(transfer: Transfer) -> str | None:
         return None
     seen = transfer.job_id
     job_id = f"transfer-{transfer.id}-{uuid.uuid4().hex[:10]}"
-    claimed = db.session.execute(
+    claimed = rowcount(db.session.execute(
         sa.update(Transfer)
         .where(Transfer.id == transfer.id, Transfer.state == TransferState.QUEUED, Transfer.job_id == seen)
         .values(job_id=job_id),
         execution_options={"synchronize_session": False},
-    ).rowcount
+    ))
     db.session.commit()
     if claimed != 1:
         db.session.refresh(transfer)

@@ -45,7 +45,7 @@ import sqlalchemy.orm as so
 from flask import has_app_context, render_template
 from redis.exceptions import RedisError
 
-from app.extensions import db
+from app.extensions import db, rowcount
 from app.queues import MAINTENANCE, job_context, job_label, queue
 from app.requests.models import Request
 from app.timeutil import utcnow
@@ -307,7 +307,7 @@ def _short_error(exc: BaseException, smtp: dict[str, str]) -> str:
 def _claim(outbox_id: int) -> bool:
     """Take the row for one send attempt if it is pending and due (commits)."""
     now = utcnow()
-    claimed = db.session.execute(
+    claimed = rowcount(db.session.execute(
         sa.update(OutboxEmail)
         .where(
             OutboxEmail.id == outbox_id,
@@ -316,7 +316,7 @@ def _claim(outbox_id: int) -> bool:
         )
         .values(next_attempt_at=now + LEASE)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    ))
     db.session.commit()
     return bool(claimed)
 
