@@ -24,10 +24,12 @@ from app.dicom.fixup import compare_with_register, fix_up, parse_date
 from app.dicom.scp import read_meta
 from app.dicom.store_link import PRIORITY_HIGH, PRIORITY_MEDIUM
 from app.extensions import db, rowcount
+from app.requests.models import Request
 from app.requests.statuses import Priority, Status
 from app.timeutil import utcnow
 from app.transfers import service
 from app.transfers.models import (
+    DicomNode,
     Direction,
     InboundStudy,
     RisEntry,
@@ -70,8 +72,8 @@ class Progress:
         if not force and now - self.last < self.INTERVAL:
             return
         self.last = now
-        if isinstance(values.get("phase"), str):
-            values["phase"] = values["phase"][:200]
+        if isinstance(phase := values.get("phase"), str):
+            values["phase"] = phase[:200]
         values = {**values, "progressed_at": utcnow(), "lease_until": utcnow() + self.lease}
         result = db.session.execute(
             sa.update(Transfer)
@@ -114,6 +116,27 @@ def _totals(transfer: Transfer) -> None:
     transfer.bytes_done = int(sent_bytes)
 
 
+def _source(transfer: Transfer) -> DicomNode:
+    """The node an export or a pull retrieves from (`create_transfer` is given one for both)."""
+    if transfer.source_node is None:
+        raise ValueError(f"transfer {transfer.id} ({transfer.direction}) names no source node")
+    return transfer.source_node
+
+
+def _dest(transfer: Transfer) -> DicomNode:
+    """The node an export or an import sends to (`create_transfer` is given one for both)."""
+    if transfer.dest_node is None:
+        raise ValueError(f"transfer {transfer.id} ({transfer.direction}) names no destination node")
+    return transfer.dest_node
+
+
+def _request(transfer: Transfer) -> Request:
+    """The request an import belongs to: its register details and S number are the fix-up's."""
+    if transfer.request is None:
+        raise ValueError(f"transfer {transfer.id} ({transfer.direction}) belongs to no request")
+    return transfer.request
+
+
 # --- stages --------------------------------------------------------------------------------
 
 
@@ -124,7 +147,7 @@ def _listed(transfer: Transfer, study_uid: str, progress: Progress) -> list[Tran
     items = [i for i in _items(transfer.id, study_uid=study_uid) if not i.sop_uid.startswith(("report-", "fixed-"))]
     if items:
         return items
-    node = transfer.source_node
+    node = _source(transfer)
     progress.beat(force=True, phase=f"Listing the study's instances on {node.name}")
     listed = scu.list_instances(service.as_node(node), study_uid, config=service.ae_config())
     if not listed:
@@ -173,7 +196,7 @@ def fetch_study(transfer: Transfer, study_uid: str, folder: Path, progress: Prog
     response. Raises DicomFailure "incomplete" (retryable) naming each instance still
     missing, with the source's own word for it. Returns the files newly arrived, which
     `on_arrived` also gets (before any raise)."""
-    node = transfer.source_node
+    node = _source(transfer)
     items = _listed(transfer, study_uid, progress)
     missing = [i for i in items if not i.path]
     if not missing:
@@ -311,8 +334,8 @@ def send_items(transfer: Transfer, progress: Progress, items: list[TransferItem]
     # The rows' plain values, read in one SELECT (no IN list: SQLite caps its parameters):
     # the objects are usually expired by an earlier commit, and touching each one would
     # cost a SELECT per instance (400 of them took a quarter of a 400-instance send's time,
-    # measured with cProfile).
-    keys = [sa.inspect(item).identity[0] for item in items]
+    # measured with cProfile). Each item was loaded from the database, so each has an identity.
+    keys = [identity[0] for item in items if (identity := sa.inspect(item).identity) is not None]
     found = {row.id: row for row in db.session.execute(
         sa.select(TransferItem.id, TransferItem.path, TransferItem.size).where(
             TransferItem.transfer_id == transfer.id))}
@@ -344,7 +367,7 @@ def send_items(transfer: Transfer, progress: Progress, items: list[TransferItem]
 
     try:
         result = scu.send_files(
-            service.as_node(transfer.dest_node), [row.path for row in rows], config=service.ae_config(),
+            service.as_node(_dest(transfer)), [row.path for row in rows], config=service.ae_config(),
             on_progress=on_progress, should_cancel=progress.cancelled,
             # Blue Light goes as a HIGH-priority C-STORE: a PACS that queues by priority files it first.
             priority=PRIORITY_HIGH if transfer.priority == Priority.BLUE_LIGHT else PRIORITY_MEDIUM,
@@ -357,12 +380,12 @@ def send_items(transfer: Transfer, progress: Progress, items: list[TransferItem]
     mark_through(result.sent + len(result.failed))
     by_path = {row.path: row.id for row in rows}
     failed_ids = []
-    for failure in result.failed:
-        item_id = by_path.get(str(failure.path))
+    for refused in result.failed:
+        item_id = by_path.get(str(refused.path))
         if item_id is not None:
             failed_ids.append(item_id)
             db.session.execute(sa.update(TransferItem).where(TransferItem.id == item_id)
-                               .values(sent=False, error=failure.plain[:300]),
+                               .values(sent=False, error=refused.plain[:300]),
                                execution_options={"synchronize_session": False})
     db.session.commit()
     if result.cancelled:
@@ -385,7 +408,8 @@ def verify(transfer: Transfer, progress: Progress) -> int:
     """Ask the destination which instances it holds (C-FIND, image level); mark them
     confirmed; unconfirmed ones go back to unsent. Returns how many are missing."""
     progress.beat(force=True, state=TransferState.VERIFYING, phase="Checking the destination holds every instance")
-    dest = service.as_node(transfer.dest_node)
+    node = _dest(transfer)
+    dest = service.as_node(node)
     missing = 0
     for study_uid in sorted({i.study_uid for i in _items(transfer.id)}):
         held = {sop for _series, sop in scu.find_instances(dest, study_uid, config=service.ae_config())}
@@ -396,7 +420,7 @@ def verify(transfer: Transfer, progress: Progress) -> int:
                 item.error = ""
             else:
                 item.sent = False
-                item.error = f"not found at {transfer.dest_node.name} after sending"
+                item.error = f"not found at {node.name} after sending"
                 missing += 1
     db.session.commit()
     return missing
@@ -416,13 +440,13 @@ def run_outbound(transfer: Transfer, progress: Progress) -> None:
     _step(transfer, Status.UPLOADING)
     stage_from_source(transfer, progress)
     add_report(transfer)
-    _deliver(transfer, progress, "Sending to " + transfer.dest_node.name)
+    _deliver(transfer, progress, "Sending to " + _dest(transfer).name)
 
 
 def run_inbound(transfer: Transfer, progress: Progress) -> None:
     """Import: gateway copies -> fixed-up copies -> local PACS, verified, then RIS."""
-    req = transfer.request
     _step(transfer, Status.DOWNLOADING)
+    req = _request(transfer)
     inbound = list(db.session.scalars(sa.select(InboundStudy).where(InboundStudy.study_uid.in_(transfer.study_uids))))
     if not transfer.mismatch_accepted:
         register = {"family_name": req.patient.family_name, "given_name": req.patient.given_name,
@@ -458,7 +482,7 @@ def run_inbound(transfer: Transfer, progress: Progress) -> None:
         for study in inbound:
             study.delivered_at = study.delivered_at or now
 
-    _deliver(transfer, progress, "Storing to " + transfer.dest_node.name, before_delivered=on_ris)
+    _deliver(transfer, progress, "Storing to " + _dest(transfer).name, before_delivered=on_ris)
 
 
 def run_pull(transfer: Transfer, progress: Progress) -> None:
@@ -469,7 +493,7 @@ def run_pull(transfer: Transfer, progress: Progress) -> None:
     for what is missing, or fails naming it."""
     from app.transfers.inbound import record_arrival
 
-    node = transfer.source_node
+    node = _source(transfer)
 
     def record(paths: list[Path]) -> None:
         for path in paths:
@@ -560,7 +584,7 @@ def record_ris_entries(transfer: Transfer) -> int:
     Exam code: the request's exam line for that date, if any. Event date: the date the
     images were acquired (the study date), never the transfer date.
     """
-    req = transfer.request
+    req = _request(transfer)
     made = 0
     for study in db.session.scalars(sa.select(InboundStudy).where(InboundStudy.study_uid.in_(transfer.study_uids))):
         if db.session.scalar(sa.select(RisEntry.id).where(RisEntry.study_uid == study.study_uid)):

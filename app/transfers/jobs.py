@@ -90,7 +90,8 @@ def run_transfer(transfer_id: int) -> str:
 
 
 def _run(transfer_id: int, token: str) -> str:
-    transfer = db.session.get(Transfer, transfer_id)
+    # get_one: we hold the lease on this row, and transfers are never deleted.
+    transfer = db.session.get_one(Transfer, transfer_id)
     if transfer.cancel_requested:
         return _finish_cancelled(transfer)
     transfer.state = TransferState.RUNNING
@@ -109,10 +110,10 @@ def _run(transfer_id: int, token: str) -> str:
         return "taken over"
     except engine.Cancelled:
         db.session.rollback()
-        return _finish_cancelled(db.session.get(Transfer, transfer_id))
+        return _finish_cancelled(db.session.get_one(Transfer, transfer_id))
     except engine.Stop as stop:
         db.session.rollback()
-        transfer = db.session.get(Transfer, transfer_id)
+        transfer = db.session.get_one(Transfer, transfer_id)
         transfer.state = TransferState.WAITING_CONFIRMATION
         transfer.last_error = str(stop)
         transfer.phase = "Waiting for the analyst"
@@ -120,10 +121,10 @@ def _run(transfer_id: int, token: str) -> str:
         return transfer.state.value
     except engine.PartialFailure as partial:
         db.session.rollback()
-        return _fail(db.session.get(Transfer, transfer_id), str(partial))
+        return _fail(db.session.get_one(Transfer, transfer_id), str(partial))
     except DicomFailure as failure:
         db.session.rollback()
-        transfer = db.session.get(Transfer, transfer_id)
+        transfer = db.session.get_one(Transfer, transfer_id)
         if failure.retryable and transfer.attempts < transfer.max_attempts:
             wait = service.backoff(transfer.attempts)
             transfer.state = TransferState.QUEUED
@@ -144,10 +145,10 @@ def _run(transfer_id: int, token: str) -> str:
         # A bug, not the network: fail visibly (no endless re-runs), and let RQ record it.
         db.session.rollback()
         log.exception("%s: transfer %s hit an unexpected error", ref, transfer_id)
-        _fail(db.session.get(Transfer, transfer_id),
+        _fail(db.session.get_one(Transfer, transfer_id),
               f"The desk hit an unexpected error ({type(exc).__name__}); it is logged. Retry, or call IM&T.")
         raise
-    return db.session.get(Transfer, transfer_id).state.value
+    return db.session.get_one(Transfer, transfer_id).state.value
 
 
 def _fail(transfer: Transfer, reason: str) -> str:
@@ -367,9 +368,12 @@ def auto_download() -> int:
                 Transfer.state != TransferState.CANCELLED))
             if taken:
                 continue
+            req = study.request
+            if req is None:
+                continue  # never: the query asks for a request_id, and the key holds
             try:
-                transfer = service.create_transfer(request=study.request, direction=Direction.INBOUND,
-                                                   priority=study.request.priority, source=None, dest=pacs,
+                transfer = service.create_transfer(request=req, direction=Direction.INBOUND,
+                                                   priority=req.priority, source=None, dest=pacs,
                                                    study_uids=[study.study_uid], user_id=None)
                 service.add_inbound_items(transfer, [study])
                 db.session.commit()
