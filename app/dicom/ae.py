@@ -138,7 +138,8 @@ def make_ae(config: AEConfig = DEFAULT_CONFIG) -> AE:
 def set_tcp_nodelay(event: evt.Event) -> None:
     """EVT_CONN_OPEN handler: disable Nagle on the association's socket. Never raises."""
     try:
-        sock = event.assoc.dul.socket.socket
+        transport = event.assoc.dul.socket
+        sock = transport.socket if transport is not None else None
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except Exception:  # noqa: BLE001 - a handler must not raise into pynetdicom

@@ -33,13 +33,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
@@ -435,7 +436,7 @@ def receive_instance(
     temp: Path | None = None
     details: dict[str, object] = {}
     try:
-        request = event.request
+        request = cast(C_STORE, event.request)  # an EVT_C_STORE handler: the request is a C-STORE
         request_sop = str(request.AffectedSOPInstanceUID or "")
         request_class = str(request.AffectedSOPClassUID or "")
         calling = str(getattr(event.assoc.requestor, "ae_title", "") or "").strip()
@@ -611,15 +612,18 @@ class GatewaySCP:
             ae.maximum_associations = self.max_associations
             ae.add_supported_context(Verification)
             for cx in AllStoragePresentationContexts:
-                ae.add_supported_context(cx.abstract_syntax, RECEIVE_TRANSFER_SYNTAXES)
+                if cx.abstract_syntax is not None:  # each of pynetdicom's storage contexts names one
+                    ae.add_supported_context(cx.abstract_syntax, RECEIVE_TRANSFER_SYNTAXES)
             handlers: list[Any] = [(evt.EVT_C_STORE, self._handle_store),
                                    (evt.EVT_RELEASED, self._handle_released),
                                    (evt.EVT_CONN_CLOSE, self._handle_closed)]
             if self.config.tcp_nodelay:
                 handlers.append((evt.EVT_CONN_OPEN, set_tcp_nodelay))
-            self._server = ae.start_server((self.bind, self.port), block=False,
-                                           evt_handlers=handlers)
-            self.port = self._server.server_address[1]
+            server = ae.start_server((self.bind, self.port), block=False, evt_handlers=handlers)
+            if server is None:  # pynetdicom returns None only from a blocking server, once it stops
+                raise RuntimeError("pynetdicom returned no server for a non-blocking start")
+            self._server = server
+            self.port = server.server_address[1]
             log.info("gateway SCP %s listening on %s:%s", self.ae_title, self.bind, self.port)
             return self
 

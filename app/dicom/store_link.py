@@ -237,7 +237,10 @@ class StoreLink:
             reject = A_ASSOCIATE_RJ()
             try:
                 reject.decode(body)
-                rejected = (int(reject.result), int(reject.source), int(reject.reason_diagnostic))
+                result, source, reason = reject.result, reject.source, reject.reason_diagnostic
+                if result is None or source is None or reason is None:
+                    raise ValueError("a rejection without its result, source or reason")
+                rejected = (int(result), int(source), int(reason))
             except Exception:  # noqa: BLE001 - bytes from outside: a rejection all the same
                 rejected = (1, 0, 0)
             raise to_failure(self._outcome(rejected=rejected))
@@ -259,10 +262,13 @@ class StoreLink:
             raise DicomFailure("protocol-error", "the node accepted our association request in a form "
                                f"we cannot read ({type(exc).__name__}) — ask the remote site", False) from None
         for context in primitive.presentation_context_definition_results_list:
-            wanted = self._proposed.get(int(context.context_id))
+            context_id = context.context_id
+            if context_id is None:  # decoded from the PDU, where every item has one (PS3.8 9.3.3.2)
+                continue
+            wanted = self._proposed.get(int(context_id))
             if wanted and context.result == 0 and context.transfer_syntax and \
                     str(context.transfer_syntax[0]) == wanted[1]:
-                self._accepted[wanted] = int(context.context_id)
+                self._accepted[wanted] = int(context_id)
         peer_max = int(primitive.maximum_length_received or 0)
         # A P-DATA PDU's length covers its PDV item header (6 bytes) and the data.
         self._fragment = (min(peer_max, _SEND_LIMIT) if peer_max else _SEND_LIMIT) - 6

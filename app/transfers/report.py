@@ -7,12 +7,12 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from app.timeutil import local_now
 from app.transfers.models import Transfer
 
-ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+ENCAPSULATED_PDF = UID("1.2.840.10008.5.1.4.1.1.104.1")
 PATIENT_AND_STUDY = (
     "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
     "OtherPatientIDsSequence", "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID",
@@ -36,7 +36,7 @@ def encapsulate_report(transfer: Transfer, sample: Path, folder: Path) -> Path:
     ds = Dataset()
     for keyword in PATIENT_AND_STUDY:
         if keyword in source:
-            setattr(ds, keyword, source.data_element(keyword).value)
+            setattr(ds, keyword, source[keyword].value)
     now = local_now()
     sop_uid = generate_uid()
     ds.SOPClassUID = ENCAPSULATED_PDF
