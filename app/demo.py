@@ -154,7 +154,7 @@ def seed() -> None:
     click.echo("Demo logins (development only):")
     for email, _name, role, _dept, _phone in DEMO_USERS:
         click.echo(f"  {role.value:<13} {email:<24} password: {demo_password(email)}")
-    click.echo("Demo PAS patients: " + ", ".join(p["s_number"] for p in _demo_patients()))
+    click.echo("Demo PAS patients: " + ", ".join(str(p["s_number"]) for p in _demo_patients()))
     click.echo("Demo DICOM nodes (served by scripts/demo_nodes.py):")
     for line in node_lines:
         click.echo(line)

@@ -12,7 +12,7 @@ Views never read the HX headers themselves: they call `is_htmx()`, `render()` or
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from flask import Flask, Response, after_this_request, make_response, redirect, render_template, request
 
@@ -48,8 +48,10 @@ def redirect_to(url: str, *, htmx_status: int = 200) -> Response:
 
     `htmx_status` is the status of the htmx answer: 200, or e.g. 401 for the sign-in
     guard (htmx follows `HX-Redirect` whatever the status)."""
-    response = Response(status=htmx_status, headers={"HX-Redirect": url}) if is_htmx() else redirect(url)
-    return vary(response)
+    if is_htmx():
+        return vary(Response(status=htmx_status, headers={"HX-Redirect": url}))
+    # Typed as Werkzeug's Response; in a request it is made by the app's response_class, Flask's.
+    return vary(cast(Response, redirect(url)))
 
 
 def vary(response: Response) -> Response:

@@ -20,12 +20,13 @@ def _one_line(value: object) -> object:
 
 class SingleLineFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        if record.args:
+        args = record.args
+        if args:
             record = copy.copy(record)
-            if isinstance(record.args, dict):
-                record.args = {k: _one_line(v) for k, v in record.args.items()}
+            if isinstance(args, dict):
+                record.args = {k: _one_line(v) for k, v in args.items()}
             else:
-                record.args = tuple(_one_line(v) for v in record.args)
+                record.args = tuple(_one_line(v) for v in args)
         return super().format(record)
 
 

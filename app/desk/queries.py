@@ -291,7 +291,8 @@ def active_transfers(request_ids: list[int]) -> dict[int, Any]:
     latest = (
         sa.select(sa.func.max(Transfer.id)).where(Transfer.request_id.in_(request_ids)).group_by(Transfer.request_id)
     )
-    return {t.request_id: t for t in db.session.scalars(sa.select(Transfer).where(Transfer.id.in_(latest)))}
+    transfers = db.session.scalars(sa.select(Transfer).where(Transfer.id.in_(latest)))
+    return {t.request_id: t for t in transfers if t.request_id is not None}  # all are: they matched request_ids
 
 
 def time_left(req: Request) -> timedelta:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from flask import Blueprint, Response, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
@@ -60,7 +62,7 @@ def _filters(form: FilterForm) -> Filters:
     )
 
 
-def _queue_context(form: FilterForm, *, keep_page: bool = False, stamp: str | None = None) -> dict[str, object]:
+def _queue_context(form: FilterForm, *, keep_page: bool = False, stamp: str | None = None) -> dict[str, Any]:
     """Resolve the view from the form: tab, sort and page buttons change it; a poll
     (`keep_page`) shows the same page again; any other submission starts at page one."""
     form.validate()  # fills .errors for bad dates; other filters are free text
@@ -192,7 +194,7 @@ def edit(call_ref: str):
     except TransitionRefused as refusal:
         db.session.rollback()
         form.status.errors.append(str(refusal))
-        return _editor(db.session.get(Request, req.id), form, 422)
+        return _editor(db.session.get_one(Request, req.id), form, 422)
     if changed:
         audit.record(audit.Action.EDIT, request_id=req.id, detail=f"{req.call_ref} changed {', '.join(changed)}")
     try:
@@ -200,7 +202,7 @@ def edit(call_ref: str):
     except StaleDataError:
         # Another analyst saved between our read and our write.
         db.session.rollback()
-        fresh = db.session.get(Request, req.id)
+        fresh = db.session.get_one(Request, req.id)
         current = _edit_form(fresh)
         form.version.data = str(fresh.version)
         return _editor(fresh, form, 409, conflict=current)
@@ -241,6 +243,6 @@ def undelivered_mail():
         sa.select(OutboxEmail).where(OutboxEmail.status == OutboxStatus.FAILED.value)
         .order_by(OutboxEmail.created_at.desc(), OutboxEmail.id.desc()).limit(200)))
     refs = dict(db.session.execute(sa.select(Request.id, Request.call_ref).where(
-        Request.id.in_({r.request_id for r in rows if r.request_id}))).all()) if rows else {}
+        Request.id.in_({r.request_id for r in rows if r.request_id}))).tuples().all()) if rows else {}
     return render_template("desk/mail.html", rows=rows, refs=refs, errors=errors, typed=typed), \
         (422 if errors else 200)

@@ -24,8 +24,9 @@ from app.extensions import db
 from app.requests.models import ExamLine, Request
 from app.requests.statuses import Kind, Status
 
-# (exam_date, description, exam_code), the order of an exam line's columns.
-ExamKey = tuple[date, str, str]
+# (exam_date, description, exam_code), the order of an exam line's columns. The date is
+# None on a line the form left undated: such a line matches nothing (`same_exam`).
+ExamKey = tuple[date | None, str, str]
 
 # A cancelled request asked for nothing: asking again is not a duplicate of it.
 NOT_COUNTED = frozenset({Status.CANCELLED})

@@ -201,7 +201,7 @@ class RequestForm(FlaskForm):
     def filled_exams(self) -> list[ExamLineForm]:
         return [entry.form for entry in self.exams.entries if not entry.form.is_blank()]
 
-    def exam_keys(self) -> list[tuple[date, str, str]]:
+    def exam_keys(self) -> list[tuple[date | None, str, str]]:
         """The filled exam lines as (date, description, code), for the duplicate check."""
         return [
             (line.exam_date.data, (line.description.data or "").strip(), (line.exam_code.data or "").strip())

@@ -37,26 +37,27 @@ def _parse_date(raw: str) -> date:
 
 
 def _clean_row(row: dict[str, str], today: date) -> dict[str, object]:
-    values = {key: (row.get(key) or "").strip() for key in COLUMNS}
+    raw = {key: (row.get(key) or "").strip() for key in COLUMNS}
+    values: dict[str, object] = dict(raw)  # the cleaned values, not all of them strings
     try:
-        values["s_number"] = clean_s_number(values["s_number"])
+        values["s_number"] = clean_s_number(raw["s_number"])
     except FieldError as exc:
         raise FieldError(f"s_number: {exc}") from exc
-    if values["nhs_number"]:
+    if raw["nhs_number"]:
         try:
-            values["nhs_number"] = clean_nhs_number(values["nhs_number"])
+            values["nhs_number"] = clean_nhs_number(raw["nhs_number"])
         except FieldError as exc:
             raise FieldError(f"nhs_number: {exc}") from exc
     else:
         values["nhs_number"] = None
     for name in ("family_name", "given_name", "dob"):
-        if not values[name]:
+        if not raw[name]:
             raise FieldError(f"{name} is empty")
-    dob = _parse_date(str(values["dob"]))
+    dob = _parse_date(raw["dob"])
     if dob > today:
         raise FieldError("dob is in the future")
     values["dob"] = dob
-    values["postcode"] = str(values["postcode"]).upper()
+    values["postcode"] = raw["postcode"].upper()
     return values
 
 

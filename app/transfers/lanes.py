@@ -18,10 +18,11 @@ from app.transfers.models import Direction
 
 def queue_name(direction: str, priority: str) -> str:
     if direction == Direction.OUTBOUND:
-        return {
+        lanes: dict[str, str] = {  # keyed by the StrEnum, looked up by its plain value alike
             Priority.BLUE_LIGHT: OUTBOUND_BLUELIGHT,
             Priority.BATCH: OUTBOUND_BATCH,
-        }.get(priority, OUTBOUND)
+        }
+        return lanes.get(priority, OUTBOUND)
     return INBOUND_BLUELIGHT if priority == Priority.BLUE_LIGHT else INBOUND
 
 

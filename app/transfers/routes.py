@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
@@ -128,7 +129,8 @@ def pacs_search(call_ref: str):
     else:
         try:
             found: dict[str, scu.StudySummary] = {}
-            searches = [{"patient_id": req.s_number}, {"nhs_number": req.nhs_number} if req.nhs_number else None]
+            searches: list[dict[str, Any] | None] = [  # find_studies' keyword arguments
+                {"patient_id": req.s_number}, {"nhs_number": req.nhs_number} if req.nhs_number else None]
             if req.kind == Kind.IMPORT:
                 # Another hospital files the patient under its own id: match name and birth date too.
                 searches.append({"family_name": req.patient.family_name.upper(), "birth_date": req.patient.dob})
@@ -348,7 +350,7 @@ def act(transfer_id: int, action: str):
         req = transfer.request
         twin = (service.unfinished_twin(req, transfer.direction, transfer.dest_node, transfer.study_uids)
                 if req is not None else None)
-        if twin is not None:  # a new Send of the same studies is under way: that one, not two
+        if req is not None and twin is not None:  # a new Send of the same studies is under way: that one, not two
             return _under_way(req.call_ref, twin)
         try:
             service.retry(transfer, current_user.id)
@@ -356,13 +358,12 @@ def act(transfer_id: int, action: str):
             db.session.rollback()
             if req is None:
                 abort(409)
-            fresh = db.session.get(Transfer, transfer_id)
-            twin = service.unfinished_twin(fresh.request, fresh.direction, fresh.dest_node,
-                                           fresh.study_uids)
+            fresh = db.session.get_one(Transfer, transfer_id)
+            twin = service.unfinished_twin(req, fresh.direction, fresh.dest_node, fresh.study_uids)
             if twin is not None:
-                return _under_way(fresh.request.call_ref, twin)
+                return _under_way(req.call_ref, twin)
             flash("Someone changed this request at the same moment; check it and try again.", "error")
-            return _to_request_page(fresh.request.call_ref)
+            return _to_request_page(req.call_ref)
     elif action == "cancel" and transfer.is_unfinished:
         service.cancel(transfer)
     elif action == "confirm" and transfer.state == TransferState.WAITING_CONFIRMATION:
