@@ -8,5 +8,5 @@ help: ## list the targets
 run: ## set up, migrate, seed the demo, serve http://127.0.0.1:5000 with the worker pool
 	@scripts/run
 
-test: ## set up, lint (ruff), then run the suite on SQLite and on PostgreSQL (pytest args: ARGS='-k foo')
+test: ## set up, lint (ruff), type check (mypy), then run the suite on SQLite and on PostgreSQL (pytest args: ARGS='-k foo')
 	@scripts/test $(ARGS)
