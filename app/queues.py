@@ -81,8 +81,8 @@ def job_context() -> Iterator[Flask]:
     A fresh context is pushed even when one exists, so a job never shares the session of
     whoever runs it (an in-process `SimpleWorker` in a test, say).
     """
-    # _get_current_object: current_app is a LocalProxy typed as Flask.
-    app = current_app._get_current_object() if has_app_context() else _standalone_app()  # type: ignore[attr-defined]
+    # _get_current_object: current_app is a LocalProxy typed as Flask, which has no such method.
+    app = current_app._get_current_object() if has_app_context() else _standalone_app()  # type: ignore[attr-defined]  # see above
     with app.app_context():
         _fresh_pool_after_fork()
         yield app

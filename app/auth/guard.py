@@ -60,7 +60,7 @@ def roles_required(*roles: Role) -> Callable[[F], F]:
                 abort(403)
             return view(*args, **kwargs)
 
-        return wrapped  # type: ignore[return-value]
+        return wrapped  # type: ignore[return-value]  # @wraps keeps view's signature; mypy sees (*args, **kwargs)
 
     return decorator
 

@@ -407,7 +407,7 @@ def guard_reactor_race(assoc: Association) -> None:
                 return
         serve(msg, context_id)
 
-    assoc._serve_request = serve_or_requeue  # type: ignore[method-assign]
+    assoc._serve_request = serve_or_requeue  # type: ignore[method-assign]  # the patch is the point (above)
 
 
 def _close(assoc: Association, *, polite: bool) -> None:

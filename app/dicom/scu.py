@@ -477,7 +477,7 @@ def send_files(
 
     if not proposed:  # nothing readable to send
         for item in items:
-            record(item)  # type: ignore[arg-type]
+            record(item)  # type: ignore[arg-type]  # no proposal: every item is a FailedInstance
         return result
     try:
         while index < len(items):
@@ -507,7 +507,7 @@ def send_files(
                 log.warning("association to %s dropped during send (%s); attempt %d of %d",
                             node, lost.failure.code, drops, max_reassociations)
                 if drops > max_reassociations:
-                    lost.failure.partial = result  # type: ignore[attr-defined]
+                    lost.failure.partial = result  # type: ignore[attr-defined]  # documented extra on the exception
                     raise lost.failure from None
                 time.sleep(reassociate_delay * drops)
             except InstanceAbandoned as abandoned:
@@ -519,12 +519,12 @@ def send_files(
                                       failure.code, failure.plain, failure.retryable))
                 drops += 1
                 if drops > max_reassociations and index < len(items):
-                    failure.partial = result  # type: ignore[attr-defined]
+                    failure.partial = result  # type: ignore[attr-defined]  # documented extra on the exception
                     raise failure from None
             except DicomFailure as failure:
                 if failure.code == "syntax-refused" or result.associations == 0 or \
                         not failure.retryable or drops >= max_reassociations:
-                    failure.partial = result  # type: ignore[attr-defined]
+                    failure.partial = result  # type: ignore[attr-defined]  # documented extra on the exception
                     raise
                 drops += 1
                 time.sleep(reassociate_delay * drops)

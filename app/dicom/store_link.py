@@ -206,7 +206,7 @@ class StoreLink:
 
     def _outcome(self, **kwargs: object) -> AssociationOutcome:
         return AssociationOutcome(node=str(self.node), our_ae_title=self.config.ae_title, connected=True,
-                                  **kwargs)  # type: ignore[arg-type]
+                                  **kwargs)  # type: ignore[arg-type]  # callers pass the dataclass's own fields
 
     def open(self) -> None:
         """Connect and negotiate. Raises DicomFailure if no usable association results."""
