@@ -47,9 +47,14 @@ POSTGRES_ADMIN_URL = os.environ.get(
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The PostgreSQL pass runs only the tests that touch the database (issue 9): a test
+    """Slow tests first: with the suite spread over several processes (pytest-xdist, one
+    test at a time to whichever is free), the long ones start at once and the many short
+    ones fill the gaps, instead of one long test holding up the end of the run.
+
+    The PostgreSQL pass runs only the tests that touch the database (issue 9): a test
     whose fixtures never reach `database` (DICOM, pure logic, the import checks) proves
     nothing more the second time. They are deselected there, not skipped."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: order kept within each group
     if TEST_DB != "postgresql":
         return
     keep, drop = [], []

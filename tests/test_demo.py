@@ -64,6 +64,7 @@ def demo_nodes(app, runner, tmp_path: Path, gateway_port: int, monkeypatch: pyte
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+@pytest.mark.slow
 
 
 def test_a_newcomer_exports_a_demo_study_to_the_demo_nuh_node(app, client, login_as, demo_nodes) -> None:

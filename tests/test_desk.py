@@ -79,7 +79,8 @@ def test_desk_roles_reach_the_desk(client, login_as, role):
 
 # --- The status machine ----------------------------------------------------------------
 
-ALLOWED_PAIRS = [(a, b) for a, targets in ALLOWED.items() for b in targets]
+# Sorted: every test process (pytest-xdist) must collect the same list in the same order.
+ALLOWED_PAIRS = [(a, b) for a, targets in ALLOWED.items() for b in sorted(targets)]
 REFUSED_SAMPLE = [
     (S.NEW, S.DELIVERED), (S.NEW, S.COMPLETED), (S.COMPLETED, S.NEW), (S.CANCELLED, S.ACCEPTED),
     (S.DELIVERED, S.NEW), (S.ON_IEP, S.NEW), (S.AWAITING_DETAILS, S.DELIVERED), (S.FAILED, S.COMPLETED),

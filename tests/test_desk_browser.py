@@ -117,6 +117,7 @@ def test_saved_edit_updates_the_row_in_place_without_a_page_load(open_page, live
     # The row went to the table, not into the editor as loose text.
     expect(page.locator("#editor")).not_to_contain_text("Kettering General Hospital")
     assert page.evaluate("window.__marker") == "a", "saving reloaded the page"
+@pytest.mark.slow
 
 
 def test_other_analysts_queue_follows_within_the_poll_and_keeps_their_filters(

@@ -468,6 +468,7 @@ def test_the_dicom_layer_imports_no_flask() -> None:
                 names = [node.module or ""]
             assert not any(n.split(".")[0] in ("flask", "flask_sqlalchemy", "flask_login") for n in names), source
             assert not any(n.startswith("app.") and not n.startswith("app.dicom") for n in names), source
+@pytest.mark.slow
 
 
 def test_a_long_lived_gateway_does_not_grow_with_associations(gateway: Gateway, tmp_path: Path) -> None:

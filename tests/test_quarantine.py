@@ -176,6 +176,7 @@ def test_a_refusal_still_answers_the_sender_when_recording_fails(app, tmp_path: 
         (status,) = store(Node(AET, "127.0.0.1", scp.port), ds)
     assert status.Status == STATUS_MISSING_ATTRIBUTE
     assert len(list((tmp_path / "quarantine").glob("*.reason.txt"))) == 1
+@pytest.mark.slow
 
 
 def test_worker_py_gateway_records_what_it_refuses(app, database_url, redis_url, tmp_path: Path) -> None:  # noqa: ANN001

@@ -217,6 +217,7 @@ def _wait_for(predicate, timeout: float = 30.0):  # noqa: ANN001, ANN202
             return value
         time.sleep(0.2)
     raise AssertionError("timed out waiting")
+@pytest.mark.slow
 
 
 def test_worker_pool_runs_a_supervised_cron_process(

@@ -12,6 +12,8 @@ import sys
 from itertools import pairwise
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app"
 
@@ -148,6 +150,7 @@ def third_party_libraries() -> list[str]:
             if top not in {"app", "worker", "wsgi", "tests"}:
                 found.add(module)
     return sorted(found)
+@pytest.mark.slow
 
 
 def test_every_module_of_app_imports_on_its_own_in_a_fresh_interpreter():

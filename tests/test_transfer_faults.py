@@ -34,6 +34,9 @@ from tests.conftest import post_form
 from tests.dicom_peers import OUR_AE, QUICK
 from tests.forms_data import valid_export, valid_import
 
+# Every test here runs the worker pool against real peers and waits for it: slow.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 POOL_LOG = open(os.environ.get("IEP_POOL_LOG", os.devnull), "ab")  # noqa: SIM115 - kept for the run
 STALL = 3  # seconds without progress before a run counts as dead (short for the test)

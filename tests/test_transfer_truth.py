@@ -105,6 +105,7 @@ def scripted(fake_scp):
                     qr=True)
     pacs.node = node
     return pacs
+@pytest.mark.slow
 
 
 def test_a_partial_c_get_is_never_sent_and_retry_fetches_only_the_missing_instance(
@@ -169,6 +170,7 @@ def test_a_partial_c_get_is_never_sent_and_retry_fetches_only_the_missing_instan
     assert remote.sop_uids(STUDY) == {ds.SOPInstanceUID for ds in scripted.instances}
     assert done.instances_confirmed == done.instances_total == 4
     assert "did not make it" not in am.get(f"/transfers/{transfer.id}").get_data(as_text=True)
+@pytest.mark.slow
 
 
 def test_a_pacs_frozen_mid_c_get_is_resumed_by_the_pool_and_nothing_is_lost(
@@ -359,6 +361,7 @@ def test_a_push_cut_off_mid_study_is_not_downloaded_unless_the_analyst_sends_wha
     shown = _flash_after(analyst, analyst.post(f"/requests/{req.call_ref}/import", data={"csrf_token": token}))
     assert "These images are on PACS already" in shown
     assert db.session.scalar(sa.select(sa.func.count(Transfer.id)).where(Transfer.request_id == req.id)) == 1
+@pytest.mark.slow
 
 
 def test_a_pull_whose_remote_dies_mid_c_move_is_never_on_iep_and_cannot_be_downloaded(
