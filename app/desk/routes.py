@@ -22,20 +22,19 @@ from app.desk.queries import (
     time_left,
     unmatched_arrivals,
 )
+from app.desk.service import MBP_FIELDS, EditValues, StaleEdit, apply_edit
 from app.extensions import db
 from app.requests.access import visible_request
 from app.requests.models import Request
-from app.requests.statuses import Status
 from app.transfers.quarantine import refused_arrivals
 from app.workflow import mail
-from app.workflow.machine import TransitionRefused, allowed_next, transition
+from app.workflow.machine import TransitionRefused, allowed_next
 from app.workflow.models import OutboxEmail, OutboxStatus
 
 bp = Blueprint("desk", __name__)
 
 
 DESK = tuple(DESK_ROLES)
-MBP_FIELDS = ("mbp_call_ref", "imaging_uploaded_by", "images_fixed_up_by", "date_imaging_sent")
 
 
 def _desk_users() -> list[User]:
@@ -160,6 +159,11 @@ def _editor(req: Request, form: EditForm, status: int = 200, **extra: object) ->
     return make_response(render_template("desk/edit.html", **context), status)
 
 
+def _edit_values(form: EditForm) -> EditValues:
+    return EditValues(**{name: form.data[name] if name == "date_imaging_sent" else (form.data[name] or "")
+                         for name in ("version", "status", "decline_reason", "note", "assigned_to", *MBP_FIELDS)})
+
+
 @bp.route("/desk/requests/<call_ref>/edit", methods=["GET", "POST"])
 @roles_required(*DESK)
 def edit(call_ref: str):
@@ -170,35 +174,16 @@ def edit(call_ref: str):
     form = _edit_form(req, request.form)
     if not form.validate():
         return _editor(req, form, 422)
-    if form.version.data != str(req.version):
-        current = _edit_form(req)
-        form.version.data = str(req.version)  # a deliberate second save overwrites
-        return _editor(req, form, 409, conflict=current)
-    submitted = {
-        name: getattr(form, name).data if name == "date_imaging_sent" else (getattr(form, name).data or "").strip()
-        for name in MBP_FIELDS
-    }
-    changed = [name for name, value in submitted.items() if value != getattr(req, name)]
-    for name in changed:
-        setattr(req, name, submitted[name])
-    assignee = int(form.assigned_to.data) if (form.assigned_to.data or "").isdigit() else None
-    if assignee != req.assigned_to_id:
-        req.assigned_to_id = assignee
-        changed.append("assigned_to")
-    wanted = Status(form.status.data) if form.status.data in {s.value for s in Status} else req.status
     try:
-        transition(req, wanted, actor_id=current_user.id, note=form.note.data or "",
-                   decline_reason=form.decline_reason.data or "")
+        apply_edit(req, _edit_values(form), actor_id=current_user.id)
+        db.session.commit()
     except TransitionRefused as refusal:
         db.session.rollback()
         form.status.errors.append(str(refusal))
         return _editor(db.session.get(Request, req.id), form, 422)
-    if changed:
-        audit.record(audit.Action.EDIT, request_id=req.id, detail=f"{req.call_ref} changed {', '.join(changed)}")
-    try:
-        db.session.commit()
-    except StaleDataError:
-        # Another analyst saved between our read and our write.
+    except (StaleEdit, StaleDataError):
+        # Opened before someone else's save, or another analyst saved between our read
+        # and our write: show theirs beside ours; a deliberate second save overwrites.
         db.session.rollback()
         fresh = db.session.get(Request, req.id)
         current = _edit_form(fresh)
