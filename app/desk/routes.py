@@ -7,7 +7,7 @@ from flask import Blueprint, Response, flash, make_response, redirect, render_te
 from flask_login import current_user
 from sqlalchemy.orm.exc import StaleDataError
 
-from app import audit, htmx
+from app import htmx
 from app.auth.guard import roles_required
 from app.auth.models import DESK_ROLES, User
 from app.desk.forms import EditForm, FilterForm
@@ -214,12 +214,9 @@ def undelivered_mail():
         if not mail.valid_address(address):
             errors[row.id], typed[row.id] = "Enter a valid e-mail address, like name@uhl-tr.nhs.uk.", address
         else:
-            old = row.to_addr
-            row.to_addr = address
-            audit.record(audit.Action.MESSAGE, request_id=row.request_id,
-                         detail=f"e-mail {row.id} sent again" + (f" to a corrected address (was {old})"
-                                                                  if old != address else ""))
-            mail.send_again(row)  # commits, then queues it
+            mail.send_again(row, address)
+            db.session.commit()
+            mail.enqueue_delivery(row.id)
             flash(f"The e-mail to {address} is back in the outbox.", "success")
             return redirect(url_for("desk.undelivered_mail"))
     rows = list(db.session.scalars(
