@@ -344,40 +344,37 @@ def widget(transfer_id: int):
 def act(transfer_id: int, action: str):
     """Retry, Cancel, or confirm an import whose details differ from the register."""
     transfer = _transfer(transfer_id)
-    if action == "retry" and transfer.state in (TransferState.FAILED, TransferState.CANCELLED):
-        req = transfer.request
-        twin = (service.unfinished_twin(req, transfer.direction, transfer.dest_node, transfer.study_uids)
-                if req is not None else None)
-        if twin is not None:  # a new Send of the same studies is under way: that one, not two
-            return _under_way(req.call_ref, twin)
-        try:
-            service.retry(transfer, current_user.id)
-        except (IntegrityError, StaleDataError):  # a press at the same instant won
-            db.session.rollback()
-            if req is None:
-                abort(409)
-            fresh = db.session.get(Transfer, transfer_id)
-            twin = service.unfinished_twin(fresh.request, fresh.direction, fresh.dest_node,
-                                           fresh.study_uids)
-            if twin is not None:
-                return _under_way(fresh.request.call_ref, twin)
-            flash("Someone changed this request at the same moment; check it and try again.", "error")
-            return _to_request_page(fresh.request.call_ref)
-    elif action == "cancel" and transfer.is_unfinished:
-        service.cancel(transfer)
-    elif action == "confirm" and transfer.state == TransferState.WAITING_CONFIRMATION:
-        transfer.mismatch_accepted = True
-        transfer.state = TransferState.QUEUED
-        db.session.commit()
-        service.enqueue(transfer)
-    else:
-        abort(409)
     ref = transfer.request.call_ref if transfer.request else ""
-    audit.record(audit.Action.TRANSFER, request_id=transfer.request_id, detail=f"{ref} transfer {transfer.id} {action}")
-    db.session.commit()
+    try:
+        service.act_on(transfer, action, current_user.id)
+        db.session.commit()
+    except service.ActionRefused:
+        abort(409)
+    except service.TransferUnderWay as under_way:  # a new Send of the same studies: that one, not two
+        return _under_way(ref, under_way.transfer)
+    except (IntegrityError, StaleDataError):
+        db.session.rollback()
+        if action != "retry":
+            raise
+        return _retry_lost_race(transfer_id)  # a press at the same instant won
+    if action != "cancel":
+        service.enqueue(transfer)
     if htmx.is_htmx():
         return render_template("transfers/_widget.html", t=transfer)
     return redirect(url_for("intake.show", call_ref=ref) + "#transfers" if ref else url_for("desk.queue"))
+
+
+def _retry_lost_race(transfer_id: int) -> Response:
+    """After a Retry lost to a press at the same instant: show the transfer that won, or
+    say to look again; 409 (abort) for a transfer of no request."""
+    fresh = db.session.get(Transfer, transfer_id)
+    if fresh is None or fresh.request is None:
+        abort(409)
+    twin = service.unfinished_twin(fresh.request, fresh.direction, fresh.dest_node, fresh.study_uids)
+    if twin is not None:
+        return _under_way(fresh.request.call_ref, twin)
+    flash("Someone changed this request at the same moment; check it and try again.", "error")
+    return _to_request_page(fresh.request.call_ref)
 
 
 @bp.route("/desk/arrivals", methods=["GET", "POST"])

@@ -17,6 +17,7 @@ from flask import current_app
 from redis.exceptions import RedisError
 from sqlalchemy.orm.attributes import set_committed_value
 
+from app import audit
 from app.dicom.ae import AEConfig, Node, Timeouts
 from app.extensions import db
 from app.queues import queue
@@ -208,6 +209,10 @@ def enqueue(transfer: Transfer) -> str | None:
 
     Only one caller wins: the job id is claimed on the row (compare-and-set on the job id
     the caller saw), so two pools, or a dispatcher racing the reconciler, queue it once.
+
+    Commits (the named exception to "services never commit", README "Layout"): the claim
+    must be saved before RQ can hand the job to a worker, and it commits whatever else
+    the session holds, so the caller commits its own work first.
     """
     from app.transfers.jobs import run_transfer
 
@@ -321,7 +326,9 @@ def problem_count(transfer: Transfer) -> int:
 
 
 def retry(transfer: Transfer, user_id: int | None) -> None:
-    """Queue a failed transfer again: it resumes with what is not yet confirmed."""
+    """Make a failed or cancelled transfer queued again: it resumes with what is not yet
+    confirmed. Never commits: the caller commits, then calls `enqueue`. A press at the
+    same instant shows at the commit (IntegrityError or StaleDataError)."""
     if transfer.state not in (TransferState.FAILED, TransferState.CANCELLED):
         raise ValueError("only a failed or cancelled transfer can be retried")
     transfer.state = TransferState.QUEUED
@@ -335,18 +342,56 @@ def retry(transfer: Transfer, user_id: int | None) -> None:
             transition(transfer.request, Status.ACCEPTED, actor_id=user_id, note="Transfer retried.")
         else:
             advance(transfer.request, Status.DOWNLOAD_REQUEST, actor_id=user_id, note="Transfer retried.")
-    db.session.commit()
-    enqueue(transfer)
 
 
 def cancel(transfer: Transfer) -> None:
     """Ask a transfer to stop between instances; a queued one, or one waiting for the
-    analyst's confirmation, stops at once."""
+    analyst's confirmation, stops at once. Never commits."""
     transfer.cancel_requested = True
     if transfer.state in (TransferState.QUEUED, TransferState.WAITING_CONFIRMATION):
         transfer.state = TransferState.CANCELLED
         transfer.finished_at = utcnow()
-    db.session.commit()
+
+
+def confirm_patient(transfer: Transfer) -> None:
+    """The analyst has checked the patient of an import whose details differ from the
+    register: queue it again, the difference accepted. Never commits: the caller
+    commits, then calls `enqueue`."""
+    if transfer.state != TransferState.WAITING_CONFIRMATION:
+        raise ValueError("only a transfer waiting for confirmation can be confirmed")
+    transfer.mismatch_accepted = True
+    transfer.state = TransferState.QUEUED
+
+
+class ActionRefused(Exception):
+    """Retry, Cancel or Confirm does not apply to the transfer in its present state."""
+
+
+ACTIONS = ("retry", "cancel", "confirm")
+
+
+def act_on(transfer: Transfer, action: str, user_id: int | None) -> None:
+    """The analyst's Retry, Cancel or Confirm on one transfer, audited. Never commits: the
+    caller commits, then calls `enqueue` after a retry or a confirm.
+
+    Raises ActionRefused, changing nothing, when the action does not apply to the
+    transfer's state; TransferUnderWay when a retry would repeat a transfer of the same
+    studies that is still under way (issue 8.8).
+    """
+    if action == "retry" and transfer.state in (TransferState.FAILED, TransferState.CANCELLED):
+        req = transfer.request
+        if req is not None and (twin := unfinished_twin(req, transfer.direction, transfer.dest_node,
+                                                        transfer.study_uids)) is not None:
+            raise TransferUnderWay(twin)
+        retry(transfer, user_id)
+    elif action == "cancel" and transfer.is_unfinished:
+        cancel(transfer)
+    elif action == "confirm" and transfer.state == TransferState.WAITING_CONFIRMATION:
+        confirm_patient(transfer)
+    else:
+        raise ActionRefused(f"{action} does not apply to a transfer that is {transfer.state}")
+    ref = transfer.request.call_ref if transfer.request else ""
+    audit.record(audit.Action.TRANSFER, request_id=transfer.request_id, detail=f"{ref} transfer {transfer.id} {action}")
 
 
 def backoff(attempt: int) -> timedelta:
