@@ -13,8 +13,8 @@ from app.extensions import db
 from app.intake.service import RequestValues, create_request
 from app.requests.statuses import Kind, Priority
 from app.transfers import service
-from app.transfers.cli import upsert_node
 from app.transfers.models import Direction, Transfer, TransferState
+from app.transfers.nodes import upsert_node
 
 STUDY = "1.2.826.0.1.3680043.8.498.201"
 

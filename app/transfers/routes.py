@@ -26,9 +26,9 @@ from app.requests.models import Request
 from app.requests.statuses import Kind, Priority, Status
 from app.timeutil import utcnow
 from app.transfers import service
-from app.transfers.cli import upsert_node
 from app.transfers.inbound import settle
 from app.transfers.models import DicomNode, Direction, InboundStudy, NodeRole, Transfer, TransferState
+from app.transfers.nodes import NODE_FIELDS, NodeValues, register_node
 from app.transfers.quarantine import refused_arrivals, refused_files
 
 bp = Blueprint("transfers", __name__)
@@ -54,30 +54,12 @@ def _nodes(*roles: NodeRole) -> list[DicomNode]:
 @roles_required(*NODE_ADMINS)
 def nodes():
     """The DICOM node register, with a form to add one."""
-    errors: dict[str, str] = {}
-    values = {
-        k: (request.form.get(k) or "").strip() for k in ("name", "ae_title", "host", "port", "role", "institution")
-    }
-    if request.method == "POST":
-        if not values["name"]:
-            errors["name"] = "Give the node a name."
-        if not values["host"]:
-            errors["host"] = "Give the node's host name or address."
-        if not values["port"].isdigit() or not 0 < int(values["port"]) < 65536:
-            errors["port"] = "The port is a number from 1 to 65535."
-        if values["role"] not in {r.value for r in NodeRole}:
-            errors["role"] = "Choose a role."
-        if not errors:
-            try:
-                upsert_node(values["name"], values["ae_title"], values["host"], int(values["port"]), values["role"],
-                            values["institution"])
-            except ValueError:
-                errors["ae_title"] = "An AE title has 1 to 16 characters, no backslash."
-        if not errors:
-            audit.record(audit.Action.EDIT, detail=f"node {values['name']} saved")
-            db.session.commit()
-            flash(f"Node {values['name']} saved.", "success")
-            return redirect(url_for("transfers.nodes"))
+    values = {k: (request.form.get(k) or "").strip() for k in NODE_FIELDS}
+    errors = register_node(NodeValues(**values)) if request.method == "POST" else {}
+    if request.method == "POST" and not errors:
+        db.session.commit()
+        flash(f"Node {values['name']} saved.", "success")
+        return redirect(url_for("transfers.nodes"))
     return render_template("transfers/nodes.html", nodes=_nodes(), roles=list(NodeRole), errors=errors,
                            values=values), (422 if errors else 200)
 
