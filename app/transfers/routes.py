@@ -30,6 +30,7 @@ from app.transfers.inbound import settle
 from app.transfers.models import DicomNode, Direction, InboundStudy, NodeRole, Transfer, TransferState
 from app.transfers.nodes import NODE_FIELDS, NodeValues, register_node
 from app.transfers.quarantine import refused_arrivals, refused_files
+from app.transfers.search import StudyFilters, find_patient_studies
 
 bp = Blueprint("transfers", __name__)
 log = logging.getLogger("iep.transfers")
@@ -100,7 +101,7 @@ def _date(text: str) -> date | None:
 @bp.route("/requests/<call_ref>/pacs-search", methods=["POST"])
 @roles_required(*DESK)
 def pacs_search(call_ref: str):
-    """C-FIND the chosen node for this patient's studies (by S number and NHS number)."""
+    """C-FIND the chosen node for this patient's studies: one search, merged by study."""
     req = visible_request(call_ref)
     form = _search_form()
     node = db.session.get(DicomNode, int(form["node_id"])) if form["node_id"].isdigit() else service.local_pacs()
@@ -108,23 +109,10 @@ def pacs_search(call_ref: str):
     if node is None:
         error = "No node to search: add the local PACS in the node register."
     else:
+        filters = StudyFilters(date_from=_date(form["date_from"]), date_to=_date(form["date_to"]),
+                               modality=form["modality"], description=form["description"], accession=form["accession"])
         try:
-            found: dict[str, scu.StudySummary] = {}
-            searches = [{"patient_id": req.s_number}, {"nhs_number": req.nhs_number} if req.nhs_number else None]
-            if req.kind == Kind.IMPORT:
-                # Another hospital files the patient under its own id: match name and birth date too.
-                searches.append({"family_name": req.patient.family_name.upper(), "birth_date": req.patient.dob})
-            for criteria in searches:
-                if criteria is None:
-                    continue
-                for study in scu.find_studies(
-                    service.as_node(node), **criteria,
-                    date_from=_date(form["date_from"]), date_to=_date(form["date_to"]),
-                    modality=form["modality"] or None, description=form["description"] or None,
-                    accession=form["accession"] or None, config=service.ae_config(),
-                ):
-                    found[study.study_uid] = study
-            studies = sorted(found.values(), key=lambda s: s.study_date, reverse=True)
+            studies = find_patient_studies(node, req, filters)
         except DicomFailure as failure:
             error = f"The search on {node.name} failed: {failure.plain}"
     audit.record(audit.Action.VIEW, request_id=req.id, detail=f"{req.call_ref} PACS search")
