@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import logging
-import re
-import uuid
 from collections.abc import Callable
 from datetime import date
-from pathlib import Path
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
@@ -23,7 +20,7 @@ from app.dicom.errors import DicomFailure
 from app.extensions import db
 from app.requests.access import visible_request
 from app.requests.models import Request
-from app.requests.statuses import Kind, Priority, Status
+from app.requests.statuses import Kind, Status
 from app.timeutil import utcnow
 from app.transfers import service
 from app.transfers.inbound import settle
@@ -37,7 +34,6 @@ log = logging.getLogger("iep.transfers")
 
 DESK = tuple(DESK_ROLES)
 NODE_ADMINS = (Role.AM_RADIOLOGY, Role.ADMIN)
-MAX_REPORT_BYTES = 10 * 1024 * 1024
 REFUSED_SHOWN = 200  # newest refused files listed on Arrivals; the count covers them all
 
 
@@ -186,55 +182,26 @@ def start(call_ref: str):
     """Start an export (selected studies -> destination) or a direct pull (-> gateway),
     unless a transfer of the same studies to the same place is still under way."""
     req = visible_request(call_ref)
-    uids = [u for u in request.form.getlist("study_uid") if re.fullmatch(r"[0-9.]{1,64}", u)]
-    source = db.session.get(DicomNode, request.form.get("source_id", type=int) or 0) or (
-        service.local_pacs() if req.kind != Kind.IMPORT else None)
-    if source is None:
-        flash("Choose the node to take the studies from.", "error")
-        return _to_request_page(req.call_ref)
-    priority = request.form.get("priority") or req.priority.value
-    if priority not in {p.value for p in Priority}:
-        priority = req.priority.value
-    if not uids:
-        flash("Tick at least one study to send.", "error")
-        return _to_request_page(req.call_ref)
-    if req.kind == Kind.IMPORT:
-        direction, dest = Direction.PULL, None
-    else:
-        direction = Direction.OUTBOUND
-        dest = db.session.get(DicomNode, request.form.get("dest_id", type=int) or 0)
-        if dest is None:
-            flash("Choose the destination node.", "error")
-            return _to_request_page(req.call_ref)
-    report_path = ""
     upload = request.files.get("report_pdf")
-    if upload is not None and upload.filename:
-        data = upload.read(MAX_REPORT_BYTES + 1)
-        if len(data) > MAX_REPORT_BYTES or not data.startswith(b"%PDF-"):
-            flash("The report must be a PDF file of at most 10 MB.", "error")
-            return _to_request_page(req.call_ref)
-        folder = service.settings().storage_root / "reports"
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{uuid.uuid4().hex}.pdf"  # never the uploaded name
-        target.write_bytes(data)
-        report_path = str(target)
-
-    def create() -> Transfer:
-        transfer = service.create_transfer(
-            request=req, direction=direction, priority=Priority(priority), source=source, dest=dest, study_uids=uids,
-            user_id=current_user.id, report_text=(request.form.get("report_text") or "").strip()[:20000],
-            report_pdf_path=report_path,
-        )
-        audit.record(audit.Action.TRANSFER, request_id=req.id, detail=f"{req.call_ref} transfer {transfer.id} started")
-        return transfer
-
-    transfer = _create_once(req, direction, dest, uids, create)
+    values = service.StartValues(
+        study_uids=tuple(request.form.getlist("study_uid")), source_id=request.form.get("source_id", type=int),
+        dest_id=request.form.get("dest_id", type=int), priority=request.form.get("priority") or "",
+        report_text=request.form.get("report_text") or "",
+        report_pdf=upload.read(service.MAX_REPORT_BYTES + 1) if upload is not None and upload.filename else None,
+    )
+    try:
+        plan = service.plan_start(req, values)
+    except service.StartRefused as refusal:
+        flash(str(refusal), "error")
+        return _to_request_page(req.call_ref)
+    transfer = _create_once(req, plan.direction, plan.dest, plan.study_uids,
+                            lambda: service.start_transfer(req, plan, current_user.id))
     if not isinstance(transfer, Transfer):
-        if report_path:
-            Path(report_path).unlink(missing_ok=True)  # the transfer under way has its own
+        service.discard_report(plan)  # the transfer under way has its own
         return transfer
     service.enqueue(transfer)
-    flash(f"Transfer of {len(uids)} stud{'y' if len(uids) == 1 else 'ies'} queued.", "success")
+    n = len(plan.study_uids)
+    flash(f"Transfer of {n} stud{'y' if n == 1 else 'ies'} queued.", "success")
     return _to_request_page(req.call_ref, f"transfer-{transfer.id}")
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from app.dicom.ae import AEConfig, Node, Timeouts
 from app.extensions import db
 from app.queues import queue
 from app.requests.models import Request
-from app.requests.statuses import Priority, Status
+from app.requests.statuses import Kind, Priority, Status
 from app.timeutil import LONDON, aware, utcnow
 from app.transfers.lanes import in_window, next_window_start, queue_name
 from app.transfers.models import (
@@ -158,6 +160,94 @@ def create_transfer(
         if direction != Direction.PULL:
             advance(request, Status.DOWNLOAD_REQUEST, actor_id=user_id)
     return transfer
+
+
+MAX_REPORT_BYTES = 10 * 1024 * 1024
+_STUDY_UID = re.compile(r"[0-9.]{1,64}")
+
+
+class StartRefused(Exception):
+    """A Send that cannot start, in the analyst's words (nothing was changed)."""
+
+
+@dataclass(frozen=True)
+class StartValues:
+    """The Send form as plain values. `report_pdf`: the uploaded report, read to at most
+    MAX_REPORT_BYTES + 1 bytes, or None when no file was chosen."""
+
+    study_uids: tuple[str, ...]
+    source_id: int | None = None
+    dest_id: int | None = None
+    priority: str = ""
+    report_text: str = ""
+    report_pdf: bytes | None = None
+
+
+@dataclass(frozen=True)
+class StartPlan:
+    """A checked Send: what `start_transfer` makes, and the stored report if any."""
+
+    direction: Direction
+    source: DicomNode
+    dest: DicomNode | None
+    study_uids: list[str]
+    priority: Priority
+    report_text: str
+    report_pdf_path: str
+
+
+def plan_start(request: Request, values: StartValues) -> StartPlan:
+    """Check a Send for `request` (an export to a node, or for an import a pull to the
+    gateway) and store its report PDF under a name of our own. Raises StartRefused with
+    the first thing to put right; writes nothing to the database."""
+    uids = [u for u in values.study_uids if _STUDY_UID.fullmatch(u)]
+    source = db.session.get(DicomNode, values.source_id or 0) or (
+        local_pacs() if request.kind != Kind.IMPORT else None)
+    if source is None:
+        raise StartRefused("Choose the node to take the studies from.")
+    priority = values.priority or request.priority.value
+    if priority not in {p.value for p in Priority}:
+        priority = request.priority.value
+    if not uids:
+        raise StartRefused("Tick at least one study to send.")
+    if request.kind == Kind.IMPORT:
+        direction, dest = Direction.PULL, None
+    else:
+        direction = Direction.OUTBOUND
+        dest = db.session.get(DicomNode, values.dest_id or 0)
+        if dest is None:
+            raise StartRefused("Choose the destination node.")
+    report_path = ""
+    if values.report_pdf is not None:
+        data = values.report_pdf
+        if len(data) > MAX_REPORT_BYTES or not data.startswith(b"%PDF-"):
+            raise StartRefused("The report must be a PDF file of at most 10 MB.")
+        folder = settings().storage_root / "reports"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{uuid.uuid4().hex}.pdf"  # never the uploaded name
+        target.write_bytes(data)
+        report_path = str(target)
+    return StartPlan(direction=direction, source=source, dest=dest, study_uids=uids, priority=Priority(priority),
+                     report_text=values.report_text.strip()[:20000], report_pdf_path=report_path)
+
+
+def start_transfer(request: Request, plan: StartPlan, user_id: int | None) -> Transfer:
+    """The transfer a checked Send makes, audited (`create_transfer`: raises
+    TransferUnderWay). Never commits: the caller commits, then calls `enqueue`."""
+    transfer = create_transfer(
+        request=request, direction=plan.direction, priority=plan.priority, source=plan.source, dest=plan.dest,
+        study_uids=plan.study_uids, user_id=user_id, report_text=plan.report_text,
+        report_pdf_path=plan.report_pdf_path,
+    )
+    audit.record(audit.Action.TRANSFER, request_id=request.id,
+                 detail=f"{request.call_ref} transfer {transfer.id} started")
+    return transfer
+
+
+def discard_report(plan: StartPlan) -> None:
+    """Remove the report a Send stored when no transfer came of it."""
+    if plan.report_pdf_path:
+        Path(plan.report_pdf_path).unlink(missing_ok=True)
 
 
 def add_inbound_items(transfer: Transfer, inbound: list[InboundStudy]) -> None:
