@@ -20,7 +20,7 @@ from app.dicom.errors import DicomFailure
 from app.extensions import db
 from app.requests.access import visible_request
 from app.requests.models import Request
-from app.requests.statuses import Kind, Status
+from app.requests.statuses import Kind
 from app.timeutil import utcnow
 from app.transfers import service
 from app.transfers.inbound import settle
@@ -214,43 +214,14 @@ def download_to_pacs(call_ref: str):
     """"Download to PACS": fix up, store to the local PACS, RIS entries, Delivered
     (unless a download of the same studies is still under way)."""
     req = visible_request(call_ref)
-    studies = list(db.session.scalars(sa.select(InboundStudy).where(
-        InboundStudy.request_id == req.id, InboundStudy.purged_at.is_(None))))
-    pacs = service.local_pacs()
-    if not studies or pacs is None:
-        flash("Nothing to download: no images have arrived for this request." if not studies
-              else "The local PACS node is not in the node register.", "error")
+    try:
+        plan = service.plan_download(req, again=request.form.get("again") == "1",
+                                     partial=request.form.get("partial") == "1")
+    except service.StartRefused as refusal:
+        flash(str(refusal), "error")
         return _to_request_page(req.call_ref)
-    uids = [s.study_uid for s in studies]
-    if req.status in (Status.DELIVERED, Status.COMPLETED) and request.form.get("again") != "1":
-        flash("These images are on PACS already: to store them a second time, tick the box by "
-              "“Send to PACS again”.", "error")
-        return _to_request_page(req.call_ref)
-    # Issue 8.3: never a study that is still arriving, or known to lack instances, unless
-    # the analyst chooses to send what has arrived (audited; RIS and the e-mail say so).
-    blockers = service.download_blockers(req, studies)
-    partial = bool(blockers) and request.form.get("partial") == "1"
-    if blockers and not partial:
-        flash("Not downloaded to PACS: " + "; ".join(blockers) + ". Wait until the images are complete, "
-              "or choose “Send what has arrived”.", "error")
-        return _to_request_page(req.call_ref)
-
-    def create() -> Transfer:
-        transfer = service.create_transfer(
-            request=req, direction=Direction.INBOUND, priority=req.priority, source=None, dest=pacs,
-            study_uids=uids, user_id=current_user.id,
-        )
-        transfer.partial_ok = partial
-        service.add_inbound_items(transfer, studies)
-        detail = f"{req.call_ref} import transfer {transfer.id}"
-        if partial:
-            detail += " sending what has arrived although: " + "; ".join(blockers)
-        elif request.form.get("again") == "1":
-            detail += " sent to PACS again"
-        audit.record(audit.Action.TRANSFER, request_id=req.id, detail=detail[:1000])
-        return transfer
-
-    transfer = _create_once(req, Direction.INBOUND, pacs, uids, create)
+    transfer = _create_once(req, Direction.INBOUND, plan.pacs, plan.study_uids,
+                            lambda: service.start_download(req, plan, current_user.id))
     if not isinstance(transfer, Transfer):
         return transfer
     service.enqueue(transfer)

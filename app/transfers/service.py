@@ -250,6 +250,61 @@ def discard_report(plan: StartPlan) -> None:
         Path(plan.report_pdf_path).unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class DownloadPlan:
+    """A checked "Download to PACS": the arrived studies, the local PACS, and why it
+    goes although incomplete (`blockers`, when the analyst chose to send what arrived)."""
+
+    studies: list[InboundStudy]
+    pacs: DicomNode
+    study_uids: list[str]
+    partial: bool
+    blockers: list[str]
+    again: bool
+
+
+def plan_download(request: Request, *, again: bool, partial: bool) -> DownloadPlan:
+    """Check "Download to PACS" for an import: something has arrived, the local PACS is
+    registered, a second store is asked for (`again`), and (issue 8.3) the studies are
+    complete unless the analyst chose to send what has arrived (`partial`). Raises
+    StartRefused with the first thing to put right; changes nothing."""
+    studies = list(db.session.scalars(sa.select(InboundStudy).where(
+        InboundStudy.request_id == request.id, InboundStudy.purged_at.is_(None))))
+    pacs = local_pacs()
+    if not studies or pacs is None:
+        raise StartRefused("Nothing to download: no images have arrived for this request." if not studies
+                           else "The local PACS node is not in the node register.")
+    if request.status in (Status.DELIVERED, Status.COMPLETED) and not again:
+        raise StartRefused("These images are on PACS already: to store them a second time, tick the box by "
+                           "“Send to PACS again”.")
+    blockers = download_blockers(request, studies)
+    partial = bool(blockers) and partial
+    if blockers and not partial:
+        raise StartRefused("Not downloaded to PACS: " + "; ".join(blockers) + ". Wait until the images are "
+                           "complete, or choose “Send what has arrived”.")
+    return DownloadPlan(studies=studies, pacs=pacs, study_uids=[s.study_uid for s in studies], partial=partial,
+                        blockers=blockers, again=again)
+
+
+def start_download(request: Request, plan: DownloadPlan, user_id: int | None) -> Transfer:
+    """The import transfer a checked download makes, with its instance list, audited
+    (`create_transfer`: raises TransferUnderWay). Never commits: the caller commits, then
+    calls `enqueue`."""
+    transfer = create_transfer(
+        request=request, direction=Direction.INBOUND, priority=request.priority, source=None, dest=plan.pacs,
+        study_uids=plan.study_uids, user_id=user_id,
+    )
+    transfer.partial_ok = plan.partial
+    add_inbound_items(transfer, plan.studies)
+    detail = f"{request.call_ref} import transfer {transfer.id}"
+    if plan.partial:
+        detail += " sending what has arrived although: " + "; ".join(plan.blockers)
+    elif plan.again:
+        detail += " sent to PACS again"
+    audit.record(audit.Action.TRANSFER, request_id=request.id, detail=detail[:1000])
+    return transfer
+
+
 def add_inbound_items(transfer: Transfer, inbound: list[InboundStudy]) -> None:
     """List the gateway copies an import will send (one row per instance file)."""
     for study in inbound:
