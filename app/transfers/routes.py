@@ -299,8 +299,8 @@ def arrivals():
         else:
             study.request = req
             audit.record(audit.Action.EDIT, request_id=req.id, detail=f"{req.call_ref} matched to arrived study")
-            db.session.commit()
-            settle(study)  # On IEP once the study is known complete (issue 8.3)
+            settle(study, commit=False)  # On IEP once the study is known complete (issue 8.3)
+            db.session.commit()  # one commit: the match, its audit entry and the On IEP together
             flash(f"Matched to {req.call_ref}.", "success")
         return redirect(url_for("transfers.arrivals"))
     studies = list(db.session.scalars(sa.select(InboundStudy).where(
