@@ -2,6 +2,8 @@
 
 Enqueue -> job -> logic (STYLE habit 2): this module makes the rows and puts ids on RQ;
 `jobs.run_transfer(transfer_id)` loads the row and runs `engine`; nothing here talks DICOM.
+The web side's work comes in as plain values (`StartValues`, ids, strings). Nothing here
+commits except `enqueue` (README "Layout" says why): the caller commits once.
 """
 
 from __future__ import annotations
