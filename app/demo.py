@@ -123,7 +123,7 @@ def demo_password(email: str) -> str:
 
 def _seed_nodes() -> list[str]:
     # Imported here: the nodes CLI module brings in the whole DICOM stack.
-    from app.transfers.cli import upsert_node
+    from app.transfers.nodes import upsert_node
 
     lines = []
     for node in demo_nodes():

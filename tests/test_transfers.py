@@ -257,7 +257,9 @@ def test_destination_down_retries_then_fails_in_plain_words_and_retry_delivers(
     assert _req(req).status == Status.FAILED
     # The node comes up; Retry delivers.
     orthanc_factory(aet="DERBYPACS", dicom_port=port, modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
-    service.retry(transfer, None)
+    service.retry(transfer, None)  # changes the row; the caller commits, then enqueues
+    db.session.commit()
+    service.enqueue(transfer)
     run_workers()
     db.session.expire_all()
     assert db.session.get(Transfer, transfer.id).state == TransferState.DELIVERED.value

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, flash, make_response, redirect, render_te
 from flask_login import current_user
 from sqlalchemy.orm.exc import StaleDataError
 
-from app import audit, htmx
+from app import htmx
 from app.auth.guard import roles_required
 from app.auth.models import DESK_ROLES, User
 from app.desk.forms import EditForm, FilterForm
@@ -24,20 +24,19 @@ from app.desk.queries import (
     time_left,
     unmatched_arrivals,
 )
+from app.desk.service import MBP_FIELDS, EditValues, StaleEdit, apply_edit
 from app.extensions import db
 from app.requests.access import visible_request
 from app.requests.models import Request
-from app.requests.statuses import Status
 from app.transfers.quarantine import refused_arrivals
 from app.workflow import mail
-from app.workflow.machine import TransitionRefused, allowed_next, transition
+from app.workflow.machine import TransitionRefused, allowed_next
 from app.workflow.models import OutboxEmail, OutboxStatus
 
 bp = Blueprint("desk", __name__)
 
 
 DESK = tuple(DESK_ROLES)
-MBP_FIELDS = ("mbp_call_ref", "imaging_uploaded_by", "images_fixed_up_by", "date_imaging_sent")
 
 
 def _desk_users() -> list[User]:
@@ -162,6 +161,12 @@ def _editor(req: Request, form: EditForm, status: int = 200, **extra: object) ->
     return make_response(render_template("desk/edit.html", **context), status)
 
 
+def _edit_values(form: EditForm) -> EditValues:
+    text = {name: form.data[name] or "" for name in ("version", "status", "decline_reason", "note", "assigned_to",
+                                                      *MBP_FIELDS) if name != "date_imaging_sent"}
+    return EditValues(**text, date_imaging_sent=form.data["date_imaging_sent"])
+
+
 @bp.route("/desk/requests/<call_ref>/edit", methods=["GET", "POST"])
 @roles_required(*DESK)
 def edit(call_ref: str):
@@ -172,35 +177,16 @@ def edit(call_ref: str):
     form = _edit_form(req, request.form)
     if not form.validate():
         return _editor(req, form, 422)
-    if form.version.data != str(req.version):
-        current = _edit_form(req)
-        form.version.data = str(req.version)  # a deliberate second save overwrites
-        return _editor(req, form, 409, conflict=current)
-    submitted = {
-        name: getattr(form, name).data if name == "date_imaging_sent" else (getattr(form, name).data or "").strip()
-        for name in MBP_FIELDS
-    }
-    changed = [name for name, value in submitted.items() if value != getattr(req, name)]
-    for name in changed:
-        setattr(req, name, submitted[name])
-    assignee = int(form.assigned_to.data) if (form.assigned_to.data or "").isdigit() else None
-    if assignee != req.assigned_to_id:
-        req.assigned_to_id = assignee
-        changed.append("assigned_to")
-    wanted = Status(form.status.data) if form.status.data in {s.value for s in Status} else req.status
     try:
-        transition(req, wanted, actor_id=current_user.id, note=form.note.data or "",
-                   decline_reason=form.decline_reason.data or "")
+        apply_edit(req, _edit_values(form), actor_id=current_user.id)
+        db.session.commit()
     except TransitionRefused as refusal:
         db.session.rollback()
         form.status.errors.append(str(refusal))
         return _editor(db.session.get_one(Request, req.id), form, 422)
-    if changed:
-        audit.record(audit.Action.EDIT, request_id=req.id, detail=f"{req.call_ref} changed {', '.join(changed)}")
-    try:
-        db.session.commit()
-    except StaleDataError:
-        # Another analyst saved between our read and our write.
+    except (StaleEdit, StaleDataError):
+        # Opened before someone else's save, or another analyst saved between our read
+        # and our write: show theirs beside ours; a deliberate second save overwrites.
         db.session.rollback()
         fresh = db.session.get_one(Request, req.id)
         current = _edit_form(fresh)
@@ -231,12 +217,9 @@ def undelivered_mail():
         if not mail.valid_address(address):
             errors[row.id], typed[row.id] = "Enter a valid e-mail address, like name@uhl-tr.nhs.uk.", address
         else:
-            old = row.to_addr
-            row.to_addr = address
-            audit.record(audit.Action.MESSAGE, request_id=row.request_id,
-                         detail=f"e-mail {row.id} sent again" + (f" to a corrected address (was {old})"
-                                                                  if old != address else ""))
-            mail.send_again(row)  # commits, then queues it
+            mail.send_again(row, address)
+            db.session.commit()
+            mail.enqueue_delivery(row.id)
             flash(f"The e-mail to {address} is back in the outbox.", "success")
             return redirect(url_for("desk.undelivered_mail"))
     rows = list(db.session.scalars(

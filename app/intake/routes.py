@@ -15,7 +15,7 @@ from app import audit, htmx
 from app.extensions import db
 from app.intake.duplicates import find_duplicate
 from app.intake.forms import CDForm, ExportForm, ImportForm, RequestForm
-from app.intake.service import already_submitted, create_request
+from app.intake.service import RequestValues, already_submitted, create_request
 from app.requests.access import visible_request
 from app.requests.models import Institution, Request
 from app.requests.statuses import Kind
@@ -84,6 +84,13 @@ def _edit_exam_lines(form: RequestForm, action: str) -> bool:
     return False
 
 
+def _values(form: RequestForm, kind: Kind) -> RequestValues:
+    """The validated form as plain values for the service."""
+    assert form.patient is not None, "validate() matches the patient first"  # noqa: S101 - an invariant (validate() ran), not a check
+    return RequestValues(kind=kind, patient=form.patient, answers=form.data, exams=tuple(form.exam_keys()),
+                         submission_key=form.submission_key.data or None)
+
+
 def _form_page(kind: Kind):  # noqa: ANN202
     form = FORMS[kind]()
     action = request.form.get("action", "")
@@ -111,7 +118,7 @@ def _form_page(kind: Kind):  # noqa: ANN202
         status = 409
     else:
         try:
-            req = create_request(form, current_user, duplicate_of=same_exam)
+            req = create_request(_values(form, kind), current_user, duplicate_of=same_exam)
             db.session.commit()
         except IntegrityError:
             # The same form's other click won the race: show the request it made.

@@ -1,13 +1,22 @@
-"""Turning a valid form into a request row (no Flask request objects here)."""
+"""Turning a valid submission into a request row.
+
+Plain values in (`RequestValues`, built by the view from the validated form): no Flask
+request objects and no WTForms here. Like every service, it changes the session and
+never commits; the view commits once (README, "Layout").
+"""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date
 
 import sqlalchemy as sa
 
 from app import audit
 from app.auth.models import User
 from app.extensions import db
-from app.intake.forms import CDForm, ExportForm, ImportForm, RequestForm
+from app.patients.models import Patient
 from app.requests.callref import next_call_ref
 from app.requests.models import ExamLine, Institution, Request
 from app.requests.statuses import Kind, Priority, Status
@@ -31,22 +40,29 @@ _KIND_FIELDS: dict[Kind, tuple[str, ...]] = {
 }
 
 
-def kind_of(form: RequestForm) -> Kind:
-    if isinstance(form, ImportForm):
-        return Kind.IMPORT
-    if isinstance(form, ExportForm):
-        return Kind.EXPORT
-    if isinstance(form, CDForm):
-        return Kind.CD
-    raise TypeError(type(form).__name__)
+@dataclass(frozen=True)
+class RequestValues:
+    """One validated submission as plain values.
+
+    `answers`: the form's fields by name (`form.data`); the service copies those of this
+    kind (`_PATIENT_FIELDS`, `_CONTACT_FIELDS`, `_KIND_FIELDS`) and ignores the rest.
+    `exams`: the filled exam lines as (date, description, code). `patient`: the PAS
+    record the form's validation matched.
+    """
+
+    kind: Kind
+    patient: Patient
+    answers: Mapping[str, object]
+    exams: tuple[tuple[date | None, str, str], ...]  # ExamKey; a line may be undated
+    submission_key: str | None = None
 
 
 def _text(value: object) -> object:
     return value.strip() if isinstance(value, str) else value
 
 
-def create_request(form: RequestForm, requester: User, duplicate_of: Request | None = None) -> Request:
-    """Save a validated form as a `New` request with a fresh call reference.
+def create_request(values: RequestValues, requester: User, duplicate_of: Request | None = None) -> Request:
+    """Save a validated submission as a `New` request with a fresh call reference.
 
     `duplicate_of`: the earlier request for the same examination that the requester was
     warned about and chose to submit anyway (app/intake/duplicates.py).
@@ -54,33 +70,33 @@ def create_request(form: RequestForm, requester: User, duplicate_of: Request | N
     All or nothing: the caller commits once; on any error it rolls back and nothing of
     the request is left behind.
     """
-    assert form.patient is not None, "validate() matches the patient first"  # noqa: S101 - an invariant (validate() ran), not a check
-    kind = kind_of(form)
+    kind = values.kind
     req = Request(
         call_ref=next_call_ref(local_today().year),
         kind=kind,
         status=Status.NEW,
         requester=requester,
-        patient=form.patient,
-        submission_key=form.submission_key.data or None,
+        patient=values.patient,
+        submission_key=values.submission_key or None,
         duplicate_of=duplicate_of,
     )
     for name in _PATIENT_FIELDS + _CONTACT_FIELDS + _KIND_FIELDS[kind]:
-        setattr(req, name, _text(getattr(form, name).data) or _empty(name))
-    req.priority = Priority(form.priority.data) if hasattr(form, "priority") else Priority.STANDARD
+        setattr(req, name, _text(values.answers.get(name)) or _empty(name))
+    priority = values.answers.get("priority")
+    req.priority = Priority(str(priority)) if priority else Priority.STANDARD  # the CD form has none
     if kind in (Kind.IMPORT, Kind.EXPORT):
         req.institution = db.session.scalar(
             sa.select(Institution).where(sa.func.lower(Institution.name) == req.institution_name.lower())
         )
     if req.postcode:
         req.postcode = req.postcode.upper()
-    for position, line in enumerate(form.filled_exams()):
+    for position, (exam_date, description, exam_code) in enumerate(values.exams):
         req.exams.append(
             ExamLine(
                 position=position,
-                exam_date=line.exam_date.data,
-                description=(line.description.data or "").strip(),
-                exam_code=(line.exam_code.data or "").strip(),
+                exam_date=exam_date,
+                description=(description or "").strip(),
+                exam_code=(exam_code or "").strip(),
             )
         )
     db.session.add(req)

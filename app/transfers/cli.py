@@ -7,32 +7,15 @@ import sqlalchemy as sa
 from flask.cli import AppGroup
 
 from app.dicom import scu
-from app.dicom.ae import Node
 from app.dicom.errors import DicomFailure
 from app.extensions import db
-from app.requests.models import Institution
 from app.transfers import service
 from app.transfers.models import DicomNode, NodeRole
+from app.transfers.nodes import upsert_node
+
+__all__ = ["nodes_cli", "upsert_node"]  # upsert_node: older callers import it from here
 
 nodes_cli = AppGroup("nodes", help="DICOM nodes: the local PACS, the gateway, remote hospitals.")
-
-
-def upsert_node(name: str, ae_title: str, host: str, port: int, role: str, institution: str = "",
-                supports_get: bool = True) -> DicomNode:
-    """Add a node, or update the one with that name (idempotent). The caller commits."""
-    Node(ae_title=ae_title, host=host, port=port)  # validates AE title and port
-    node = db.session.scalar(sa.select(DicomNode).where(DicomNode.name == name))
-    if node is None:
-        node = DicomNode(name=name)
-        db.session.add(node)
-    node.ae_title, node.host, node.port, node.role, node.supports_get = ae_title.strip(), host, port, role, supports_get
-    if institution:
-        inst = db.session.scalar(sa.select(Institution).where(Institution.name == institution))
-        if inst is None:
-            inst = Institution(name=institution)
-            db.session.add(inst)
-        node.institution = inst
-    return node
 
 
 @nodes_cli.command("add")

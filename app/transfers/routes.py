@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import logging
-import re
-import uuid
 from collections.abc import Callable
 from datetime import date
-from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
@@ -24,20 +20,20 @@ from app.dicom.errors import DicomFailure
 from app.extensions import db
 from app.requests.access import visible_request
 from app.requests.models import Request
-from app.requests.statuses import Kind, Priority, Status
+from app.requests.statuses import Kind
 from app.timeutil import utcnow
 from app.transfers import service
-from app.transfers.cli import upsert_node
 from app.transfers.inbound import settle
 from app.transfers.models import DicomNode, Direction, InboundStudy, NodeRole, Transfer, TransferState
+from app.transfers.nodes import NODE_FIELDS, NodeValues, register_node
 from app.transfers.quarantine import refused_arrivals, refused_files
+from app.transfers.search import StudyFilters, find_patient_studies
 
 bp = Blueprint("transfers", __name__)
 log = logging.getLogger("iep.transfers")
 
 DESK = tuple(DESK_ROLES)
 NODE_ADMINS = (Role.AM_RADIOLOGY, Role.ADMIN)
-MAX_REPORT_BYTES = 10 * 1024 * 1024
 REFUSED_SHOWN = 200  # newest refused files listed on Arrivals; the count covers them all
 
 
@@ -55,30 +51,12 @@ def _nodes(*roles: NodeRole) -> list[DicomNode]:
 @roles_required(*NODE_ADMINS)
 def nodes():
     """The DICOM node register, with a form to add one."""
-    errors: dict[str, str] = {}
-    values = {
-        k: (request.form.get(k) or "").strip() for k in ("name", "ae_title", "host", "port", "role", "institution")
-    }
-    if request.method == "POST":
-        if not values["name"]:
-            errors["name"] = "Give the node a name."
-        if not values["host"]:
-            errors["host"] = "Give the node's host name or address."
-        if not values["port"].isdigit() or not 0 < int(values["port"]) < 65536:
-            errors["port"] = "The port is a number from 1 to 65535."
-        if values["role"] not in {r.value for r in NodeRole}:
-            errors["role"] = "Choose a role."
-        if not errors:
-            try:
-                upsert_node(values["name"], values["ae_title"], values["host"], int(values["port"]), values["role"],
-                            values["institution"])
-            except ValueError:
-                errors["ae_title"] = "An AE title has 1 to 16 characters, no backslash."
-        if not errors:
-            audit.record(audit.Action.EDIT, detail=f"node {values['name']} saved")
-            db.session.commit()
-            flash(f"Node {values['name']} saved.", "success")
-            return redirect(url_for("transfers.nodes"))
+    values = {k: (request.form.get(k) or "").strip() for k in NODE_FIELDS}
+    errors = register_node(NodeValues(**values)) if request.method == "POST" else {}
+    if request.method == "POST" and not errors:
+        db.session.commit()
+        flash(f"Node {values['name']} saved.", "success")
+        return redirect(url_for("transfers.nodes"))
     return render_template("transfers/nodes.html", nodes=_nodes(), roles=list(NodeRole), errors=errors,
                            values=values), (422 if errors else 200)
 
@@ -119,7 +97,7 @@ def _date(text: str) -> date | None:
 @bp.route("/requests/<call_ref>/pacs-search", methods=["POST"])
 @roles_required(*DESK)
 def pacs_search(call_ref: str):
-    """C-FIND the chosen node for this patient's studies (by S number and NHS number)."""
+    """C-FIND the chosen node for this patient's studies: one search, merged by study."""
     req = visible_request(call_ref)
     form = _search_form()
     node = db.session.get(DicomNode, int(form["node_id"])) if form["node_id"].isdigit() else service.local_pacs()
@@ -127,24 +105,10 @@ def pacs_search(call_ref: str):
     if node is None:
         error = "No node to search: add the local PACS in the node register."
     else:
+        filters = StudyFilters(date_from=_date(form["date_from"]), date_to=_date(form["date_to"]),
+                               modality=form["modality"], description=form["description"], accession=form["accession"])
         try:
-            found: dict[str, scu.StudySummary] = {}
-            searches: list[dict[str, Any] | None] = [  # find_studies' keyword arguments
-                {"patient_id": req.s_number}, {"nhs_number": req.nhs_number} if req.nhs_number else None]
-            if req.kind == Kind.IMPORT:
-                # Another hospital files the patient under its own id: match name and birth date too.
-                searches.append({"family_name": req.patient.family_name.upper(), "birth_date": req.patient.dob})
-            for criteria in searches:
-                if criteria is None:
-                    continue
-                for study in scu.find_studies(
-                    service.as_node(node), **criteria,
-                    date_from=_date(form["date_from"]), date_to=_date(form["date_to"]),
-                    modality=form["modality"] or None, description=form["description"] or None,
-                    accession=form["accession"] or None, config=service.ae_config(),
-                ):
-                    found[study.study_uid] = study
-            studies = sorted(found.values(), key=lambda s: s.study_date, reverse=True)
+            studies = find_patient_studies(node, req, filters)
         except DicomFailure as failure:
             error = f"The search on {node.name} failed: {failure.plain}"
     audit.record(audit.Action.VIEW, request_id=req.id, detail=f"{req.call_ref} PACS search")
@@ -218,55 +182,26 @@ def start(call_ref: str):
     """Start an export (selected studies -> destination) or a direct pull (-> gateway),
     unless a transfer of the same studies to the same place is still under way."""
     req = visible_request(call_ref)
-    uids = [u for u in request.form.getlist("study_uid") if re.fullmatch(r"[0-9.]{1,64}", u)]
-    source = db.session.get(DicomNode, request.form.get("source_id", type=int) or 0) or (
-        service.local_pacs() if req.kind != Kind.IMPORT else None)
-    if source is None:
-        flash("Choose the node to take the studies from.", "error")
-        return _to_request_page(req.call_ref)
-    priority = request.form.get("priority") or req.priority.value
-    if priority not in {p.value for p in Priority}:
-        priority = req.priority.value
-    if not uids:
-        flash("Tick at least one study to send.", "error")
-        return _to_request_page(req.call_ref)
-    if req.kind == Kind.IMPORT:
-        direction, dest = Direction.PULL, None
-    else:
-        direction = Direction.OUTBOUND
-        dest = db.session.get(DicomNode, request.form.get("dest_id", type=int) or 0)
-        if dest is None:
-            flash("Choose the destination node.", "error")
-            return _to_request_page(req.call_ref)
-    report_path = ""
     upload = request.files.get("report_pdf")
-    if upload is not None and upload.filename:
-        data = upload.read(MAX_REPORT_BYTES + 1)
-        if len(data) > MAX_REPORT_BYTES or not data.startswith(b"%PDF-"):
-            flash("The report must be a PDF file of at most 10 MB.", "error")
-            return _to_request_page(req.call_ref)
-        folder = service.settings().storage_root / "reports"
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{uuid.uuid4().hex}.pdf"  # never the uploaded name
-        target.write_bytes(data)
-        report_path = str(target)
-
-    def create() -> Transfer:
-        transfer = service.create_transfer(
-            request=req, direction=direction, priority=Priority(priority), source=source, dest=dest, study_uids=uids,
-            user_id=current_user.id, report_text=(request.form.get("report_text") or "").strip()[:20000],
-            report_pdf_path=report_path,
-        )
-        audit.record(audit.Action.TRANSFER, request_id=req.id, detail=f"{req.call_ref} transfer {transfer.id} started")
-        return transfer
-
-    transfer = _create_once(req, direction, dest, uids, create)
+    values = service.StartValues(
+        study_uids=tuple(request.form.getlist("study_uid")), source_id=request.form.get("source_id", type=int),
+        dest_id=request.form.get("dest_id", type=int), priority=request.form.get("priority") or "",
+        report_text=request.form.get("report_text") or "",
+        report_pdf=upload.read(service.MAX_REPORT_BYTES + 1) if upload is not None and upload.filename else None,
+    )
+    try:
+        plan = service.plan_start(req, values)
+    except service.StartRefused as refusal:
+        flash(str(refusal), "error")
+        return _to_request_page(req.call_ref)
+    transfer = _create_once(req, plan.direction, plan.dest, plan.study_uids,
+                            lambda: service.start_transfer(req, plan, current_user.id))
     if not isinstance(transfer, Transfer):
-        if report_path:
-            Path(report_path).unlink(missing_ok=True)  # the transfer under way has its own
+        service.discard_report(plan)  # the transfer under way has its own
         return transfer
     service.enqueue(transfer)
-    flash(f"Transfer of {len(uids)} stud{'y' if len(uids) == 1 else 'ies'} queued.", "success")
+    n = len(plan.study_uids)
+    flash(f"Transfer of {n} stud{'y' if n == 1 else 'ies'} queued.", "success")
     return _to_request_page(req.call_ref, f"transfer-{transfer.id}")
 
 
@@ -279,43 +214,14 @@ def download_to_pacs(call_ref: str):
     """"Download to PACS": fix up, store to the local PACS, RIS entries, Delivered
     (unless a download of the same studies is still under way)."""
     req = visible_request(call_ref)
-    studies = list(db.session.scalars(sa.select(InboundStudy).where(
-        InboundStudy.request_id == req.id, InboundStudy.purged_at.is_(None))))
-    pacs = service.local_pacs()
-    if not studies or pacs is None:
-        flash("Nothing to download: no images have arrived for this request." if not studies
-              else "The local PACS node is not in the node register.", "error")
+    try:
+        plan = service.plan_download(req, again=request.form.get("again") == "1",
+                                     partial=request.form.get("partial") == "1")
+    except service.StartRefused as refusal:
+        flash(str(refusal), "error")
         return _to_request_page(req.call_ref)
-    uids = [s.study_uid for s in studies]
-    if req.status in (Status.DELIVERED, Status.COMPLETED) and request.form.get("again") != "1":
-        flash("These images are on PACS already: to store them a second time, tick the box by "
-              "“Send to PACS again”.", "error")
-        return _to_request_page(req.call_ref)
-    # Issue 8.3: never a study that is still arriving, or known to lack instances, unless
-    # the analyst chooses to send what has arrived (audited; RIS and the e-mail say so).
-    blockers = service.download_blockers(req, studies)
-    partial = bool(blockers) and request.form.get("partial") == "1"
-    if blockers and not partial:
-        flash("Not downloaded to PACS: " + "; ".join(blockers) + ". Wait until the images are complete, "
-              "or choose “Send what has arrived”.", "error")
-        return _to_request_page(req.call_ref)
-
-    def create() -> Transfer:
-        transfer = service.create_transfer(
-            request=req, direction=Direction.INBOUND, priority=req.priority, source=None, dest=pacs,
-            study_uids=uids, user_id=current_user.id,
-        )
-        transfer.partial_ok = partial
-        service.add_inbound_items(transfer, studies)
-        detail = f"{req.call_ref} import transfer {transfer.id}"
-        if partial:
-            detail += " sending what has arrived although: " + "; ".join(blockers)
-        elif request.form.get("again") == "1":
-            detail += " sent to PACS again"
-        audit.record(audit.Action.TRANSFER, request_id=req.id, detail=detail[:1000])
-        return transfer
-
-    transfer = _create_once(req, Direction.INBOUND, pacs, uids, create)
+    transfer = _create_once(req, Direction.INBOUND, plan.pacs, plan.study_uids,
+                            lambda: service.start_download(req, plan, current_user.id))
     if not isinstance(transfer, Transfer):
         return transfer
     service.enqueue(transfer)
@@ -346,39 +252,37 @@ def widget(transfer_id: int):
 def act(transfer_id: int, action: str):
     """Retry, Cancel, or confirm an import whose details differ from the register."""
     transfer = _transfer(transfer_id)
-    if action == "retry" and transfer.state in (TransferState.FAILED, TransferState.CANCELLED):
-        req = transfer.request
-        twin = (service.unfinished_twin(req, transfer.direction, transfer.dest_node, transfer.study_uids)
-                if req is not None else None)
-        if req is not None and twin is not None:  # a new Send of the same studies is under way: that one, not two
-            return _under_way(req.call_ref, twin)
-        try:
-            service.retry(transfer, current_user.id)
-        except (IntegrityError, StaleDataError):  # a press at the same instant won
-            db.session.rollback()
-            if req is None:
-                abort(409)
-            fresh = db.session.get_one(Transfer, transfer_id)
-            twin = service.unfinished_twin(req, fresh.direction, fresh.dest_node, fresh.study_uids)
-            if twin is not None:
-                return _under_way(req.call_ref, twin)
-            flash("Someone changed this request at the same moment; check it and try again.", "error")
-            return _to_request_page(req.call_ref)
-    elif action == "cancel" and transfer.is_unfinished:
-        service.cancel(transfer)
-    elif action == "confirm" and transfer.state == TransferState.WAITING_CONFIRMATION:
-        transfer.mismatch_accepted = True
-        transfer.state = TransferState.QUEUED
-        db.session.commit()
-        service.enqueue(transfer)
-    else:
-        abort(409)
     ref = transfer.request.call_ref if transfer.request else ""
-    audit.record(audit.Action.TRANSFER, request_id=transfer.request_id, detail=f"{ref} transfer {transfer.id} {action}")
-    db.session.commit()
+    try:
+        service.act_on(transfer, action, current_user.id)
+        db.session.commit()
+    except service.ActionRefused:
+        abort(409)
+    except service.TransferUnderWay as under_way:  # a new Send of the same studies: that one, not two
+        return _under_way(ref, under_way.transfer)
+    except (IntegrityError, StaleDataError):
+        db.session.rollback()
+        if action != "retry":
+            raise
+        return _retry_lost_race(transfer_id)  # a press at the same instant won
+    if action != "cancel":
+        service.enqueue(transfer)
     if htmx.is_htmx():
         return render_template("transfers/_widget.html", t=transfer)
     return redirect(url_for("intake.show", call_ref=ref) + "#transfers" if ref else url_for("desk.queue"))
+
+
+def _retry_lost_race(transfer_id: int) -> Response:
+    """After a Retry lost to a press at the same instant: show the transfer that won, or
+    say to look again; 409 (abort) for a transfer of no request."""
+    fresh = db.session.get(Transfer, transfer_id)
+    if fresh is None or fresh.request is None:
+        abort(409)
+    twin = service.unfinished_twin(fresh.request, fresh.direction, fresh.dest_node, fresh.study_uids)
+    if twin is not None:
+        return _under_way(fresh.request.call_ref, twin)
+    flash("Someone changed this request at the same moment; check it and try again.", "error")
+    return _to_request_page(fresh.request.call_ref)
 
 
 @bp.route("/desk/arrivals", methods=["GET", "POST"])
@@ -395,8 +299,8 @@ def arrivals():
         else:
             study.request = req
             audit.record(audit.Action.EDIT, request_id=req.id, detail=f"{req.call_ref} matched to arrived study")
-            db.session.commit()
-            settle(study)  # On IEP once the study is known complete (issue 8.3)
+            settle(study, commit=False)  # On IEP once the study is known complete (issue 8.3)
+            db.session.commit()  # one commit: the match, its audit entry and the On IEP together
             flash(f"Matched to {req.call_ref}.", "success")
         return redirect(url_for("transfers.arrivals"))
     studies = list(db.session.scalars(sa.select(InboundStudy).where(

@@ -2,13 +2,17 @@
 
 Enqueue -> job -> logic (STYLE habit 2): this module makes the rows and puts ids on RQ;
 `jobs.run_transfer(transfer_id)` loads the row and runs `engine`; nothing here talks DICOM.
+The web side's work comes in as plain values (`StartValues`, ids, strings). Nothing here
+commits except `enqueue` (README "Layout" says why): the caller commits once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -17,11 +21,12 @@ from flask import current_app
 from redis.exceptions import RedisError
 from sqlalchemy.orm.attributes import set_committed_value
 
+from app import audit
 from app.dicom.ae import AEConfig, Node, Timeouts
 from app.extensions import db, rowcount
 from app.queues import queue
 from app.requests.models import Request
-from app.requests.statuses import Priority, Status
+from app.requests.statuses import Kind, Priority, Status
 from app.timeutil import LONDON, aware, utcnow
 from app.transfers.lanes import in_window, next_window_start, queue_name
 from app.transfers.models import (
@@ -159,6 +164,149 @@ def create_transfer(
     return transfer
 
 
+MAX_REPORT_BYTES = 10 * 1024 * 1024
+_STUDY_UID = re.compile(r"[0-9.]{1,64}")
+
+
+class StartRefused(Exception):
+    """A Send that cannot start, in the analyst's words (nothing was changed)."""
+
+
+@dataclass(frozen=True)
+class StartValues:
+    """The Send form as plain values. `report_pdf`: the uploaded report, read to at most
+    MAX_REPORT_BYTES + 1 bytes, or None when no file was chosen."""
+
+    study_uids: tuple[str, ...]
+    source_id: int | None = None
+    dest_id: int | None = None
+    priority: str = ""
+    report_text: str = ""
+    report_pdf: bytes | None = None
+
+
+@dataclass(frozen=True)
+class StartPlan:
+    """A checked Send: what `start_transfer` makes, and the stored report if any."""
+
+    direction: Direction
+    source: DicomNode
+    dest: DicomNode | None
+    study_uids: list[str]
+    priority: Priority
+    report_text: str
+    report_pdf_path: str
+
+
+def plan_start(request: Request, values: StartValues) -> StartPlan:
+    """Check a Send for `request` (an export to a node, or for an import a pull to the
+    gateway) and store its report PDF under a name of our own. Raises StartRefused with
+    the first thing to put right; writes nothing to the database."""
+    uids = [u for u in values.study_uids if _STUDY_UID.fullmatch(u)]
+    source = db.session.get(DicomNode, values.source_id or 0) or (
+        local_pacs() if request.kind != Kind.IMPORT else None)
+    if source is None:
+        raise StartRefused("Choose the node to take the studies from.")
+    priority = values.priority or request.priority.value
+    if priority not in {p.value for p in Priority}:
+        priority = request.priority.value
+    if not uids:
+        raise StartRefused("Tick at least one study to send.")
+    if request.kind == Kind.IMPORT:
+        direction, dest = Direction.PULL, None
+    else:
+        direction = Direction.OUTBOUND
+        dest = db.session.get(DicomNode, values.dest_id or 0)
+        if dest is None:
+            raise StartRefused("Choose the destination node.")
+    report_path = ""
+    if values.report_pdf is not None:
+        data = values.report_pdf
+        if len(data) > MAX_REPORT_BYTES or not data.startswith(b"%PDF-"):
+            raise StartRefused("The report must be a PDF file of at most 10 MB.")
+        folder = settings().storage_root / "reports"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{uuid.uuid4().hex}.pdf"  # never the uploaded name
+        target.write_bytes(data)
+        report_path = str(target)
+    return StartPlan(direction=direction, source=source, dest=dest, study_uids=uids, priority=Priority(priority),
+                     report_text=values.report_text.strip()[:20000], report_pdf_path=report_path)
+
+
+def start_transfer(request: Request, plan: StartPlan, user_id: int | None) -> Transfer:
+    """The transfer a checked Send makes, audited (`create_transfer`: raises
+    TransferUnderWay). Never commits: the caller commits, then calls `enqueue`."""
+    transfer = create_transfer(
+        request=request, direction=plan.direction, priority=plan.priority, source=plan.source, dest=plan.dest,
+        study_uids=plan.study_uids, user_id=user_id, report_text=plan.report_text,
+        report_pdf_path=plan.report_pdf_path,
+    )
+    audit.record(audit.Action.TRANSFER, request_id=request.id,
+                 detail=f"{request.call_ref} transfer {transfer.id} started")
+    return transfer
+
+
+def discard_report(plan: StartPlan) -> None:
+    """Remove the report a Send stored when no transfer came of it."""
+    if plan.report_pdf_path:
+        Path(plan.report_pdf_path).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class DownloadPlan:
+    """A checked "Download to PACS": the arrived studies, the local PACS, and why it
+    goes although incomplete (`blockers`, when the analyst chose to send what arrived)."""
+
+    studies: list[InboundStudy]
+    pacs: DicomNode
+    study_uids: list[str]
+    partial: bool
+    blockers: list[str]
+    again: bool
+
+
+def plan_download(request: Request, *, again: bool, partial: bool) -> DownloadPlan:
+    """Check "Download to PACS" for an import: something has arrived, the local PACS is
+    registered, a second store is asked for (`again`), and (issue 8.3) the studies are
+    complete unless the analyst chose to send what has arrived (`partial`). Raises
+    StartRefused with the first thing to put right; changes nothing."""
+    studies = list(db.session.scalars(sa.select(InboundStudy).where(
+        InboundStudy.request_id == request.id, InboundStudy.purged_at.is_(None))))
+    pacs = local_pacs()
+    if not studies or pacs is None:
+        raise StartRefused("Nothing to download: no images have arrived for this request." if not studies
+                           else "The local PACS node is not in the node register.")
+    if request.status in (Status.DELIVERED, Status.COMPLETED) and not again:
+        raise StartRefused("These images are on PACS already: to store them a second time, tick the box by "
+                           "“Send to PACS again”.")
+    blockers = download_blockers(request, studies)
+    partial = bool(blockers) and partial
+    if blockers and not partial:
+        raise StartRefused("Not downloaded to PACS: " + "; ".join(blockers) + ". Wait until the images are "
+                           "complete, or choose “Send what has arrived”.")
+    return DownloadPlan(studies=studies, pacs=pacs, study_uids=[s.study_uid for s in studies], partial=partial,
+                        blockers=blockers, again=again)
+
+
+def start_download(request: Request, plan: DownloadPlan, user_id: int | None) -> Transfer:
+    """The import transfer a checked download makes, with its instance list, audited
+    (`create_transfer`: raises TransferUnderWay). Never commits: the caller commits, then
+    calls `enqueue`."""
+    transfer = create_transfer(
+        request=request, direction=Direction.INBOUND, priority=request.priority, source=None, dest=plan.pacs,
+        study_uids=plan.study_uids, user_id=user_id,
+    )
+    transfer.partial_ok = plan.partial
+    add_inbound_items(transfer, plan.studies)
+    detail = f"{request.call_ref} import transfer {transfer.id}"
+    if plan.partial:
+        detail += " sending what has arrived although: " + "; ".join(plan.blockers)
+    elif plan.again:
+        detail += " sent to PACS again"
+    audit.record(audit.Action.TRANSFER, request_id=request.id, detail=detail[:1000])
+    return transfer
+
+
 def add_inbound_items(transfer: Transfer, inbound: list[InboundStudy]) -> None:
     """List the gateway copies an import will send (one row per instance file)."""
     for study in inbound:
@@ -208,6 +356,10 @@ def enqueue(transfer: Transfer) -> str | None:
 
     Only one caller wins: the job id is claimed on the row (compare-and-set on the job id
     the caller saw), so two pools, or a dispatcher racing the reconciler, queue it once.
+
+    Commits (the named exception to "services never commit", README "Layout"): the claim
+    must be saved before RQ can hand the job to a worker, and it commits whatever else
+    the session holds, so the caller commits its own work first.
     """
     from app.transfers.jobs import run_transfer
 
@@ -321,7 +473,9 @@ def problem_count(transfer: Transfer) -> int:
 
 
 def retry(transfer: Transfer, user_id: int | None) -> None:
-    """Queue a failed transfer again: it resumes with what is not yet confirmed."""
+    """Make a failed or cancelled transfer queued again: it resumes with what is not yet
+    confirmed. Never commits: the caller commits, then calls `enqueue`. A press at the
+    same instant shows at the commit (IntegrityError or StaleDataError)."""
     if transfer.state not in (TransferState.FAILED, TransferState.CANCELLED):
         raise ValueError("only a failed or cancelled transfer can be retried")
     transfer.state = TransferState.QUEUED
@@ -335,18 +489,56 @@ def retry(transfer: Transfer, user_id: int | None) -> None:
             transition(transfer.request, Status.ACCEPTED, actor_id=user_id, note="Transfer retried.")
         else:
             advance(transfer.request, Status.DOWNLOAD_REQUEST, actor_id=user_id, note="Transfer retried.")
-    db.session.commit()
-    enqueue(transfer)
 
 
 def cancel(transfer: Transfer) -> None:
     """Ask a transfer to stop between instances; a queued one, or one waiting for the
-    analyst's confirmation, stops at once."""
+    analyst's confirmation, stops at once. Never commits."""
     transfer.cancel_requested = True
     if transfer.state in (TransferState.QUEUED, TransferState.WAITING_CONFIRMATION):
         transfer.state = TransferState.CANCELLED
         transfer.finished_at = utcnow()
-    db.session.commit()
+
+
+def confirm_patient(transfer: Transfer) -> None:
+    """The analyst has checked the patient of an import whose details differ from the
+    register: queue it again, the difference accepted. Never commits: the caller
+    commits, then calls `enqueue`."""
+    if transfer.state != TransferState.WAITING_CONFIRMATION:
+        raise ValueError("only a transfer waiting for confirmation can be confirmed")
+    transfer.mismatch_accepted = True
+    transfer.state = TransferState.QUEUED
+
+
+class ActionRefused(Exception):
+    """Retry, Cancel or Confirm does not apply to the transfer in its present state."""
+
+
+ACTIONS = ("retry", "cancel", "confirm")
+
+
+def act_on(transfer: Transfer, action: str, user_id: int | None) -> None:
+    """The analyst's Retry, Cancel or Confirm on one transfer, audited. Never commits: the
+    caller commits, then calls `enqueue` after a retry or a confirm.
+
+    Raises ActionRefused, changing nothing, when the action does not apply to the
+    transfer's state; TransferUnderWay when a retry would repeat a transfer of the same
+    studies that is still under way (issue 8.8).
+    """
+    if action == "retry" and transfer.state in (TransferState.FAILED, TransferState.CANCELLED):
+        req = transfer.request
+        if req is not None and (twin := unfinished_twin(req, transfer.direction, transfer.dest_node,
+                                                        transfer.study_uids)) is not None:
+            raise TransferUnderWay(twin)
+        retry(transfer, user_id)
+    elif action == "cancel" and transfer.is_unfinished:
+        cancel(transfer)
+    elif action == "confirm" and transfer.state == TransferState.WAITING_CONFIRMATION:
+        confirm_patient(transfer)
+    else:
+        raise ActionRefused(f"{action} does not apply to a transfer that is {transfer.state}")
+    ref = transfer.request.call_ref if transfer.request else ""
+    audit.record(audit.Action.TRANSFER, request_id=transfer.request_id, detail=f"{ref} transfer {transfer.id} {action}")
 
 
 def backoff(attempt: int) -> timedelta:

@@ -45,6 +45,7 @@ import sqlalchemy.orm as so
 from flask import has_app_context, render_template
 from redis.exceptions import RedisError
 
+from app import audit
 from app.extensions import db, rowcount
 from app.queues import MAINTENANCE, job_context, job_label, queue
 from app.requests.models import Request
@@ -336,16 +337,23 @@ def undelivered_count() -> int:
         OutboxEmail.status == OutboxStatus.FAILED.value)) or 0
 
 
-def send_again(row: OutboxEmail) -> bool:
-    """Put a failed mail back in the outbox (the desk corrected an address, or the server
-    is fixed) and queue it; commits. False if it was not failed."""
+def send_again(row: OutboxEmail, to_addr: str) -> bool:
+    """Put a failed mail back in the outbox, to `to_addr` (the desk corrected the address,
+    or the server is fixed), and audit it. False, changing nothing, if it was not failed.
+
+    Never commits: the caller commits, then calls `enqueue_delivery(row.id)` (the
+    after-commit hook queues only new rows).
+    """
     if row.status != OutboxStatus.FAILED.value:
         return False
+    old = row.to_addr
+    row.to_addr = to_addr
     row.status = OutboxStatus.PENDING.value
     row.attempts = 0
     row.next_attempt_at = utcnow()
-    db.session.commit()
-    enqueue_delivery(row.id)
+    audit.record(audit.Action.MESSAGE, request_id=row.request_id,
+                 detail=f"e-mail {row.id} sent again" + (f" to a corrected address (was {old})"
+                                                          if old != to_addr else ""))
     return True
 
 

@@ -1,0 +1,96 @@
+"""`transfers.service.plan_start` and `start_transfer`: the Send button's work as services
+taking plain values (issue 9.5). Nothing here runs a transfer or talks to Redis."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from app.audit import AuditEvent
+from app.extensions import db
+from app.intake.service import RequestValues, create_request
+from app.requests.statuses import Kind, Priority, Status
+from app.transfers import service
+from app.transfers.models import Direction, Transfer
+from app.transfers.nodes import upsert_node
+
+STUDY = "1.2.826.0.1.3680043.8.498.301"
+PDF = b"%PDF-1.4 a report"
+
+
+def _request(kind: Kind, patient, requester):  # noqa: ANN001, ANN202
+    answers = {"s_number": patient.s_number, "family_name": "Smith", "given_name": "Margaret", "dob": patient.dob,
+               "contact_name": "Dr Shah", "contact_phone": "0116", "contact_email": "shah@uhl-tr.nhs.uk",
+               "institution_name": "Leeds", "priority": "Blue Light", "priority_reason": "Inpatient admission"}
+    req = create_request(RequestValues(kind=kind, patient=patient, answers=answers,
+                                       exams=((date(2026, 1, 2), "CT head", ""),)), requester)
+    db.session.commit()
+    return req
+
+
+@pytest.fixture
+def nodes(app):  # noqa: ANN201
+    pacs = upsert_node("UHLPACSWFM01", "UHLPACS", "127.0.0.1", 11112, "local_pacs")
+    leeds = upsert_node("Leeds PACS", "LEEDS", "127.0.0.1", 11113, "remote")
+    db.session.commit()
+    return pacs, leeds
+
+
+@pytest.fixture
+def export(app, make_user, pas_patients, nodes):  # noqa: ANN201
+    return _request(Kind.EXPORT, pas_patients[0], make_user("requester"))
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"study_uids": ("1.2.3",), "source_id": 999}, None),  # an unknown source: the local PACS
+    ({"study_uids": ("not-a-uid",)}, "Tick at least one study to send."),
+    ({"study_uids": ("1.2.3",), "dest_id": None}, "Choose the destination node."),
+    ({"study_uids": ("1.2.3",), "report_pdf": b"<html>"}, "The report must be a PDF file of at most 10 MB."),
+    ({"study_uids": ("1.2.3",), "report_pdf": b""}, "The report must be a PDF file of at most 10 MB."),
+    ({"study_uids": ("1.2.3",), "report_pdf": b"%PDF-" + b"x" * service.MAX_REPORT_BYTES},
+     "The report must be a PDF file of at most 10 MB."),
+], ids=["unknown_source_means_local_pacs", "uids_are_digits_and_dots", "export_needs_a_destination",
+        "report_must_be_a_pdf", "empty_report_refused", "report_over_10_mb_refused"])
+def test_plan_start_refuses_in_the_analysts_words(export, nodes, values, message):
+    values = {"dest_id": nodes[1].id, **values}
+    if message is None:
+        assert service.plan_start(export, service.StartValues(**values)).source.id == nodes[0].id
+        return
+    with pytest.raises(service.StartRefused, match=message):
+        service.plan_start(export, service.StartValues(**values))
+
+
+def test_an_import_pulls_to_the_gateway_and_needs_its_source(app, make_user, pas_patients, nodes):
+    req = _request(Kind.IMPORT, pas_patients[0], make_user("requester"))
+    with pytest.raises(service.StartRefused, match="Choose the node to take the studies from."):
+        service.plan_start(req, service.StartValues(study_uids=(STUDY,)))
+    plan = service.plan_start(req, service.StartValues(study_uids=(STUDY,), source_id=nodes[1].id))
+    assert (plan.direction, plan.dest, plan.priority) == (Direction.PULL, None, Priority.BLUE_LIGHT)
+
+
+def test_start_stores_the_report_under_our_own_name_and_the_caller_commits(export, nodes):
+    plan = service.plan_start(export, service.StartValues(
+        study_uids=(STUDY, "junk"), source_id=nodes[0].id, dest_id=nodes[1].id, priority="Nonsense",
+        report_text="  Report text  ", report_pdf=PDF))
+    assert plan.study_uids == [STUDY] and plan.priority == Priority.BLUE_LIGHT and plan.report_text == "Report text"
+    assert Path(plan.report_pdf_path).read_bytes() == PDF and Path(plan.report_pdf_path).parent.name == "reports"
+    transfer = service.start_transfer(export, plan, None)
+    assert transfer.report_pdf_path == plan.report_pdf_path and export.status == Status.DOWNLOAD_REQUEST
+    assert db.session.scalar(sa.select(AuditEvent.detail).where(AuditEvent.action == "transfer")) == (
+        f"{export.call_ref} transfer {transfer.id} started")
+    db.session.rollback()
+    assert db.session.scalar(sa.select(sa.func.count(Transfer.id))) == 0
+    service.discard_report(plan)
+    assert not Path(plan.report_pdf_path).exists()
+
+
+def test_a_second_start_of_the_same_studies_is_under_way(export, nodes):
+    plan = service.plan_start(export, service.StartValues(study_uids=(STUDY,), dest_id=nodes[1].id))
+    first = service.start_transfer(export, plan, None)
+    db.session.commit()
+    with pytest.raises(service.TransferUnderWay) as under_way:
+        service.start_transfer(export, plan, None)
+    assert under_way.value.transfer.id == first.id
