@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
     from app.transfers import models as _transfer_models  # noqa: F401
     from app.transfers import quarantine as _quarantine_models  # noqa: F401
     from app.transfers.routes import bp as transfers_bp
+    from app.trauma.routes import bp as trauma_bp
     from app.workflow import mail as _mail  # noqa: F401  (installs the after-commit hook)
     from app.workflow import models as _workflow_models  # noqa: F401
     from app.workflow.routes import bp as workflow_bp
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
     app.register_blueprint(desk_bp)
     app.register_blueprint(workflow_bp)
     app.register_blueprint(transfers_bp)
+    app.register_blueprint(trauma_bp)
     install_guard(app)
 
     from app import htmx

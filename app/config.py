@@ -72,6 +72,9 @@ class Settings:
     # A pushed study counts as complete once its sender released the association and
     # nothing more came for this long (issue 8.3).
     arrival_quiet_seconds: int = 120
+    # The trauma route's one destination (guideline 2.8, Appendix 4 step 14): a node
+    # register name, locked on the radiologist's screen.
+    trauma_node: str = "NUH Radiology PACS"
 
     @property
     def storage_root(self) -> Path:
@@ -131,6 +134,7 @@ class Settings:
             dicom_timeout_seconds=_env_int("DICOM_TIMEOUT_SECONDS", 30),
             desk_email=(os.environ.get("DESK_EMAIL") or smtp.get("from") or "").strip(),
             arrival_quiet_seconds=_env_int("ARRIVAL_QUIET_SECONDS", 120),
+            trauma_node=os.environ.get("TRAUMA_NODE") or "NUH Radiology PACS",
         )
 
     def engine_options(self) -> dict[str, object]:

@@ -5,12 +5,8 @@ real Redis, real Orthanc."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,15 +29,12 @@ from app.workflow.machine import transition
 from tests.conftest import post_form
 from tests.dicom_peers import OUR_AE, QUICK
 from tests.forms_data import valid_export, valid_import
+from tests.pool import STALL, kill_pool, start_pool, wait_for
 
 # Every test here runs the worker pool against real peers and waits for it: slow.
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
-POOL_LOG = open(os.environ.get("IEP_POOL_LOG", os.devnull), "ab")  # noqa: SIM115 - kept for the run
-STALL = 3  # seconds without progress before a run counts as dead (short for the test)
-
-
 @pytest.fixture
 def slow_pacs(orthanc_factory, gateway_port):
     """A PACS that answers each C-STORE after a delayed ACK (~40 ms): slow enough to kill
@@ -58,65 +51,6 @@ def fault_app(app, database_url, redis_url):
     for name in ("outbound-bluelight", "outbound", "outbound-batch", "inbound-bluelight", "inbound"):
         Queue(name, connection=redis_conn()).empty()
     return app
-
-
-def start_pool(app, database_url: str, redis_url: str, lanes: str, **extra_env: str) -> subprocess.Popen:
-    """worker.py as a deployment runs it (its dispatcher included), against the test's
-    database and Redis; without cron and gateway, which these tests do not need."""
-    settings = app.config["IEP_SETTINGS"]
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "SECRET_KEY": "fault-test",
-        "IEP_DATA_DIR": str(settings.storage_root),
-        "IEP_WORKERS": lanes,
-        "IEP_CRON": "0",
-        "IEP_GATEWAY": "0",
-        "TRANSFER_STALL_SECONDS": str(STALL),
-        "DICOM_TIMEOUT_SECONDS": "10",
-        "GATEWAY_AE_TITLE": settings.gateway_ae_title,
-        **extra_env,
-    }
-    return subprocess.Popen([sys.executable, "worker.py"], cwd=REPO, env=env, start_new_session=True,
-                            stdout=POOL_LOG, stderr=subprocess.STDOUT)
-
-
-def kill_pool(pool: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    """Signal the supervisor and every descendant (RQ's work-horses run in sessions of
-    their own, so the process group alone would miss the one doing the transfer)."""
-    import psutil
-
-    try:
-        family = [psutil.Process(pool.pid), *psutil.Process(pool.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
-    for proc in family:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.send_signal(sig)
-    try:
-        pool.wait(timeout=120)  # a warm shutdown lets a job in hand finish
-    except subprocess.TimeoutExpired:
-        # Say which process would not stop (the next person needs to know), then clean up.
-        alive = [f"{p.pid} {' '.join(p.cmdline()[-3:])}" for p in family if p.is_running()]
-        for proc in family:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
-        pool.wait(timeout=30)
-        raise AssertionError(f"the pool did not stop on signal {sig} within 120 s; still running: {alive}") from None
-    if sig == signal.SIGKILL:
-        psutil.wait_procs(family, timeout=10)
-
-
-def wait_for(predicate, seconds: float, what: str):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        db.session.expire_all()
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {seconds} s waiting for {what}")
 
 
 def _import_request(client, login_as) -> Request:

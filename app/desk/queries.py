@@ -49,8 +49,9 @@ def _requester_replied() -> sa.ColumnElement[bool]:
 
 
 def _transfer_needs_eyes() -> sa.ColumnElement[bool]:
-    """A transfer of the request stalled (the watchdog re-queued it) or waits for the
-    analyst to confirm demographics that differ from the register."""
+    """A transfer of the request stalled (the watchdog re-queued it), waits for the
+    analyst to confirm demographics that differ from the register, or is a Blue Light
+    transfer whose last attempt failed (it retries, but a trauma patient cannot wait)."""
     from app.transfers.models import ACTIVE_STATES, Transfer, TransferState
 
     return sa.exists().where(
@@ -58,6 +59,8 @@ def _transfer_needs_eyes() -> sa.ColumnElement[bool]:
         sa.or_(
             sa.and_(Transfer.stalled, Transfer.state.in_(ACTIVE_STATES)),
             Transfer.state == TransferState.WAITING_CONFIRMATION,
+            sa.and_(Transfer.priority == Priority.BLUE_LIGHT, Transfer.last_error != "",
+                    Transfer.state.in_(ACTIVE_STATES)),
         ),
     )
 

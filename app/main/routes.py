@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from flask import Blueprint, jsonify, redirect, url_for
+from flask_login import current_user
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
+from app.auth.models import Role
 from app.extensions import db, redis_conn
 
 bp = Blueprint("main", __name__)
@@ -14,7 +16,10 @@ bp = Blueprint("main", __name__)
 
 @bp.route("/")
 def home():
-    """Start page: what you can ask for, and your requests."""
+    """Start page: the on-call radiologist's trauma screen (Appendix 4); for everyone
+    else what they can ask for, and their requests."""
+    if current_user.role == Role.RADIOLOGIST:
+        return redirect(url_for("trauma.page"))
     return redirect(url_for("intake.mine"))
 
 

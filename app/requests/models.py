@@ -90,6 +90,8 @@ class Request(Model):
     patient_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("patients.id"), index=True)
     s_number: so.Mapped[str] = so.mapped_column(sa.String(8), index=True)
     nhs_number: so.Mapped[str] = so.mapped_column(sa.String(10), default="", index=True)
+    # Appendix 4 step 8: a trauma transfer without an NHS number says why.
+    no_nhs_reason: so.Mapped[str] = so.mapped_column(sa.String(200), default="")
     family_name: so.Mapped[str] = so.mapped_column(sa.String(80))
     given_name: so.Mapped[str] = so.mapped_column(sa.String(80))
     dob: so.Mapped[date]
@@ -197,5 +199,7 @@ class ExamLine(Model):
     exam_date: so.Mapped[date]
     description: so.Mapped[str] = so.mapped_column(sa.String(200), default="")
     exam_code: so.Mapped[str] = so.mapped_column(sa.String(20), default="")
+    # The PACS study this line is, when the desk picked it (a trauma transfer's studies).
+    study_uid: so.Mapped[str] = so.mapped_column(sa.String(64), default="")
 
     request: so.Mapped[Request] = so.relationship(back_populates="exams")

@@ -117,7 +117,9 @@ def on_transition(req: Request, old: Status, new: Status) -> None:
     # Only the requester's mail names the patient (they asked for this patient).
     to_requester = _for_requester(req)
 
-    export_sent = req.kind == Kind.EXPORT and (new == S.ON_IEP or (new == S.DELIVERED and old != S.ON_IEP))
+    # A trauma transfer is an export to Nottingham: NUH's radiology is told the same way.
+    export_sent = req.kind in (Kind.EXPORT, Kind.TRAUMA) and (
+        new == S.ON_IEP or (new == S.DELIVERED and old != S.ON_IEP))
     if export_sent:
         # Guideline 2.6 b: the receiving institution and the requester are told.
         for addr in _institution_addresses(req):
