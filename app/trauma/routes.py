@@ -164,6 +164,7 @@ def track(call_ref: str):
     transfer = service.trauma_transfer(req)
     return htmx.render("trauma/track.html", "trauma/_status.html", req=req, t=transfer,
                        outcome=service.outcome(transfer), took=service.seconds_taken(transfer),
+                       failed_at=service.where_it_failed(transfer) if transfer and transfer.last_error else "",
                        studies=service.study_progress(req, transfer) if transfer else [])
 
 
@@ -176,4 +177,5 @@ def status(call_ref: str):
         return redirect(url_for("trauma.track", call_ref=req.call_ref))
     return htmx.render("trauma/track.html", "trauma/_status.html", req=req, t=transfer,
                        outcome=service.outcome(transfer), took=service.seconds_taken(transfer),
+                       failed_at=service.where_it_failed(transfer) if transfer and transfer.last_error else "",
                        studies=service.study_progress(req, transfer) if transfer else [])

@@ -260,6 +260,18 @@ def study_progress(req: Request, transfer: Transfer) -> list[StudyProgress]:
     return out
 
 
+def where_it_failed(transfer: Transfer) -> str:
+    """Which leg a failure is on, in words: the studies are taken from the local PACS
+    first (every instance listed and fetched), then sent to the destination."""
+    fetched_all = db.session.scalar(sa.select(sa.func.count(TransferItem.id)).where(
+        TransferItem.transfer_id == transfer.id, TransferItem.path == "")) == 0
+    listed = db.session.scalar(sa.select(TransferItem.id).where(TransferItem.transfer_id == transfer.id).limit(1))
+    if listed is not None and fetched_all:
+        return f"Sending to {transfer.dest_node.name if transfer.dest_node else 'NUH'} failed"
+    source = transfer.source_node.name if transfer.source_node else "?"
+    return f"Taking the studies from the local PACS ({source}) failed"
+
+
 def seconds_taken(transfer: Transfer | None) -> int | None:
     """Send to Delivered, in whole seconds (None until it is delivered)."""
     if transfer is None or transfer.state != TransferState.DELIVERED or transfer.finished_at is None:
