@@ -311,7 +311,9 @@ def test_a_radiologist_sees_their_own_trauma_requests_and_no_one_elses(client, l
     login_as("radiologist")
     mine = _sent(client, trauma_pacs)
     assert client.get(f"/trauma/{mine.call_ref}").status_code == 200
-    assert client.get(f"/requests/{mine.call_ref}").status_code == 200
+    request_page = client.get(f"/requests/{mine.call_ref}")
+    assert request_page.status_code == 200 and "Follow the trauma transfer" in _text(request_page)
+    assert "form.pdf" not in request_page.get_data(as_text=True)  # Appendix 4 has no form
     assert mine.call_ref in _text(client.get("/trauma"))
     assert theirs.call_ref not in _text(client.get("/trauma"))
     for url in (f"/trauma/{theirs.call_ref}", f"/requests/{theirs.call_ref}", f"/trauma/{theirs.call_ref}/status",
