@@ -36,6 +36,7 @@ log = logging.getLogger("iep.trauma")
 
 TRAUMA_ROLES = (Role.RADIOLOGIST, Role.ADMIN)
 RECENT = 10  # the radiologist's own latest trauma requests, listed under the screen
+ACTIONS = ("find", "confirm", "filter", "review", "send")
 
 
 def _recent() -> list[Request]:
@@ -66,6 +67,8 @@ def page():
     action = request.form.get("action", "") if request.method == "POST" else ""
     if not action:
         return _screen(form, "find")
+    if action not in ACTIONS:
+        abort(400)
     if not form.check_patient():
         return _screen(form, "find", 422)
     patient = form.patient
@@ -88,13 +91,11 @@ def page():
         problems.extend(form.report_text.errors)
     if problems:
         return _studies_step(form, kept=[s.study_uid for s in ticked], problems=problems, status=422)
-    if action == "review":
-        form.submission_key.data = str(uuid.uuid4())
-        form.report_checked.data = False
-        return _screen(form, "review", studies=ticked)
     if action == "send":
         return _send(form, ticked)
-    abort(400)
+    form.submission_key.data = str(uuid.uuid4())  # review: one key per Send button shown
+    form.report_checked.data = False
+    return _screen(form, "review", studies=ticked)
 
 
 def _studies_step(form: TraumaForm, *, kept: list[str], problems: list[str] | None = None, status: int = 200):  # noqa: ANN202
