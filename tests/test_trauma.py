@@ -208,10 +208,10 @@ def test_a_study_the_screen_did_not_list_for_this_patient_cannot_be_sent(client,
     patel = {"s_number": "S7654321", "nhs_number": "999 000 0026"}
     response = step(client, "review", **patel, studies_token=token,
                     study_uid=[trauma_pacs.study_uids["CT HEAD"]])
-    assert "The list of studies is out of date" in _text(response)
+    assert "The list of studies was out of date" in _text(response)
     response = step(client, "review", **SMITH, studies_token=token[:-4] + "AAAA",
                     study_uid=[trauma_pacs.study_uids["CT HEAD"]])
-    assert "The list of studies is out of date" in _text(response)
+    assert "The list of studies was out of date" in _text(response)
     assert db.session.scalar(sa.select(sa.func.count(Request.id))) == 0
 
 

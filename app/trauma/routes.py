@@ -13,7 +13,7 @@ import logging
 import uuid
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, redirect, request, url_for
+from flask import Blueprint, abort, redirect, request, url_for
 from flask_login import current_user
 from sqlalchemy.exc import IntegrityError
 
@@ -80,9 +80,9 @@ def page():
     if action in ("confirm", "filter"):
         return _studies_step(form, kept=request.form.getlist("study_uid"))
     listed = form.listed_studies()
-    if listed is None:
-        flash("The list of studies is out of date: search again.", "error")
-        return _studies_step(form, kept=[])
+    if listed is None:  # forged, too old, or made for another patient: list them afresh
+        return _studies_step(form, kept=[], problems=["The list of studies was out of date, so it has been made "
+                                                      "again: tick the studies again."])
     ticked = _ticked(listed)
     problems = []
     if not ticked:
