@@ -465,3 +465,33 @@ def test_migration_fills_the_keys_of_existing_transfers_and_spares_legacy_twins(
         with pytest.raises(IntegrityError):
             db.session.commit()
         db.session.rollback()
+
+
+def test_the_dispatcher_does_not_queue_again_a_transfer_the_web_queued_while_it_worked(app, nodes, clean_queues,
+                                                                                      monkeypatch):
+    """Found by bench/trauma.py: the dispatcher selects due transfers with no job; each
+    enqueue commits, which reloads the rest; one the web queued meanwhile came back with the
+    web's job id, and a compare-and-set on that id won: two jobs for one transfer."""
+    from app.transfers import jobs
+
+    pacs, leeds, _york = nodes
+    first, second = (service.create_transfer(request=None, direction="outbound", priority="Standard", source=pacs,
+                                             dest=leeds, study_uids=[uid], user_id=None) for uid in (STUDY_A, STUDY_B))
+    db.session.commit()
+    real_enqueue = service.enqueue
+    web_job = []
+
+    def dispatcher_enqueue(transfer, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        if not web_job:  # the web presses Send on the second one while the dispatcher works
+            with app.app_context():
+                web_job.append(real_enqueue(db.session.get(Transfer, second.id), seen_job_id=""))
+                db.session.remove()
+        return real_enqueue(transfer, **kwargs)
+
+    monkeypatch.setattr(service, "enqueue", dispatcher_enqueue)
+    assert jobs._dispatch_due(200) == 1  # the first; the second was the web's
+    assert web_job[0] is not None
+    outbound = Queue("outbound", connection=redis_conn())
+    db.session.expire_all()
+    assert sorted(outbound.job_ids) == sorted([db.session.get(Transfer, first.id).job_id, web_job[0]])
+    assert db.session.get(Transfer, second.id).job_id == web_job[0]

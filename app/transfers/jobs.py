@@ -137,7 +137,7 @@ def _run(transfer_id: int, token: str) -> str:
             transfer.job_id = ""  # this job is done with it: the dispatcher queues the retry when due
             db.session.commit()
             _release(transfer.id, token)
-            service.enqueue(transfer)
+            service.enqueue(transfer, seen_job_id="")
             return transfer.state.value
         return _fail(transfer, failure.plain + ("" if not failure.retryable else
                                                 f" (gave up after {transfer.attempts} attempts)"))
@@ -246,7 +246,9 @@ def _dispatch_due(limit: int) -> int:
     ).all()
     queued = 0
     for transfer in due:
-        if service.enqueue(transfer):
+        # Each enqueue commits, reloading the rows still to come: one the web queued since
+        # must not be claimed again over its new job (it was selected with none).
+        if service.enqueue(transfer, seen_job_id=""):
             queued += 1
     return queued
 
@@ -275,7 +277,7 @@ def reconcile() -> int:
             except RedisError:
                 return requeued  # Redis is down: nothing can be queued now; next pass
             if transfer.state == TransferState.QUEUED and not transfer.job_id:
-                if service.enqueue(transfer):  # the dispatcher's work, should it not run
+                if service.enqueue(transfer, seen_job_id=""):  # the dispatcher's work, should it not run
                     requeued += 1
                 continue
             values: dict[str, object] = {"job_id": "", "state": TransferState.QUEUED}
@@ -293,7 +295,7 @@ def reconcile() -> int:
             if not cleared:
                 continue
             db.session.refresh(transfer)
-            if service.enqueue(transfer):
+            if service.enqueue(transfer, seen_job_id=""):  # the id this pass cleared
                 requeued += 1
                 log.info("transfer %s re-queued as %s", transfer.id, transfer.job_id)
     return requeued
@@ -380,6 +382,6 @@ def auto_download() -> int:
             except (service.TransferUnderWay, IntegrityError, StaleDataError):
                 db.session.rollback()  # an analyst pressed Download to PACS meanwhile: theirs runs
                 continue
-            service.enqueue(transfer)
+            service.enqueue(transfer, seen_job_id="")  # made just now, with no job
             queued += 1
     return queued

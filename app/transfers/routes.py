@@ -199,7 +199,7 @@ def start(call_ref: str):
     if not isinstance(transfer, Transfer):
         service.discard_report(plan)  # the transfer under way has its own
         return transfer
-    service.enqueue(transfer)
+    service.enqueue(transfer, seen_job_id="")  # made just now, with no job
     n = len(plan.study_uids)
     flash(f"Transfer of {n} stud{'y' if n == 1 else 'ies'} queued.", "success")
     return _to_request_page(req.call_ref, f"transfer-{transfer.id}")
@@ -224,7 +224,7 @@ def download_to_pacs(call_ref: str):
                             lambda: service.start_download(req, plan, current_user.id))
     if not isinstance(transfer, Transfer):
         return transfer
-    service.enqueue(transfer)
+    service.enqueue(transfer, seen_job_id="")  # made just now, with no job
     flash("Download to PACS queued.", "success")
     return _to_request_page(req.call_ref, f"transfer-{transfer.id}")
 
@@ -253,6 +253,7 @@ def act(transfer_id: int, action: str):
     """Retry, Cancel, or confirm an import whose details differ from the register."""
     transfer = _transfer(transfer_id)
     ref = transfer.request.call_ref if transfer.request else ""
+    seen_job_id = transfer.job_id  # before the commit, which reloads it (service.enqueue)
     try:
         service.act_on(transfer, action, current_user.id)
         db.session.commit()
@@ -266,7 +267,7 @@ def act(transfer_id: int, action: str):
             raise
         return _retry_lost_race(transfer_id)  # a press at the same instant won
     if action != "cancel":
-        service.enqueue(transfer)
+        service.enqueue(transfer, seen_job_id=seen_job_id)
     if htmx.is_htmx():
         return render_template("transfers/_widget.html", t=transfer)
     return redirect(url_for("intake.show", call_ref=ref) + "#transfers" if ref else url_for("desk.queue"))

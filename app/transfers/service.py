@@ -343,7 +343,7 @@ def next_run_at(transfer: Transfer) -> datetime | None:
     return moment
 
 
-def enqueue(transfer: Transfer) -> str | None:
+def enqueue(transfer: Transfer, *, seen_job_id: str | None = None) -> str | None:
     """The one way a transfer goes onto RQ: the web side, Retry, the reconciler and the
     dispatcher all call this. Returns the job id, or None when nothing was queued now.
 
@@ -356,6 +356,10 @@ def enqueue(transfer: Transfer) -> str | None:
 
     Only one caller wins: the job id is claimed on the row (compare-and-set on the job id
     the caller saw), so two pools, or a dispatcher racing the reconciler, queue it once.
+    `seen_job_id` is that id as the caller saw it when it decided the transfer needs a job
+    ("" for a transfer it has just made, or one it selected for having none). Without it
+    the row's attribute is taken, which a commit since may have reloaded with a job another
+    caller has just queued: claiming over that one would queue the transfer twice.
 
     Commits (the named exception to "services never commit", README "Layout"): the claim
     must be saved before RQ can hand the job to a worker, and it commits whatever else
@@ -373,7 +377,7 @@ def enqueue(transfer: Transfer) -> str | None:
             transfer.phase = f"Batch: waits for the overnight window (opens {opens:%H:%M})"
         db.session.commit()
         return None
-    seen = transfer.job_id
+    seen = transfer.job_id if seen_job_id is None else seen_job_id
     job_id = f"transfer-{transfer.id}-{uuid.uuid4().hex[:10]}"
     claimed = rowcount(db.session.execute(
         sa.update(Transfer)

@@ -144,7 +144,7 @@ def _send(form: TraumaForm, ticked: list[service.PickedStudy]):  # noqa: ANN202
         if earlier is None:
             raise
         return htmx.redirect_to(url_for("trauma.track", call_ref=earlier.call_ref))
-    transfers.enqueue(transfer)
+    transfers.enqueue(transfer, seen_job_id="")  # made just now, with no job
     log.info("%s: trauma transfer %s queued", req.call_ref, transfer.id)
     return htmx.redirect_to(url_for("trauma.track", call_ref=req.call_ref))
 
