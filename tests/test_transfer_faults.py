@@ -89,7 +89,7 @@ def test_worker_killed_mid_transfer_loses_and_duplicates_nothing(
                                        dest=pacs, study_uids=[study.study_uid], user_id=None)
     service.add_inbound_items(transfer, [study])
     db.session.commit()
-    service.enqueue(transfer)
+    service.enqueue(transfer, seen_job_id="")
     pool = start_pool(fault_app, database_url, redis_url, "inbound-bluelight,inbound=1")
     try:
         wait_for(lambda: db.session.get(Transfer, transfer.id).instances_done >= 60, 60, "the transfer to be under way")
@@ -141,7 +141,7 @@ def test_redis_flushed_with_a_transfer_queued_is_requeued_by_the_reconciler(
     transfer = service.create_transfer(request=req, direction=Direction.OUTBOUND, priority="Standard", source=pacs,
                                        dest=dest, study_uids=[study_uid], user_id=None)
     db.session.commit()
-    service.enqueue(transfer)
+    service.enqueue(transfer, seen_job_id="")
     assert Queue("outbound", connection=redis_conn()).count == 1
     redis_conn().flushall()  # Redis restarted empty: the job is gone
     assert Queue("outbound", connection=redis_conn()).count == 0
@@ -177,7 +177,7 @@ def test_blue_light_starts_within_two_seconds_while_every_general_worker_is_busy
         busy.append(t)
     db.session.commit()
     for t in busy:
-        service.enqueue(t)
+        service.enqueue(t, seen_job_id="")
     queue = Queue("outbound", connection=redis_conn())
     with redis_conn().pipeline() as pipe:  # 1,000 standard transfers waiting behind them
         for n in range(1000):
@@ -192,7 +192,7 @@ def test_blue_light_starts_within_two_seconds_while_every_general_worker_is_busy
                                        dest=slow, study_uids=[study_uid], user_id=None)
         db.session.commit()
         queued_at = time.monotonic()
-        service.enqueue(blue)
+        service.enqueue(blue, seen_job_id="")
         wait_for(lambda: db.session.get(Transfer, blue.id).started_at is not None, 10,
                  "the Blue Light transfer to start")
         waited = time.monotonic() - queued_at
@@ -273,7 +273,7 @@ def test_closed_port_that_opens_later_is_delivered_by_the_pools_own_retry(
     later = upsert_node("Derby PACS", "DERBYPACS", "127.0.0.1", port, "remote")
     study_uid = _study_in_pacs(orthanc, tmp_path)
     transfer = _export(client, login_as, pacs, later, study_uid, priority)
-    service.enqueue(transfer)
+    service.enqueue(transfer, seen_job_id="")
     pool = start_pool(fault_app, database_url, redis_url, lanes)
     try:
         first = wait_for(lambda: (t := db.session.get(Transfer, transfer.id)).attempts == 1
@@ -314,7 +314,7 @@ def test_a_blackhole_destination_is_retried_by_the_pool_then_fails_in_plain_word
         transfer = _export(client, login_as, pacs, dest, study_uid)
         transfer.max_attempts = 2
         db.session.commit()
-        service.enqueue(transfer)
+        service.enqueue(transfer, seen_job_id="")
         pool = start_pool(fault_app, database_url, redis_url, "outbound-bluelight,outbound,outbound-batch=1",
                           DICOM_TIMEOUT_SECONDS="2")
         try:
@@ -346,7 +346,7 @@ def test_batch_transfer_waits_for_the_window_then_the_pool_starts_it(
     open_now = f"{now - timedelta(hours=1):%H:%M}-{now + timedelta(hours=1):%H:%M}"
     fault_app.config["IEP_SETTINGS"].batch_window = closed
     transfer = _export(client, login_as, pacs, dest, study_uid, "Batch")
-    service.enqueue(transfer)
+    service.enqueue(transfer, seen_job_id="")
     pool = start_pool(fault_app, database_url, redis_url, "outbound-bluelight,outbound,outbound-batch=1",
                       BATCH_WINDOW=closed)
     try:
@@ -381,7 +381,7 @@ def test_a_due_blue_light_retry_goes_to_the_front_of_its_lane_and_early_jobs_do_
                                    dest=pacs, study_uids=["1.2.3"], user_id=None)
     blue.not_before = utcnow() + timedelta(seconds=30)  # waiting to retry
     db.session.commit()
-    assert service.enqueue(blue) is None and jobs.dispatch_due() == 0
+    assert service.enqueue(blue, seen_job_id="") is None and jobs.dispatch_due() == 0
     # A stray job for it (say, a duplicate) comes early: it must not run the transfer.
     Queue("outbound-bluelight", connection=redis_conn()).enqueue(jobs.run_transfer, blue.id, job_id="stray")
     assert jobs.run_transfer(blue.id).startswith("not due")

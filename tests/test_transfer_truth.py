@@ -121,7 +121,7 @@ def test_a_partial_c_get_is_never_sent_and_retry_fetches_only_the_missing_instan
                                        dest=dest, study_uids=[STUDY], user_id=None)
     transfer.max_attempts = 2
     db.session.commit()
-    service.enqueue(transfer)
+    service.enqueue(transfer, seen_job_id="")
     pool = start_pool(fault_app, database_url, redis_url, LANES, DESK_EMAIL="iep-desk@uhl-tr.nhs.uk")
     try:
         first = wait_for(lambda: (t := db.session.get(Transfer, transfer.id)).attempts == 1
@@ -191,7 +191,7 @@ def test_a_pacs_frozen_mid_c_get_is_resumed_by_the_pool_and_nothing_is_lost(
     transfer = service.create_transfer(request=req, direction=Direction.OUTBOUND, priority="Standard", source=source,
                                        dest=dest, study_uids=[study_uid], user_id=None)
     db.session.commit()
-    service.enqueue(transfer)
+    service.enqueue(transfer, seen_job_id="")
     pool = start_pool(fault_app, database_url, redis_url, LANES, DICOM_TIMEOUT_SECONDS="2")
     try:
         def staged() -> int:
@@ -253,7 +253,7 @@ def test_export_from_a_pacs_without_c_get_goes_by_c_move_to_staging_not_to_the_a
     transfer = service.create_transfer(request=req, direction=Direction.OUTBOUND, priority="Standard", source=pacs,
                                        dest=dest, study_uids=[study_uid], user_id=None)
     db.session.commit()
-    service.enqueue(transfer)
+    service.enqueue(transfer, seen_job_id="")
     SimpleWorker([Queue("outbound", connection=redis_conn())], connection=redis_conn()).work(burst=True)
     db.session.expire_all()
     done = db.session.get(Transfer, transfer.id)
@@ -396,7 +396,7 @@ def test_a_pull_whose_remote_dies_mid_c_move_is_never_on_iep_and_cannot_be_downl
                                    dest=None, study_uids=[study_uid], user_id=None)
     pull.max_attempts = 2
     db.session.commit()
-    service.enqueue(pull)
+    service.enqueue(pull, seen_job_id="")
     folder = service.gateway_store() / study_uid
 
     def kill_when_under_way() -> None:
@@ -459,7 +459,7 @@ def _export_through_the_engine(client, login_as, source_peer, dest_peer, study_u
                                        dest=dest, study_uids=[study_uid], user_id=None)
     transfer.max_attempts = 1
     db.session.commit()
-    service.enqueue(transfer)
+    service.enqueue(transfer, seen_job_id="")
     SimpleWorker([Queue("outbound", connection=redis_conn())], connection=redis_conn()).work(burst=True)
     db.session.expire_all()
     return db.session.get(Transfer, transfer.id)

@@ -259,7 +259,7 @@ def test_destination_down_retries_then_fails_in_plain_words_and_retry_delivers(
     orthanc_factory(aet="DERBYPACS", dicom_port=port, modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
     service.retry(transfer, None)  # changes the row; the caller commits, then enqueues
     db.session.commit()
-    service.enqueue(transfer)
+    service.enqueue(transfer, seen_job_id="")
     run_workers()
     db.session.expire_all()
     assert db.session.get(Transfer, transfer.id).state == TransferState.DELIVERED.value
@@ -326,7 +326,7 @@ def test_batch_transfers_wait_for_the_overnight_window(app, nodes, clean_queues)
                                        source=nodes[0], dest=nodes[1], study_uids=["1.2.3"], user_id=None)
     db.session.commit()
     with freeze(datetime(2026, 11, 28, 12, 0, tzinfo=LONDON)):
-        assert service.enqueue(transfer) is None
+        assert service.enqueue(transfer, seen_job_id="") is None
         assert jobs.dispatch_due() == 0
     # Not handed to RQ's scheduler (which only a worker on the same queue would run):
     # the row waits, and the dispatcher queues it when the window opens.

@@ -80,8 +80,13 @@ def _listed(response) -> list[str]:  # noqa: ANN001
     return re.findall(r'type="checkbox" name="study_uid" value="([^"]+)"', response.get_data(as_text=True))
 
 
-def step(client, action: str, **fields):  # noqa: ANN001, ANN003, ANN201
-    return client.post("/trauma", data={"csrf_token": csrf_token(client, "/trauma"), "action": action, **fields})
+def step(client, action: str, headers=None, **fields):  # noqa: ANN001, ANN003, ANN201
+    """POST one step of the screen, as its form does (past step 10 the form carries
+    patient_checked=1)."""
+    if action in ("filter", "review", "send"):
+        fields.setdefault("patient_checked", "1")
+    return client.post("/trauma", data={"csrf_token": csrf_token(client, "/trauma"), "action": action, **fields},
+                       headers=headers or {})
 
 
 def to_studies(client, patient: dict[str, str] = SMITH):  # noqa: ANN001, ANN201
@@ -248,10 +253,14 @@ def test_the_report_is_shown_back_escaped_and_must_be_ticked_as_checked(client, 
     assert refused.status_code == 422
     assert "tick the box to say it is the right one" in _text(refused)
     assert db.session.scalar(sa.select(sa.func.count(Request.id))) == 0
-    sent = step(client, "send", **fields, report_checked="y")
+    unsaid = step(client, "send", **fields, report_checked="y")  # two studies: which one is it about?
+    assert unsaid.status_code == 422 and "Choose the study the report is about" in _text(unsaid)
+    head = trauma_pacs.study_uids["CT HEAD"]
+    sent = step(client, "send", **fields, report_checked="y", report_study=head)
     assert sent.status_code == 302
     transfer = db.session.scalar(sa.select(Transfer))
     assert transfer.report_text == report
+    assert transfer.study_uids[0] == head  # the engine files the report in the first study
 
 
 def test_send_makes_one_trauma_request_and_a_blue_light_transfer_to_nuh_on_its_own_lane(
@@ -293,9 +302,9 @@ def test_without_the_nuh_node_the_screen_says_so_and_sends_nothing(client, login
 # --- who sees the request; the desk ------------------------------------------------------------------
 
 
-def _sent(client, trauma_pacs) -> Request:  # noqa: ANN001
+def _sent(client, trauma_pacs, **extra: str) -> Request:  # noqa: ANN001
     _review_page, fields = _review(client, trauma_pacs)
-    sent = step(client, "send", **fields)
+    sent = step(client, "send", **fields, **extra)
     assert sent.status_code == 302
     return db.session.scalar(sa.select(Request).where(Request.call_ref == sent.headers["Location"].rsplit("/", 1)[1]))
 
@@ -310,7 +319,7 @@ def test_a_radiologist_sees_their_own_trauma_requests_and_no_one_elses(client, l
     theirs = _sent(client, trauma_pacs)
     client.post("/logout", data={"csrf_token": csrf_token(client, "/trauma")})
     login_as("radiologist")
-    mine = _sent(client, trauma_pacs)
+    mine = _sent(client, trauma_pacs, send_again="y")  # the same studies, within the day
     assert client.get(f"/trauma/{mine.call_ref}").status_code == 200
     request_page = client.get(f"/requests/{mine.call_ref}")
     assert request_page.status_code == 200 and "Follow the trauma transfer" in _text(request_page)
@@ -362,4 +371,108 @@ def test_a_failing_blue_light_transfer_is_in_action_required_while_it_retries(cl
     transfer.last_error = "NUH Radiology PACS refused the connection. Trying again in 5 s (attempt 1 of 5)."
     transfer.not_before = utcnow() + timedelta(seconds=5)
     db.session.commit()
+    assert f"row-{req.call_ref}" in _desk_tab(client, "action")
+
+
+def test_a_second_send_of_the_same_studies_within_a_day_asks_first(client, login_as, pas_patients, nodes,
+                                                                   trauma_pacs):
+    login_as("radiologist")
+    first = _sent(client, trauma_pacs)
+    review, fields = _review(client, trauma_pacs)  # the back button, or a colleague
+    assert f"{first.call_ref}" in _text(review) and "went to NUH in the last 24 hours" in _text(review)
+    refused = step(client, "send", **fields)
+    assert refused.status_code == 422 and "tick the box to send them again" in _text(refused)
+    assert db.session.scalar(sa.select(sa.func.count(Request.id))) == 1
+    assert step(client, "send", **fields, send_again="y").status_code == 302
+    assert db.session.scalar(sa.select(sa.func.count(Request.id))) == 2
+
+
+@pytest.mark.parametrize("key", ["", "not-a-key", "x" * 80])
+def test_a_send_without_the_key_the_review_made_sends_nothing_and_shows_the_check_again(
+    client, login_as, pas_patients, nodes, trauma_pacs, key
+):
+    login_as("radiologist")
+    _review_page, fields = _review(client, trauma_pacs)
+    response = step(client, "send", **{**fields, "submission_key": key})
+    assert response.status_code == 422 and "press Send again" in _text(response)
+    assert db.session.scalar(sa.select(sa.func.count(Request.id))) == 0
+    assert step(client, "send", **{**fields, "submission_key": _hidden(response, "submission_key")}).status_code == 302
+
+
+def test_the_patient_check_cannot_be_skipped(client, login_as, pas_patients, nodes, trauma_pacs):
+    login_as("radiologist")
+    _review_page, fields = _review(client, trauma_pacs)
+    skipped = step(client, "send", **{**fields, "patient_checked": ""})
+    assert skipped.status_code == 422 and "Is this the right patient?" in _text(skipped)
+    assert db.session.scalar(sa.select(sa.func.count(Request.id))) == 0
+
+
+def test_an_unknown_step_is_refused(client, login_as, pas_patients, nodes):
+    login_as("radiologist")
+    assert step(client, "delete", **SMITH).status_code == 400
+
+
+def test_control_characters_in_pasted_text_are_dropped_not_stored(client, login_as, pas_patients, nodes,
+                                                                  trauma_pacs):
+    login_as("radiologist")
+    patient = {"s_number": "S1234567", "nhs_number": "", "no_nhs_reason": "Unknown\x00 on arrival"}
+    studies = to_studies(client, patient)
+    uid = _listed(studies)[0]
+    fields = {**patient, "studies_token": _hidden(studies, "studies_token"), "study_uid": uid,
+              "report_text": "Line one\x00\x07\nLine two"}
+    review = step(client, "review", **fields)
+    sent = step(client, "send", **fields, submission_key=_hidden(review, "submission_key"), report_checked="y")
+    assert sent.status_code == 302
+    req = db.session.scalar(sa.select(Request))
+    assert req.no_nhs_reason == "Unknown on arrival"
+    assert db.session.scalar(sa.select(Transfer.report_text)) == "Line one\nLine two"
+
+
+def test_without_an_nhs_number_on_the_register_a_typed_one_is_not_searched(client, login_as, pas_patients, nodes,
+                                                                         trauma_pacs):
+    """S0000003 has no NHS number on the register: a typed one (valid, but unchecked) must
+    not pull another patient's studies into the list."""
+    login_as("radiologist")
+    studies = to_studies(client, {"s_number": "S0000003", "nhs_number": "999 000 0018"})
+    assert studies.status_code == 200 and _listed(studies) == []
+    assert "The local PACS has no studies for S0000003" in _text(studies)
+
+
+def test_each_listed_study_says_whom_the_pacs_files_it_under(client, login_as, pas_patients, nodes, trauma_pacs):
+    login_as("radiologist")
+    assert "SMITH^MARGARET, S1234567, born 14/03/1948" in _text(to_studies(client))
+
+
+def test_htmx_steps_answer_with_the_fragment_and_send_with_hx_redirect(client, login_as, pas_patients, nodes,
+                                                                       trauma_pacs):
+    login_as("radiologist")
+    hx = {"HX-Request": "true"}
+    refused = step(client, "find", headers=hx, s_number="S9999999", nhs_number="")
+    assert refused.status_code == 422 and refused.get_data(as_text=True).lstrip().startswith("<div id=\"trauma-flow\">")
+    assert "<html" not in refused.get_data(as_text=True)
+    _review_page, fields = _review(client, trauma_pacs)
+    sent = step(client, "send", headers=hx, **fields, report_study=fields["study_uid"][0])
+    req = db.session.scalar(sa.select(Request))
+    assert sent.status_code == 200 and sent.headers["HX-Redirect"] == f"/trauma/{req.call_ref}"
+    fragment = client.get(f"/trauma/{req.call_ref}/status", headers=hx)
+    assert fragment.get_data(as_text=True).lstrip().startswith("<section id=\"trauma-status\"")
+    assert 'hx-trigger="every 2s"' in fragment.get_data(as_text=True)  # still queued: it polls
+    plain = client.get(f"/trauma/{req.call_ref}/status")
+    assert plain.status_code == 302 and plain.headers["Location"] == f"/trauma/{req.call_ref}"
+
+
+def test_a_blue_light_transfer_no_worker_takes_within_a_minute_says_burn_a_disk_and_needs_the_desk(
+    client, login_as, pas_patients, nodes, trauma_pacs
+):
+    login_as("radiologist")
+    req = _sent(client, trauma_pacs)
+    assert "Queued in the Blue Light lane" in _text(client.get(f"/trauma/{req.call_ref}"))
+    transfer = db.session.scalar(sa.select(Transfer))
+    transfer.created_at = utcnow() - timedelta(seconds=90)  # no pool ran it: nothing took it
+    db.session.commit()
+    tracker = _text(client.get(f"/trauma/{req.call_ref}"))
+    assert "Not started: no worker has taken this transfer" in tracker
+    assert "If the images are needed now, burn a disk" in tracker
+    client.post("/logout", data={"csrf_token": csrf_token(client, "/trauma")})
+    login_as("analyst")
     assert f"row-{req.call_ref}" in _desk_tab(client, "action")

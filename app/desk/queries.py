@@ -51,8 +51,10 @@ def _requester_replied() -> sa.ColumnElement[bool]:
 def _transfer_needs_eyes() -> sa.ColumnElement[bool]:
     """A transfer of the request stalled (the watchdog re-queued it), waits for the
     analyst to confirm demographics that differ from the register, or is a Blue Light
-    transfer whose last attempt failed (it retries, but a trauma patient cannot wait)."""
+    transfer whose last attempt failed (it retries, but a trauma patient cannot wait) or
+    that no worker has taken within a minute (the pool or Redis is down)."""
     from app.transfers.models import ACTIVE_STATES, Transfer, TransferState
+    from app.transfers.service import blue_light_not_started
 
     return sa.exists().where(
         Transfer.request_id == Request.id,
@@ -61,6 +63,7 @@ def _transfer_needs_eyes() -> sa.ColumnElement[bool]:
             Transfer.state == TransferState.WAITING_CONFIRMATION,
             sa.and_(Transfer.priority == Priority.BLUE_LIGHT, Transfer.last_error != "",
                     Transfer.state.in_(ACTIVE_STATES)),
+            blue_light_not_started(utcnow()),
         ),
     )
 

@@ -44,6 +44,9 @@ log = logging.getLogger("iep.transfers")
 
 # An outer bound on every transfer job (PITFALLS: a stalled peer can freeze a C-GET).
 JOB_TIMEOUT = 6 * 3600
+# The Blue Light worker takes a job within seconds (its own lane, at the front): one not
+# started after this long has no worker to take it (the pool or Redis is down).
+BLUE_LIGHT_START = timedelta(seconds=60)
 
 
 def settings():  # noqa: ANN201
@@ -324,6 +327,13 @@ def add_inbound_items(transfer: Transfer, inbound: list[InboundStudy]) -> None:
     transfer.instances_total, transfer.bytes_total = int(totals[0]), int(totals[1])
 
 
+def blue_light_not_started(now: datetime) -> sa.ColumnElement[bool]:
+    """SQL: a Blue Light transfer still waiting for its first run BLUE_LIGHT_START after
+    it was made (the desk's Action Required; the trauma tracker says it in words)."""
+    return sa.and_(Transfer.priority == Priority.BLUE_LIGHT, Transfer.state == TransferState.QUEUED,
+                   Transfer.attempts == 0, Transfer.created_at < now - BLUE_LIGHT_START)
+
+
 def is_due(transfer: Transfer, now: datetime | None = None) -> bool:
     """May this queued transfer run now? Not before its retry time (`not_before`), and a
     Batch transfer only inside the overnight window."""
@@ -343,7 +353,7 @@ def next_run_at(transfer: Transfer) -> datetime | None:
     return moment
 
 
-def enqueue(transfer: Transfer, *, seen_job_id: str | None = None) -> str | None:
+def enqueue(transfer: Transfer, *, seen_job_id: str) -> str | None:
     """The one way a transfer goes onto RQ: the web side, Retry, the reconciler and the
     dispatcher all call this. Returns the job id, or None when nothing was queued now.
 
@@ -357,9 +367,9 @@ def enqueue(transfer: Transfer, *, seen_job_id: str | None = None) -> str | None
     Only one caller wins: the job id is claimed on the row (compare-and-set on the job id
     the caller saw), so two pools, or a dispatcher racing the reconciler, queue it once.
     `seen_job_id` is that id as the caller saw it when it decided the transfer needs a job
-    ("" for a transfer it has just made, or one it selected for having none). Without it
-    the row's attribute is taken, which a commit since may have reloaded with a job another
-    caller has just queued: claiming over that one would queue the transfer twice.
+    ("" for a transfer it has just made, or one it selected for having none). Not the
+    row's attribute: a commit since may have reloaded it with a job another caller has
+    just queued, and claiming over that one would queue the transfer twice.
 
     Commits (the named exception to "services never commit", README "Layout"): the claim
     must be saved before RQ can hand the job to a worker, and it commits whatever else
@@ -377,7 +387,7 @@ def enqueue(transfer: Transfer, *, seen_job_id: str | None = None) -> str | None
             transfer.phase = f"Batch: waits for the overnight window (opens {opens:%H:%M})"
         db.session.commit()
         return None
-    seen = transfer.job_id if seen_job_id is None else seen_job_id
+    seen = seen_job_id
     job_id = f"transfer-{transfer.id}-{uuid.uuid4().hex[:10]}"
     claimed = rowcount(db.session.execute(
         sa.update(Transfer)

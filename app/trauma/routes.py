@@ -10,6 +10,7 @@ POSTed, never put in a URL (PITFALLS "Web").
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 
 import sqlalchemy as sa
@@ -37,6 +38,7 @@ log = logging.getLogger("iep.trauma")
 TRAUMA_ROLES = (Role.RADIOLOGIST, Role.ADMIN)
 RECENT = 10  # the radiologist's own latest trauma requests, listed under the screen
 ACTIONS = ("find", "confirm", "filter", "review", "send")
+_KEY = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # a uuid4 the review made
 
 
 def _recent() -> list[Request]:
@@ -73,10 +75,13 @@ def page():
         return _screen(form, "find", 422)
     patient = form.patient
     assert patient is not None  # noqa: S101 - check_patient() set it
-    audit.record(audit.Action.VIEW, detail=f"trauma screen: patient {patient.s_number}")
-    db.session.commit()
     if action == "find":
+        # Audited once a screen: the patient's record was shown (the internal id only).
+        audit.record(audit.Action.VIEW, detail=f"trauma screen: patient record {patient.id} shown")
+        db.session.commit()
         return _screen(form, "patient")
+    if action != "confirm" and form.patient_checked.data != "1":
+        return _screen(form, "patient", 422)  # step 10 comes first, whatever was posted
     if action in ("confirm", "filter"):
         return _studies_step(form, kept=request.form.getlist("study_uid"))
     listed = form.listed_studies()
@@ -95,11 +100,20 @@ def page():
         return _send(form, ticked)
     form.submission_key.data = str(uuid.uuid4())  # review: one key per Send button shown
     form.report_checked.data = False
-    return _screen(form, "review", studies=ticked)
+    return _review(form, ticked)
+
+
+def _review(form: TraumaForm, ticked: list[service.PickedStudy], status: int = 200, **context: object):  # noqa: ANN202
+    """Steps 13-16: what will be sent, the report shown back, and the one Send button."""
+    report_study = request.form.get("report_study", "")
+    if len(ticked) == 1:
+        report_study = ticked[0].study_uid
+    return _screen(form, "review", status, studies=ticked, report_study=report_study,
+                   earlier=service.recent_sends([s.study_uid for s in ticked], utcnow()), **context)
 
 
 def _studies_step(form: TraumaForm, *, kept: list[str], problems: list[str] | None = None, status: int = 200):  # noqa: ANN202
-    """Step 11-13: the local PACS's studies for the patient (ticks kept), the report box."""
+    """Steps 11-13: the local PACS's studies for the patient (ticks kept), the report box."""
     patient = form.patient
     assert patient is not None  # noqa: S101 - check_patient() set it
     filters = form.filters()
@@ -107,11 +121,11 @@ def _studies_step(form: TraumaForm, *, kept: list[str], problems: list[str] | No
     studies: list[service.PickedStudy] = []
     error = ""
     try:
-        studies = service.find_studies(patient, form.nhs_number.data, filters)
+        studies = service.find_studies(patient, filters)
     except service.TraumaRefused as refused:
         error = str(refused)
     except DicomFailure as failure:
-        error = f"The local PACS did not answer: {failure.plain}"
+        error = f"The local PACS did not answer ({failure.plain.rstrip('.')})."
     shown = {s.study_uid for s in studies}
     # Ticked studies the filters now hide are still ticked: kept out of sight, and said so.
     hidden = [previous[uid] for uid in kept if uid in previous and uid not in shown]
@@ -122,25 +136,37 @@ def _studies_step(form: TraumaForm, *, kept: list[str], problems: list[str] | No
 
 def _send(form: TraumaForm, ticked: list[service.PickedStudy]):  # noqa: ANN202
     """Step 16: the trauma request and its Blue Light transfer, in one commit; then the job."""
-    earlier = service.already_sent(form.submission_key.data, current_user)
+    key = form.submission_key.data or ""
+    if not _KEY.fullmatch(key):  # not a key this screen made: show the check again, with one
+        form.submission_key.data = str(uuid.uuid4())
+        return _review(form, ticked, 422, refused="Check the details below, then press Send again.")
+    earlier = service.already_sent(key, current_user)
     if earlier is not None:  # the same screen's Send again (a double click): the one it made
         return htmx.redirect_to(url_for("trauma.track", call_ref=earlier.call_ref))
-    if (form.report_text.data or "").strip() and not form.report_checked.data:
+    report = (form.report_text.data or "").strip()
+    report_study = request.form.get("report_study", "") if len(ticked) > 1 else ticked[0].study_uid
+    if report and not form.report_checked.data:
         form.report_checked.errors = ["Read the report shown above and tick the box to say it is the right one."]
-        return _screen(form, "review", 422, studies=ticked)
+    if report and report_study not in {s.study_uid for s in ticked}:
+        form.report_checked.errors = [*form.report_checked.errors, "Choose the study the report is about."]
+    if service.recent_sends([s.study_uid for s in ticked], utcnow()) and not form.send_again.data:
+        form.send_again.errors = ["These studies went to NUH in the last 24 hours: tick the box to send them again."]
+    if form.report_checked.errors or form.send_again.errors:
+        return _review(form, ticked, 422)
     values = service.TraumaValues(
         patient=form.patient, nhs_number=form.nhs_number.data, no_nhs_reason=form.no_nhs_reason.data or "",  # type: ignore[arg-type]  # check_patient() set it
-        studies=tuple(ticked), report_text=form.report_text.data or "", submission_key=form.submission_key.data or None,
+        studies=tuple(ticked), report_text=report, report_study_uid=report_study if report else "",
+        submission_key=key,
     )
     try:
         req, transfer = service.send(values, current_user)
         db.session.commit()
     except service.TraumaRefused as refused:
         db.session.rollback()
-        return _screen(form, "review", 422, studies=ticked, refused=str(refused))
+        return _review(form, ticked, 422, refused=str(refused))
     except IntegrityError:
         db.session.rollback()  # the same Send's other click won the race: show what it made
-        earlier = service.already_sent(form.submission_key.data, current_user)
+        earlier = service.already_sent(key, current_user)
         if earlier is None:
             raise
         return htmx.redirect_to(url_for("trauma.track", call_ref=earlier.call_ref))
@@ -156,27 +182,27 @@ def _trauma_request(call_ref: str) -> Request:
     return req
 
 
+def _tracker(req: Request):  # noqa: ANN202
+    transfer = service.trauma_transfer(req)
+    return htmx.render("trauma/track.html", "trauma/_status.html", req=req, t=transfer,
+                       outcome=service.outcome(transfer), took=service.seconds_taken(transfer),
+                       failed_at=service.where_it_failed(transfer) if transfer and transfer.last_error else "",
+                       studies=service.study_progress(req, transfer) if transfer else [])
+
+
 @bp.route("/trauma/<call_ref>")
 def track(call_ref: str):
     """Step 17: the trauma transfer, followed live until it is on NUH's PACS or failed."""
     req = _trauma_request(call_ref)
     audit.record(audit.Action.VIEW, request_id=req.id, detail=f"{req.call_ref} trauma tracker")
     db.session.commit()
-    transfer = service.trauma_transfer(req)
-    return htmx.render("trauma/track.html", "trauma/_status.html", req=req, t=transfer,
-                       outcome=service.outcome(transfer), took=service.seconds_taken(transfer),
-                       failed_at=service.where_it_failed(transfer) if transfer and transfer.last_error else "",
-                       studies=service.study_progress(req, transfer) if transfer else [])
+    return _tracker(req)
 
 
 @bp.route("/trauma/<call_ref>/status")
 def status(call_ref: str):
     """The tracker's live part: polls itself every two seconds until the transfer ends."""
     req = _trauma_request(call_ref)
-    transfer = service.trauma_transfer(req)
     if not htmx.is_htmx():
         return redirect(url_for("trauma.track", call_ref=req.call_ref))
-    return htmx.render("trauma/track.html", "trauma/_status.html", req=req, t=transfer,
-                       outcome=service.outcome(transfer), took=service.seconds_taken(transfer),
-                       failed_at=service.where_it_failed(transfer) if transfer and transfer.last_error else "",
-                       studies=service.study_progress(req, transfer) if transfer else [])
+    return _tracker(req)

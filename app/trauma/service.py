@@ -12,8 +12,9 @@ without asking the PACS again.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,7 +29,7 @@ from app.patients.models import Patient
 from app.requests.callref import next_call_ref
 from app.requests.models import ExamLine, Request
 from app.requests.statuses import Kind, Priority, Status
-from app.timeutil import aware, local_today
+from app.timeutil import aware, local_today, utcnow
 from app.transfers import service as transfers
 from app.transfers.models import DicomNode, Direction, Transfer, TransferItem, TransferState
 
@@ -36,7 +37,9 @@ PRIORITY_REASON = "Trauma patient in ED transferred to Nottingham (guideline 2.8
 DEFAULT_INSTITUTION = "Nottingham University Hospitals NHS Trust"
 MAX_REPORT_CHARS = 20000
 _TOKEN_SALT = "iep.trauma.studies"  # noqa: S105 - a signing namespace, not a password
-_TOKEN_MAX_AGE = 12 * 3600  # a screen left open through a night shift still sends
+# Longer than a session lives idle (SESSION_IDLE_MINUTES): the session ends first.
+_TOKEN_MAX_AGE = 2 * 3600
+RECENT_SEND = timedelta(hours=24)  # a second Send of the same studies within this asks first
 
 
 class TraumaRefused(Exception):
@@ -53,6 +56,18 @@ class PickedStudy:
     modalities: str
     images: int | None
     accession: str
+    # Whom the PACS files the study under, for the "right patient?" check (step 10).
+    patient_id: str = ""
+    patient_name: str = ""
+    patient_birth_date: str = ""
+
+    @property
+    def filed_under(self) -> str:
+        """"SMITH^MARGARET, S1234567, born 14/03/1948" as the PACS has it."""
+        born = ""
+        with contextlib.suppress(ValueError):
+            born = f", born {datetime.strptime(self.patient_birth_date, '%Y%m%d'):%d/%m/%Y}"
+        return f"{self.patient_name or '?'}, {self.patient_id or '?'}{born}"
 
     @property
     def acquired(self) -> date | None:
@@ -82,28 +97,33 @@ class StudyFilters:
 
 
 def destination() -> DicomNode | None:
-    """The trauma route's one destination: the node named by TRAUMA_NODE, if active."""
+    """The trauma route's one destination: the active node whose register name is
+    TRAUMA_NODE, else the one active node with that AE title (AE titles need not be
+    unique: two make it ambiguous, and nothing is sent)."""
     name = transfers.settings().trauma_node
-    return db.session.scalar(
-        sa.select(DicomNode).where(sa.or_(DicomNode.name == name, DicomNode.ae_title == name), DicomNode.active)
-    )
+    by_name = db.session.scalar(sa.select(DicomNode).where(DicomNode.name == name, DicomNode.active))
+    if by_name is not None:
+        return by_name
+    by_ae = list(db.session.scalars(sa.select(DicomNode).where(DicomNode.ae_title == name, DicomNode.active).limit(2)))
+    return by_ae[0] if len(by_ae) == 1 else None
 
 
 def patient_by_s_number(s_number: str) -> Patient | None:
     return db.session.scalar(sa.select(Patient).where(Patient.s_number == s_number))
 
 
-def find_studies(patient: Patient, nhs_number: str, filters: StudyFilters) -> list[PickedStudy]:
+def find_studies(patient: Patient, filters: StudyFilters) -> list[PickedStudy]:
     """The local PACS's studies for `patient`, newest first (one association: by S number
-    and by NHS number). Raises TraumaRefused when the local PACS is not registered and
-    DicomFailure when it does not answer."""
+    and by the register's NHS number, never by one only typed on the screen). Raises
+    TraumaRefused when the local PACS is not registered and DicomFailure when it does not
+    answer."""
     pacs = transfers.local_pacs()
     if pacs is None:
         raise TraumaRefused("The local PACS is not in the node register, so its studies cannot be listed.")
     found = scu.find_studies(
         transfers.as_node(pacs),
         patient_id=patient.s_number,
-        nhs_number=nhs_number or patient.nhs_number or None,
+        nhs_number=patient.nhs_number or None,
         date_from=filters.date_from,
         date_to=filters.date_to,
         modality=filters.modality or None,
@@ -113,7 +133,8 @@ def find_studies(patient: Patient, nhs_number: str, filters: StudyFilters) -> li
     )
     return [
         PickedStudy(study_uid=s.study_uid, study_date=s.study_date, description=s.description,
-                    modalities=", ".join(s.modalities), images=s.n_instances, accession=s.accession)
+                    modalities=", ".join(s.modalities), images=s.n_instances, accession=s.accession,
+                    patient_id=s.patient_id, patient_name=s.patient_name, patient_birth_date=s.patient_birth_date)
         for s in found
     ]
 
@@ -152,7 +173,23 @@ class TraumaValues:
     no_nhs_reason: str
     studies: tuple[PickedStudy, ...]
     report_text: str = ""
+    report_study_uid: str = ""  # the study the report is about (goes first: it carries the report)
     submission_key: str | None = None
+
+
+def recent_sends(study_uids: list[str], now: datetime) -> list[Request]:
+    """Trauma requests of the last RECENT_SEND that sent any of these studies: a second
+    Send (the back button, a colleague) asks before it sends them again."""
+    wanted = set(study_uids)
+    since = now - RECENT_SEND
+    found = []
+    for req in db.session.scalars(
+        sa.select(Request).where(Request.kind == Kind.TRAUMA, Request.created_at >= since)
+        .order_by(Request.created_at.desc()).limit(200)
+    ):
+        if wanted & {line.study_uid for line in req.exams}:
+            found.append(req)
+    return found
 
 
 def already_sent(key: str | None, user: User) -> Request | None:
@@ -213,9 +250,13 @@ def send(values: TraumaValues, user: User) -> tuple[Request, Transfer]:
     db.session.flush()
     audit.record(audit.Action.SUBMIT, request_id=req.id, user_id=user.id,
                  detail=f"{req.call_ref} trauma to {dest.name}: {len(values.studies)} studies")
+    uids = [s.study_uid for s in values.studies]
+    if values.report_study_uid in uids:  # the engine files the report in the first study
+        uids.remove(values.report_study_uid)
+        uids.insert(0, values.report_study_uid)
     transfer = transfers.create_transfer(
         request=req, direction=Direction.OUTBOUND, priority=Priority.BLUE_LIGHT, source=source, dest=dest,
-        study_uids=[s.study_uid for s in values.studies], user_id=user.id,
+        study_uids=uids, user_id=user.id,
         report_text=values.report_text.strip()[:MAX_REPORT_CHARS],
     )
     audit.record(audit.Action.TRANSFER, request_id=req.id, user_id=user.id,
@@ -279,11 +320,13 @@ def seconds_taken(transfer: Transfer | None) -> int | None:
     return round((aware(transfer.finished_at) - aware(transfer.created_at)).total_seconds())
 
 
-def outcome(transfer: Transfer | None) -> str:
-    """What the radiologist's tracker says, in one word: waiting, sending, delivered,
-    failing (an attempt failed; another is coming), failed, cancelled."""
+def outcome(transfer: Transfer | None, now: datetime | None = None) -> str:
+    """What the radiologist's tracker says, in one word: waiting, not_started (no worker
+    took it within BLUE_LIGHT_START), sending, delivered, failing (an attempt failed;
+    another is coming), failed, cancelled."""
     if transfer is None:
         return "failed"
+    now = now or utcnow()
     if transfer.state == TransferState.DELIVERED:
         return "delivered"
     if transfer.state == TransferState.CANCELLED:
@@ -292,4 +335,8 @@ def outcome(transfer: Transfer | None) -> str:
         return "failed"
     if transfer.last_error:
         return "failing"
-    return "sending" if transfer.state in (TransferState.RUNNING, TransferState.VERIFYING) else "waiting"
+    if transfer.state in (TransferState.RUNNING, TransferState.VERIFYING):
+        return "sending"
+    if transfer.attempts == 0 and now - aware(transfer.created_at) > transfers.BLUE_LIGHT_START:
+        return "not_started"
+    return "waiting"
