@@ -22,6 +22,9 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
         app = Flask(__name__, instance_path=str(settings.instance_path))
     app.config.from_mapping(settings.flask_config())
     app.config.from_mapping(overrides)
+    from app.web_request import DeskRequest
+
+    app.request_class = DeskRequest  # form and query values without control characters
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(Path(app.root_path).parent / "migrations"))

@@ -353,3 +353,14 @@ def test_forms_are_prefilled_with_the_signed_in_users_contact(client, requester)
     page = client.get("/requests/new/import").get_data(as_text=True)
     assert field_value(page, "contact_email") == requester.email
     assert field_value(page, "contact_phone") == requester.phone
+
+
+def test_control_characters_in_any_field_are_dropped_not_a_server_error(client, login_as, pas_patients):
+    """A NUL pasted into a form (PostgreSQL refuses it in text) is dropped with the other
+    control characters before any view sees the form (app/web_request.py); line breaks stay."""
+    login_as("requester")
+    response = post_form(client, "/requests/new/import", {**valid_import(), "comments": "Line\x00 one\x07\r\nLine two",
+                                                          "consultant": "Dr\x1b Ahmed"})
+    assert response.status_code == 302, response.get_data(as_text=True)[:300]
+    req = db.session.scalar(sa.select(Request))
+    assert req.comments == "Line one\r\nLine two" and req.consultant == "Dr Ahmed"

@@ -8,8 +8,6 @@ made (`service.unseal`), the report's check box against the report shown.
 
 from __future__ import annotations
 
-import re
-
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, HiddenField, StringField, TextAreaField
 from wtforms.validators import Length, Optional
@@ -19,22 +17,8 @@ from app.patients.models import Patient
 from app.requests import validators as rules
 from app.trauma.service import MAX_REPORT_CHARS, PickedStudy, StudyFilters, patient_by_s_number, unseal
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def _printable(value: object) -> object:
-    """Text as typed or pasted, less control characters (a NUL from a pasted report
-    would be refused by PostgreSQL); line breaks and tabs stay."""
-    return _CONTROL.sub("", value) if isinstance(value, str) else value
-
 
 class TraumaForm(FlaskForm):
-    class Meta:
-        def bind_field(self, form, unbound_field, options):  # noqa: ANN001, ANN201
-            # Every field: control characters never reach the database or a page.
-            options["filters"] = (*options.get("filters", ()), _printable)
-            return unbound_field.bind(form=form, **options)
-
     s_number = StringField(
         "Patient ID (RWES / S number)",
         validators=[_required("Enter the patient's S number (the RWES number).")],
