@@ -194,3 +194,27 @@ def test_with_nuh_down_the_page_says_so_and_says_burn_a_disk_and_the_desk_sees_i
     assert req.status == Status.FAILED
     queue = post_form(client, "/desk", {"tab_choice": "action"}, headers={"HX-Request": "true"})
     assert f'id="row-{call_ref}"' in queue.get_data(as_text=True)
+
+
+def test_the_screen_goes_from_the_s_number_to_the_study_list_with_the_keyboard(app, world, page, live_url,
+                                                                               make_user):
+    """At 3 a.m., hands on the keyboard: the S number has the focus, Enter finds the
+    patient, the Yes button has the focus, Enter lists the studies, the first box has it."""
+    upsert_node("NUH Radiology PACS", "NUHPACS", "127.0.0.1", free_port(), "remote",
+                "Nottingham University Hospitals NHS Trust")
+    db.session.commit()
+    radiologist = make_user("radiologist", password=PASSWORD)
+    page.goto(f"{live_url}/login")
+    page.get_by_label("NHS e-mail address").fill(radiologist.email)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page.get_by_label("Patient ID (RWES / S number)")).to_be_focused()
+    page.keyboard.type("S1234567")
+    page.keyboard.press("Tab")
+    page.keyboard.type("9990000018")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("button", name="Yes, this is the patient: show the studies")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.get_by_label("Send CT CHEST ABDOMEN PELVIS, 04/12/2026")).to_be_focused()
+    page.keyboard.press("Space")
+    expect(page.get_by_label("Send CT CHEST ABDOMEN PELVIS, 04/12/2026")).to_be_checked()

@@ -147,12 +147,13 @@ def _send(form: TraumaForm, ticked: list[service.PickedStudy]):  # noqa: ANN202
     report_study = request.form.get("report_study", "") if len(ticked) > 1 else ticked[0].study_uid
     if report and not form.report_checked.data:
         form.report_checked.errors = ["Read the report shown above and tick the box to say it is the right one."]
+    study_error = ""
     if report and report_study not in {s.study_uid for s in ticked}:
-        form.report_checked.errors = [*form.report_checked.errors, "Choose the study the report is about."]
+        study_error = "Choose the study the report is about."
     if service.recent_sends([s.study_uid for s in ticked], utcnow()) and not form.send_again.data:
         form.send_again.errors = ["These studies went to NUH in the last 24 hours: tick the box to send them again."]
-    if form.report_checked.errors or form.send_again.errors:
-        return _review(form, ticked, 422)
+    if form.report_checked.errors or form.send_again.errors or study_error:
+        return _review(form, ticked, 422, study_error=study_error)
     values = service.TraumaValues(
         patient=form.patient, nhs_number=form.nhs_number.data, no_nhs_reason=form.no_nhs_reason.data or "",  # type: ignore[arg-type]  # check_patient() set it
         studies=tuple(ticked), report_text=report, report_study_uid=report_study if report else "",
