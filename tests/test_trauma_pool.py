@@ -154,6 +154,7 @@ def test_a_trauma_transfer_reaches_nuh_whole_while_general_workers_are_busy_and_
     assert req.status == Status.DELIVERED
     # What the page says is what NUH holds.
     text = page.locator("#trauma-status").inner_text()
+    assert "Request status: Delivered" in text
     assert "55 instances" in text and "All 25 instances" in text and "All 30 instances" in text
 
 
@@ -186,6 +187,7 @@ def test_with_nuh_down_the_page_says_so_and_says_burn_a_disk_and_the_desk_sees_i
         # Then the last attempt fails: the page stops following it and names what did not go.
         expect(status).to_have_attribute("data-outcome", "failed", timeout=60_000)
         expect(status.get_by_role("heading", name="Not delivered: the transfer to NUH failed")).to_be_visible()
+        expect(status).to_contain_text("Request status: Failed")
         expect(status).to_contain_text("The service desk has it in Action Required")
         expect(status.locator("tr.not-arrived")).to_have_count(2)
     finally:
