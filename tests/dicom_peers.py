@@ -156,7 +156,10 @@ def start_orthanc(
 ) -> OrthancPeer:
     binary = require_binary(ORTHANC_BINARY, "orthanc")
     folder.mkdir(parents=True, exist_ok=True)
-    dicom_port, http_port = dicom_port or free_port(), free_port()
+    dicom_port = dicom_port or free_port()
+    http_port = free_port()
+    while http_port == dicom_port:  # the kernel may hand the same free port out twice
+        http_port = free_port()
     config = {
         "Name": "iep-test",
         "StorageDirectory": str(folder / "storage"),
