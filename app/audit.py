@@ -22,6 +22,8 @@ from app.timeutil import utcnow
 class Action(enum.StrEnum):
     SIGN_IN = "sign_in"
     SIGN_IN_FAILED = "sign_in_failed"
+    SIGN_IN_LOCKED = "sign_in_locked"
+    SIGN_IN_UNLOCKED = "sign_in_unlocked"
     SIGN_OUT = "sign_out"
     SUBMIT = "submit"
     VIEW = "view"

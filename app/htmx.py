@@ -17,6 +17,9 @@ from typing import Any, cast
 from flask import Flask, Response, after_this_request, make_response, redirect, render_template, request
 
 REQUEST_HEADER = "HX-Request"
+# Sent by desk.js on every request an `hx-trigger="every Ns"` poll makes (issue 11.2): a
+# poll is not a person's action, so it must not keep the session alive.
+POLL_HEADER = "X-IEP-Poll"
 HISTORY_RESTORE_HEADER = "HX-History-Restore-Request"
 _VARY_NOTED = "iep.htmx.vary"  # request.environ key: the Vary callback is registered once
 
@@ -32,6 +35,11 @@ def is_htmx() -> bool:
         request.headers.get(REQUEST_HEADER) == "true"
         and request.headers.get(HISTORY_RESTORE_HEADER) != "true"
     )
+
+
+def is_poll() -> bool:
+    """True when the request is a page polling itself, not something a person did."""
+    return request.headers.get(POLL_HEADER) == "1"
 
 
 def render(page_template: str, fragment_template: str, /, *, status: int = 200, **context: Any) -> Response:

@@ -148,7 +148,7 @@ def test_csrf_token_of_a_page_left_open_for_hours_still_works_while_the_session_
     login_as("requester")
     token = csrf_token(client, "/requests")
     start = real_time.time()
-    # The page stays open for three hours; its polling keeps the session alive.
+    # The page stays open for three hours and its user works on it every 20 minutes.
     for minutes in range(20, 181, 20):
         monkeypatch.setattr("time.time", lambda m=minutes: start + m * 60)
         assert client.get("/requests", headers={"HX-Request": "true"}).status_code == 200

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from flask import Flask, Response, abort, request, session, url_for
+from flask.sessions import SecureCookieSessionInterface, SessionMixin
 from flask_login import current_user
 
 from app import htmx
@@ -31,23 +32,48 @@ def load_user(session_id: str) -> User | None:
     return user
 
 
+class IdleSessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, except that a poll never re-signs the cookie.
+
+    The idle timeout is the cookie's signature age: Flask refuses a cookie signed longer
+    than PERMANENT_SESSION_LIFETIME ago, on the server, whatever the browser keeps, and
+    (SESSION_REFRESH_EACH_REQUEST) re-signs it on every request. A page polling every few
+    seconds would so keep an unattended desk signed in for ever (issue 11.2): a poll's
+    answer sets no cookie at all, so only a person's own requests renew the session, and
+    a poll after the lifetime finds no one signed in (the guard's 401 + HX-Redirect)."""
+
+    def should_set_cookie(self, app: Flask, session: SessionMixin) -> bool:
+        if htmx.is_poll():
+            return False
+        return super().should_set_cookie(app, session)
+
+
 def install_guard(app: Flask) -> None:
-    @app.before_request
+    app.session_interface = IdleSessionInterface()
+
     def require_sign_in() -> Response | None:
-        # Idle timeout: Flask re-signs the cookie on every request and refuses one whose
-        # signature is older than PERMANENT_SESSION_LIFETIME, on the server, whatever
-        # the browser keeps.
-        session.permanent = True
+        # Permanent: the cookie carries the idle lifetime (see IdleSessionInterface).
+        # Set only when needed: setting it marks the session modified.
+        if not session.permanent:
+            session.permanent = True
         if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
             return None
         if current_user.is_authenticated:
             return None
         # A session cookie that no longer signs anyone in: it expired or was revoked.
-        ended = app.config["SESSION_COOKIE_NAME"] in request.cookies
+        # A poll comes only from a page that was signed in; its cookie may be gone already
+        # (the browser drops it at the same moment the server stops accepting it).
+        ended = app.config["SESSION_COOKIE_NAME"] in request.cookies or htmx.is_poll()
         login_url = url_for("auth.login", next=request.full_path.rstrip("?"), ended=1 if ended else None)
         # htmx gets 401 + HX-Redirect: a 302 would be swapped into the table cell that
         # asked (PITFALLS "Web"); a browser, or a history restore, gets the 302.
         return htmx.redirect_to(login_url, htmx_status=401)
+
+    # First of all before_request functions, before Flask-WTF's CSRF check: a signed-out
+    # request to a page that needs sign-in changes nothing, and must be sent to sign in,
+    # not told its form expired. The desk table polls with a POST: after the idle time-out
+    # its poll gets the HX-Redirect, not a 400 (issue 11.2).
+    app.before_request_funcs.setdefault(None, []).insert(0, require_sign_in)
 
 
 def roles_required(*roles: Role) -> Callable[[F], F]:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, current_app, flash, g, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_user, logout_user
+from redis.exceptions import RedisError
 
 from app import audit
+from app.auth import throttle
 from app.auth.forms import LoginForm
 from app.auth.guard import user_by_email
+from app.auth.models import verify_password
 from app.extensions import db
 
 bp = Blueprint("auth", __name__)
@@ -31,17 +34,55 @@ def login():
         return redirect(url_for("main.home"))
     form = LoginForm()
     if form.validate_on_submit():
-        user = user_by_email(form.email.data.strip())
-        if user is None or not user.active or not user.check_password(form.password.data):
-            audit.record(audit.Action.SIGN_IN_FAILED, actor=form.email.data.strip())
+        email = form.email.data.strip()
+        address = request.remote_addr or ""
+        try:
+            refusal = throttle.check(email, address)
+        except RedisError:
+            # Fail closed: without the shared counters nothing stops a guessing run.
+            current_app.logger.exception("sign-in throttle unavailable (Redis)")
+            form.password.errors = ["Sign-in is unavailable for a moment. Try again shortly, or call the "
+                                    "service desk (x18000)."]
+            return render_template("auth/login.html", form=form), 503
+        if refusal is not None:
+            # Not checked at all (a right password is refused too), and worded the same
+            # whether or not the account exists.
+            audit.record(audit.Action.SIGN_IN_FAILED, actor=email, detail="refused: too many failed attempts")
+            db.session.commit()
+            form.password.errors = [refusal.message]
+            response = current_app.make_response((render_template("auth/login.html", form=form), 429))
+            response.headers["Retry-After"] = str(refusal.retry_after)
+            return response
+        user = user_by_email(email)
+        # verify_password hashes a dummy for an unknown account: same time either way.
+        if not verify_password(user, form.password.data) or user is None or not user.active:
+            audit.record(audit.Action.SIGN_IN_FAILED, actor=email)
+            for limit in throttle.record_failure(email, address):
+                audit.record(
+                    audit.Action.SIGN_IN_LOCKED,
+                    user_id=user.id if user is not None and limit is throttle.ACCOUNT else None,
+                    actor=email,
+                    detail=f"{limit.kind} locked for {limit.lock_seconds // 60} min after "
+                    f"{limit.lock_at} failed sign-ins" + (f" from {address}" if limit is throttle.ADDRESS else ""),
+                )
             db.session.commit()
             form.password.errors = ["That e-mail address and password do not match an active account."]
             return render_template("auth/login.html", form=form), 401
+        throttle.record_success(email)
+        _new_session()
         login_user(user)
         audit.record(audit.Action.SIGN_IN, user_id=user.id, actor=user.email)
         db.session.commit()
         return redirect(_safe_next(request.args.get("next")))
     return render_template("auth/login.html", form=form)
+
+
+def _new_session() -> None:
+    """Start an empty session with a new CSRF token (issue 11.4): nothing from before
+    sign-in, or from the previous user of this browser, carries over."""
+    session.clear()
+    session.permanent = True
+    g.pop("csrf_token", None)  # Flask-WTF keeps the request's token here too
 
 
 @bp.route("/logout", methods=["POST"])
@@ -52,5 +93,12 @@ def logout():
     audit.record(audit.Action.SIGN_OUT, user_id=user.id, actor=user.email)
     db.session.commit()
     logout_user()
+    _new_session()
     flash("You have signed out.", "info")
     return redirect(url_for("auth.login"))
+
+
+@bp.route("/session/stay", methods=["POST"])
+def stay_signed_in():
+    """The warning's "Stay signed in" button: a person's own action, so it renews the session (204)."""
+    return Response(status=204)

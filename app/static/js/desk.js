@@ -43,6 +43,44 @@
   document.addEventListener("DOMContentLoaded", function () { makeSortable(document); });
   document.addEventListener("htmx:afterSettle", function () { makeSortable(document); });
 
+  // Polls are not a person's action: they say so (X-IEP-Poll), and the server then does
+  // not renew the session (issue 11.2). A poll is a request htmx makes with no triggering
+  // event from an element whose hx-trigger has "every Ns".
+  function isPoll(detail) {
+    var trigger = detail.elt && detail.elt.getAttribute ? detail.elt.getAttribute("hx-trigger") : null;
+    return !detail.triggeringEvent && !!trigger && /(^|,)\s*every\s/.test(trigger);
+  }
+  document.addEventListener("htmx:configRequest", function (event) {
+    if (isPoll(event.detail)) { event.detail.headers["X-IEP-Poll"] = "1"; }
+  });
+
+  // The idle time-out: a minute before it (half the lifetime when that is shorter) a
+  // warning with "Stay signed in"; at the end, the sign-in page ("Your session has
+  // ended"). Every request of the person's own (not a poll) starts the clock again.
+  var sessionTimers = [];
+  function startSessionClock() {
+    var seconds = parseInt(document.body.dataset.sessionSeconds || "", 10);
+    if (!seconds) { return; }
+    sessionTimers.forEach(clearTimeout);
+    var warning = document.getElementById("session-warning");
+    if (warning) { warning.hidden = true; }
+    var warnBefore = Math.min(60, seconds / 2);
+    sessionTimers = [
+      // role="alert" announces it; focus stays where the person is typing.
+      setTimeout(function () { if (warning) { warning.hidden = false; } }, (seconds - warnBefore) * 1000),
+      setTimeout(function () {
+        window.location.assign(document.body.dataset.sessionEndedUrl || window.location.href);
+      }, seconds * 1000 + 200)
+    ];
+  }
+  document.addEventListener("DOMContentLoaded", startSessionClock);
+  document.addEventListener("htmx:afterRequest", function (event) {
+    var xhr = event.detail.xhr;
+    var poll = event.detail.requestConfig && event.detail.requestConfig.headers &&
+      event.detail.requestConfig.headers["X-IEP-Poll"] === "1";
+    if (!poll && xhr && xhr.status < 400) { startSessionClock(); }
+  });
+
   // HTMX does not swap 4xx/5xx answers: show them, never drop them silently.
   document.addEventListener("htmx:responseError", function (event) {
     var box = document.getElementById("htmx-error");
