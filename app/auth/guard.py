@@ -15,6 +15,8 @@ from app.auth.models import Role, User
 from app.extensions import db, login_manager
 
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "static", "main.healthz"})
+# Answered without touching the session: a client that has none gets no cookie from them.
+SESSIONLESS_ENDPOINTS = frozenset({"static", "main.healthz"})
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,6 +36,10 @@ def load_user(session_id: str) -> User | None:
 def install_guard(app: Flask) -> None:
     @app.before_request
     def require_sign_in() -> Response | None:
+        if request.endpoint in SESSIONLESS_ENDPOINTS:
+            # Marking the session permanent writes into it, and Flask then sends a cookie
+            # even to a load balancer's health check or a stylesheet fetch without one.
+            return None
         # Idle timeout: Flask re-signs the cookie on every request and refuses one whose
         # signature is older than PERMANENT_SESSION_LIFETIME, on the server, whatever
         # the browser keeps.
