@@ -10,6 +10,13 @@ from flask import Flask, Response, request
 from app.config import Settings
 from app.extensions import csrf, db, init_redis, login_manager, migrate
 
+PERMISSIONS_POLICY = ", ".join(f"{feature}=()" for feature in (
+    "accelerometer", "autoplay", "camera", "display-capture", "encrypted-media", "fullscreen", "geolocation",
+    "gyroscope", "hid", "idle-detection", "magnetometer", "microphone", "midi", "payment",
+    "picture-in-picture", "publickey-credentials-get", "screen-wake-lock", "serial", "usb", "web-share",
+    "xr-spatial-tracking", "browsing-topics",
+))
+
 
 def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
     """Build the desk: settings, extensions, blueprints, error pages, CLI."""
@@ -91,6 +98,8 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
         )
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
+        # The desk uses no device or sensor API: deny them to every page and any frame.
+        response.headers.setdefault("Permissions-Policy", PERMISSIONS_POLICY)
         if request.endpoint != "static":
             # Pages may hold patient data: never keep them in a shared PC's cache.
             response.headers.setdefault("Cache-Control", "no-store")

@@ -138,7 +138,9 @@ class Settings:
         )
 
     def engine_options(self) -> dict[str, object]:
-        options: dict[str, object] = {"pool_pre_ping": True}
+        # hide_parameters: a failed statement's message would otherwise quote its bound
+        # values (a patient's name, NHS number, date of birth, address) into the log.
+        options: dict[str, object] = {"pool_pre_ping": True, "hide_parameters": True}
         if self.database_url.startswith("postgresql"):
             # The queue's short queries cost more to JIT-compile than to run (measured:
             # tab counts 170 ms with JIT, 50 ms without, at 100,000 requests).

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from flask import Flask, request
+import contextlib
+
+from flask import Flask, Response, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from app import htmx
+from app.extensions import db
+from app.logs import log_exception
 
 MESSAGES = {
     403: "Your role does not give access to this page. If you need it, ask the service desk.",
@@ -35,15 +39,26 @@ def install_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception):  # noqa: ANN202
-        """A bug: log it, show a calm page, keep the traceback off the screen."""
-        app.logger.exception("unhandled error on %s", request.endpoint)
-        return _render(
-            500,
-            "Something went wrong",
+        """A bug: log it (without its message, which may quote patient data), show a calm
+        page, keep the traceback off the screen.
+
+        The session is rolled back first: after a failed statement PostgreSQL refuses
+        every other one until then. The page does not load the signed-in user, so it
+        renders even with the database down."""
+        with contextlib.suppress(Exception):  # the database may be gone; the page must still render
+            db.session.rollback()
+        log_exception(app.logger, "unhandled error on %s", request.endpoint)
+        message = (
             "The desk hit an unexpected error. Nothing you submitted was half-saved; "
-            "please try again, and call the service desk if it happens again.",
+            "please try again, and call the service desk if it happens again."
         )
+        try:
+            return _render(500, "Something went wrong", message, without_user=True)
+        except Exception:  # a last resort that needs nothing (security headers still added)
+            log_exception(app.logger, "the error page failed on %s", request.endpoint)
+            return Response(f"Something went wrong (500). {message}", status=500, mimetype="text/plain")
 
 
-def _render(code: int, title: str, message: str):  # noqa: ANN202
-    return htmx.render("errors/error.html", "errors/_error.html", status=code, code=code, title=title, message=message)
+def _render(code: int, title: str, message: str, **extra: object):  # noqa: ANN202
+    return htmx.render("errors/error.html", "errors/_error.html", status=code, code=code, title=title,
+                       message=message, **extra)

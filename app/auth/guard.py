@@ -16,6 +16,8 @@ from app.auth.models import Role, User
 from app.extensions import db, login_manager
 
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "static", "main.healthz"})
+# Answered without touching the session: a client that has none gets no cookie from them.
+SESSIONLESS_ENDPOINTS = frozenset({"static", "main.healthz"})
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,6 +54,10 @@ def install_guard(app: Flask) -> None:
     app.session_interface = IdleSessionInterface()
 
     def require_sign_in() -> Response | None:
+        if request.endpoint in SESSIONLESS_ENDPOINTS:
+            # Marking the session permanent writes into it, and Flask then sends a cookie
+            # even to a load balancer's health check or a stylesheet fetch without one.
+            return None
         # Permanent: the cookie carries the idle lifetime (see IdleSessionInterface).
         # Set only when needed: setting it marks the session modified.
         if not session.permanent:

@@ -23,6 +23,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from app import audit
 from app.dicom.errors import DicomFailure
 from app.extensions import db, redis_conn, rowcount
+from app.logs import log_exception
 from app.queues import job_context
 from app.requests.models import Request
 from app.requests.statuses import Priority, Status
@@ -144,7 +145,7 @@ def _run(transfer_id: int, token: str) -> str:
     except Exception as exc:
         # A bug, not the network: fail visibly (no endless re-runs), and let RQ record it.
         db.session.rollback()
-        log.exception("%s: transfer %s hit an unexpected error", ref, transfer_id)
+        log_exception(log, "%s: transfer %s hit an unexpected error", ref, transfer_id)
         _fail(db.session.get_one(Transfer, transfer_id),
               f"The desk hit an unexpected error ({type(exc).__name__}); it is logged. Retry, or call IM&T.")
         raise

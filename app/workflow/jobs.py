@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from app.extensions import db
+from app.logs import log_exception
 from app.queues import job_context, job_label
 from app.requests.models import Request
 from app.requests.statuses import Status
@@ -77,6 +78,6 @@ def auto_cancel_stale() -> int:
                 log.info("%s auto-cancel: %s cancelled after 14 days in Awaiting Details", job_label(), call_ref)
             except Exception:
                 db.session.rollback()
-                log.exception("%s auto-cancel: request %s (%s) could not be cancelled", job_label(), request_id,
-                              call_ref or "-")
+                log_exception(log, "%s auto-cancel: request %s (%s) could not be cancelled", job_label(),
+                              request_id, call_ref or "-")
     return cancelled
