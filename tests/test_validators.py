@@ -91,6 +91,12 @@ def test_s_number(raw, ok):
         pytest.param("ALL SCANS from 2024", id="all_scans_refused"),
         pytest.param("Any images you hold", id="any_images_refused"),
         pytest.param("all of the studies", id="all_of_the_studies_refused"),
+        # issue 11.12: a quantity, not an examination, however it is put.
+        *(pytest.param(text, id=f"refused_{text}") for text in (
+            "all", "everything", "Everything you have", "all other imaging", "all scans", "every study",
+            "any images", "all previous imaging", "any imaging available", "All prior studies please",
+            "anything relevant", "the entire record", "ALL", "all imaging 2020-2024",
+        )),
     ],
 )
 def test_all_imaging_refused(text):
@@ -104,6 +110,11 @@ def test_all_imaging_refused(text):
         pytest.param("CT chest", id="named_exam_ok"),
         pytest.param("MRI lumbar spine – all sequences", id="all_sequences_of_one_exam_ok"),
         pytest.param("Small bowel follow-through", id="word_all_inside_another_word_ok"),
+        *(pytest.param(text, id=f"accepted_{text}") for text in (
+            "CT head", "MRI lumbar spine", "XR chest", "US abdomen 12/03/2025", "CT chest abdomen pelvis",
+            "X-ray left wrist", "MRI brain with all sequences", "Mammogram both breasts", "PET-CT",
+            "Ultrasound kidneys", "Tall stature XR hand (bone age)",
+        )),
     ],
 )
 def test_named_examinations_accepted(text):

@@ -25,6 +25,23 @@ _ALL_IMAGING = re.compile(
     r"\b(all|any|every)\s+(of\s+the\s+)?(imaging|images?|stud(y|ies)|scans?|exams?|examinations?|x-?rays?)\b",
     re.IGNORECASE,
 )
+# A line that says only how much ("everything", "all other imaging", "every study") names
+# no examination (issue 11.12): a quantity word with no modality or body part in the line.
+_QUANTITY_WORDS = frozenset({"all", "any", "every", "everything", "anything", "whatever", "entire", "complete"})
+_EXAM_WORDS = frozenset({
+    # modalities and examination names
+    "ct", "cta", "ctpa", "mri", "mr", "mra", "xr", "x-ray", "xray", "radiograph", "radiographs", "us", "uss",
+    "ultrasound", "doppler", "echo", "nm", "pet", "pet-ct", "spect", "dexa", "dxa", "mammogram", "mammography",
+    "mammo", "fluoroscopy", "angiogram", "angiography", "venogram", "barium", "swallow", "enema", "opg", "ivu",
+    "myelogram", "arthrogram", "scintigraphy", "bone", "tomosynthesis", "sequences",
+    # body parts
+    "head", "brain", "skull", "face", "facial", "orbits", "sinuses", "neck", "cervical", "thoracic", "lumbar",
+    "sacrum", "spine", "whole-spine", "chest", "thorax", "lung", "lungs", "cardiac", "heart", "abdomen",
+    "abdominal", "pelvis", "pelvic", "hip", "hips", "knee", "knees", "ankle", "foot", "feet", "shoulder",
+    "elbow", "wrist", "hand", "hands", "femur", "tibia", "humerus", "liver", "kidney", "kidneys", "renal",
+    "bladder", "prostate", "breast", "breasts", "bowel", "colon", "aorta", "carotid", "carotids", "thyroid",
+})
+_WORDS = re.compile(r"[a-z]+(?:-[a-z]+)*")
 _PHONE = re.compile(r"[0-9 +()x.-]{3,25}", re.IGNORECASE)
 
 
@@ -68,7 +85,9 @@ def clean_s_number(raw: str) -> str:
 def check_exam_description(text: str) -> str:
     """Each examination must be named; "all imaging" is refused (Appendix 2 note)."""
     value = (text or "").strip()
-    if _ALL_IMAGING.search(value):
+    words = set(_WORDS.findall(value.lower()))
+    only_a_quantity = bool(words & _QUANTITY_WORDS) and not words & _EXAM_WORDS
+    if _ALL_IMAGING.search(value) or only_a_quantity:
         raise FieldError(
             "Name each examination and its date; requests for 'all imaging' or "
             "'all studies' are not accepted."
