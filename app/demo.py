@@ -13,6 +13,7 @@ from datetime import date
 
 import click
 import sqlalchemy as sa
+from flask import current_app
 from flask.cli import AppGroup
 from stdnum.gb import nhs
 
@@ -137,6 +138,12 @@ def _seed_nodes() -> list[str]:
 @demo_cli.command("seed")
 def seed() -> None:
     """Add demo users, institutions, PAS patients and DICOM nodes; print the demo logins."""
+    # issue 11.10: the demo accounts' passwords are published (README); never on a live desk.
+    if current_app.config["IEP_SETTINGS"].production:
+        raise click.ClickException(
+            "demo seed refuses to run with IEP_ENV=production: its accounts have published passwords. "
+            "Create users with `flask --app wsgi users create`."
+        )
     for email, name, role, department, phone in DEMO_USERS:
         if db.session.scalar(sa.select(User).where(User.email == email)) is None:
             user = User(email=email, name=name, role=role, department=department, phone=phone)

@@ -103,3 +103,18 @@ def test_a_newcomer_exports_a_demo_study_to_the_demo_nuh_node(app, client, login
     assert request.status == Status.DELIVERED
     held = scu.find_instances(Node("NUHPACS", nuh.host, nuh.port), study_uids[0], config=QUICK)
     assert len(held) == transfer.instances_total  # the images and the report, at the demo NUH node
+
+
+def test_demo_seed_refuses_in_production_and_creates_no_account(app) -> None:
+    """Issue 11.10: demo accounts have published passwords."""
+    import sqlalchemy as sa
+
+    from app.auth.models import User
+    from app.extensions import db
+
+    app.config["IEP_SETTINGS"].production = True
+    refused = app.test_cli_runner().invoke(args=["demo", "seed"])
+    assert refused.exit_code != 0
+    assert "demo seed refuses to run with IEP_ENV=production" in refused.output
+    assert "password:" not in refused.output
+    assert db.session.scalar(sa.select(sa.func.count(User.id))) == 0

@@ -156,6 +156,16 @@ CASES = [
     ("dob_disagrees_with_pas", "export", {"dob": "1948-03-15"}, "dob", "does not match the one registered"),
     ("family_name_disagrees_with_pas", "import", {"family_name": "Smyth"}, "family_name",
      "does not match the one registered"),
+    ("given_name_disagrees_with_pas", "export", {"given_name": "Margot"}, "given_name",
+     "This given name does not match the one registered for this S number"),  # issue 11.13
+    ("nhs_never_issued", "import", {"nhs_number": "999 999 9999"}, "nhs_number", "never issued"),  # issue 11.11
+    ("nhs_full_width_digits", "export",
+     {"nhs_number": "\uff19\uff19\uff19 \uff10\uff10\uff10 \uff10\uff10\uff11\uff18"},
+     "nhs_number", "only the digits 0-9; spaces and dashes are allowed"),
+    ("everything_refused", "import", {"exams-0-description": "everything"}, "exams-0-description",
+     "'all imaging'"),  # issue 11.12
+    ("all_other_imaging_refused", "cd", {"exams-0-description": "all other imaging"}, "exams-0-description",
+     "'all imaging'"),
     ("dob_missing", "cd", {"dob": ""}, "dob", "Enter the patient's date of birth"),
     ("dob_not_a_date", "import", {"dob": "31/02/1948"}, "dob", "Enter a date as DD/MM/YYYY"),
     ("family_name_missing", "import", {"family_name": ""}, "family_name", "family name"),
@@ -364,3 +374,23 @@ def test_control_characters_in_any_field_are_dropped_not_a_server_error(client, 
     assert response.status_code == 302, response.get_data(as_text=True)[:300]
     req = db.session.scalar(sa.select(Request))
     assert req.comments == "Line one\r\nLine two" and req.consultant == "Dr Ahmed"
+
+
+def test_more_exam_lines_than_the_limit_are_refused_with_the_limit_and_every_line_kept(client, requester):
+    """Issue 11.14: 25 lines were cut to 20 with no word; now refused, saying the limit."""
+    data = valid_import()
+    for n in range(25):
+        data[f"exams-{n}-exam_date"] = "2025-06-10"
+        data[f"exams-{n}-description"] = f"CT head line {n + 1}"
+        data[f"exams-{n}-exam_code"] = ""
+    response = post_form(client, "/requests/new/import", data)
+    assert response.status_code == 422
+    page = html.unescape(response.get_data(as_text=True))
+    assert "A request takes at most 20 examination lines; this one has 25." in page
+    assert all(f"CT head line {n + 1}" in page for n in range(25))  # what was typed is kept
+    assert db.session.scalar(sa.select(sa.func.count(Request.id))) == 0
+    for n in range(25, 20, -1):  # 20 lines go through
+        for key in ("exam_date", "description", "exam_code"):
+            data.pop(f"exams-{n - 1}-{key}")
+    assert post_form(client, "/requests/new/import", data).status_code == 302
+    assert len(db.session.scalar(sa.select(Request)).exams) == 20

@@ -495,3 +495,54 @@ def test_the_dispatcher_does_not_queue_again_a_transfer_the_web_queued_while_it_
     db.session.expire_all()
     assert sorted(outbound.job_ids) == sorted([db.session.get(Transfer, first.id).job_id, web_job[0]])
     assert db.session.get(Transfer, second.id).job_id == web_job[0]
+
+
+# --- what Send says: only "queued" when a job exists (issue 11.16) ----------------------------
+
+
+@pytest.fixture
+def redis_down(monkeypatch, tmp_path):
+    """The transfer queue does not answer: every enqueue meets a Redis nobody listens on."""
+    from redis import Redis
+
+    dead = Redis(unix_socket_path=str(tmp_path / "no-redis.sock"), socket_connect_timeout=0.5)
+    monkeypatch.setattr(service, "queue", lambda name: Queue(name, connection=dead))
+
+
+def test_with_redis_down_send_says_saved_not_queued_and_the_transfer_waits_without_a_job(
+    app, export, make_user, nodes, clean_queues, redis_down
+):
+    am = _login(app, make_user, "am_radiology")
+    page = _flashes(am, _send(am, export, nodes))
+    assert "queued." not in page
+    assert ("Transfer of 2 studies saved, but not queued: the transfer queue is not answering. "
+            "It starts by itself when the queue is back") in page
+    [transfer] = _transfers(export)
+    assert transfer.state == TransferState.QUEUED.value and transfer.job_id == ""  # the dispatcher's to queue
+
+
+def test_with_redis_down_download_to_pacs_says_saved_not_queued(
+    app, arrived, make_user, nodes, clean_queues, redis_down
+):
+    analyst = _login(app, make_user, "analyst")
+    page = _flashes(analyst, _download(analyst, arrived))
+    assert "Download to PACS queued." not in page
+    assert "Download to PACS saved, but not queued: the transfer queue is not answering." in page
+    assert [t.job_id for t in _transfers(arrived)] == [""]
+
+
+def test_a_batch_send_outside_its_window_says_when_it_starts(app, export, make_user, nodes, clean_queues):
+    from app.timeutil import LONDON
+
+    now = utcnow().astimezone(LONDON)
+    opens = now + timedelta(hours=2)
+    app.config["IEP_SETTINGS"].batch_window = f"{opens:%H:%M}-{now + timedelta(hours=3):%H:%M}"
+    am = _login(app, make_user, "am_radiology")
+    token = csrf_token(am, f"/requests/{export.call_ref}")
+    page = _flashes(am, am.post(f"/requests/{export.call_ref}/transfers", data={
+        "csrf_token": token, "study_uid": [STUDY_A], "source_id": str(nodes[0].id),
+        "dest_id": str(nodes[1].id), "priority": "Batch"}))
+    day = "today" if opens.date() == now.date() else f"on {opens:%d/%m/%Y}"
+    assert (f"Transfer of 1 study saved. It is a Batch transfer: it starts when the overnight window "
+            f"opens, at {opens:%H:%M} {day}.") in page
+    assert "queued." not in page and _queued_jobs() == 0

@@ -288,6 +288,29 @@ def test_send_makes_one_trauma_request_and_a_blue_light_transfer_to_nuh_on_its_o
     assert tracker.status_code == 200 and "Queued in the Blue Light lane" in _text(tracker)
 
 
+def test_with_redis_down_the_tracker_says_saved_not_queued_never_queued_in_the_lane(
+    client, login_as, pas_patients, nodes, trauma_pacs, monkeypatch, tmp_path
+):
+    """Issue 11.16: no job exists, so the tracker must not say "Queued in the Blue Light lane"."""
+    from redis import Redis
+
+    from app.transfers import service as transfers
+
+    dead = Redis(unix_socket_path=str(tmp_path / "no-redis.sock"), socket_connect_timeout=0.5)
+    monkeypatch.setattr(transfers, "queue", lambda name: Queue(name, connection=dead))
+    login_as("radiologist")
+    _review_page, fields = _review(client, trauma_pacs)
+    sent = step(client, "send", **fields)
+    assert sent.status_code == 302
+    transfer = db.session.scalar(sa.select(Transfer))
+    assert transfer.state == TransferState.QUEUED and transfer.job_id == ""
+    text = _text(client.get(sent.headers["Location"]))
+    assert "Queued in the Blue Light lane" not in text
+    assert "Saved, not queued yet: the transfer queue is not answering" in text
+    assert "goes into the Blue Light lane by itself as soon as the queue is back" in text
+    assert "If the images are needed now, burn a disk" in text
+
+
 def test_without_the_nuh_node_the_screen_says_so_and_sends_nothing(client, login_as, pas_patients, trauma_pacs):
     upsert_node("UHLPACSWFM01", trauma_pacs.node.ae_title, "127.0.0.1", trauma_pacs.node.port, "local_pacs")
     db.session.commit()

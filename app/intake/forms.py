@@ -43,6 +43,9 @@ from app.requests.statuses import Priority
 from app.timeutil import local_today
 
 MAX_EXAM_LINES = 20
+# What the form reads at most (a bound on the work a crafted post can cause); more than
+# MAX_EXAM_LINES filled is refused with the limit, never cut silently (issue 11.14).
+_EXAM_LINES_READ = 100
 
 DROP_OFF_SITES = [
     SelectChoice("LRI", "LRI – Leicester Royal Infirmary, Radiology Reception"),
@@ -187,13 +190,14 @@ class RequestForm(FlaskForm):
     )
     comments = TextAreaField("Comments / additional instructions", validators=[Length(max=4000)])
 
-    exams = FieldList(FormField(ExamLineForm), min_entries=1, max_entries=MAX_EXAM_LINES)
+    exams = FieldList(FormField(ExamLineForm), min_entries=1, max_entries=_EXAM_LINES_READ)
     # One key per filled-in form, so a double-clicked Submit cannot make two requests.
     submission_key = HiddenField()
     # Shown only beside a duplicate warning (app/intake/duplicates.py): ticked, the
     # request is saved and linked to the earlier one.
     confirm_duplicate = BooleanField("Submit anyway: this is a new request for the same examination")
 
+    max_exam_lines = MAX_EXAM_LINES  # "Add another examination" stops here
     # Set by `validate`: the PAS record the patient was matched to.
     patient: Patient | None = None
     exam_needs_description = True
@@ -255,6 +259,11 @@ class RequestForm(FlaskForm):
             first = self.exams.entries[0].form
             first.exam_date.errors.append("State each examination with its date.")
             return
+        if len(filled) > MAX_EXAM_LINES:
+            filled[MAX_EXAM_LINES].description.errors.append(
+                f"A request takes at most {MAX_EXAM_LINES} examination lines; this one has {len(filled)}. "
+                f"Send the rest in a second request."
+            )
         for line in filled:
             if line.exam_date.data is None and not line.exam_date.errors:
                 line.exam_date.errors.append("Enter the date of this examination.")
@@ -294,6 +303,14 @@ class RequestForm(FlaskForm):
         if (self.family_name.data or "").strip() and _name_key(self.family_name.data) != _name_key(patient.family_name):
             self.family_name.errors.append(
                 "This family name does not match the one registered for this S number. "
+                "Check the S number, or the spelling against PatientCentre/HISS."
+            )
+        # issue 11.13: the given name is checked the same way (a register row without one is not).
+        if (self.given_name.data or "").strip() and patient.given_name and (
+            _name_key(self.given_name.data) != _name_key(patient.given_name)
+        ):
+            self.given_name.errors.append(
+                "This given name does not match the one registered for this S number. "
                 "Check the S number, or the spelling against PatientCentre/HISS."
             )
         if self.dob.data and not self.dob.errors and patient.dob != self.dob.data:

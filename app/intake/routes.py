@@ -68,7 +68,7 @@ def _duplicate_notice(earlier: Request) -> DuplicateNotice:
 def _edit_exam_lines(form: RequestForm, action: str) -> bool:
     """Add or remove an exam line (no validation, nothing saved). True if it did."""
     if action == "add_exam":
-        if len(form.exams.entries) < form.exams.max_entries:
+        if len(form.exams.entries) < form.max_exam_lines:
             form.exams.append_entry()
             form.exams.entries[-1].form.exam_date.render_kw = {"autofocus": True}
         return True

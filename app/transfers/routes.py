@@ -21,7 +21,7 @@ from app.extensions import db
 from app.requests.access import visible_request
 from app.requests.models import Request
 from app.requests.statuses import Kind
-from app.timeutil import utcnow
+from app.timeutil import as_local, utcnow
 from app.transfers import service
 from app.transfers.inbound import settle
 from app.transfers.models import DicomNode, Direction, InboundStudy, NodeRole, Transfer, TransferState
@@ -176,6 +176,24 @@ def _create_once(
     return _to_request_page(call_ref)
 
 
+def _flash_queued(transfer: Transfer, job_id: str | None, what: str) -> None:
+    """Say what Send did, as it is (issue 11.16): queued; or saved, and when it starts (a
+    Batch transfer outside its window); or saved with the queue down, for the dispatcher
+    and the reconciler to queue when Redis is back. Never "queued" with no job."""
+    if job_id or transfer.job_id:  # ours, or the dispatcher's that beat us to it
+        flash(f"{what} queued.", "success")
+        return
+    when = service.next_run_at(transfer)
+    if when is not None:
+        local = as_local(when)
+        day = "today" if local.date() == as_local(utcnow()).date() else f"on {local:%d/%m/%Y}"
+        flash(f"{what} saved. It is a Batch transfer: it starts when the overnight window opens, "
+              f"at {local:%H:%M} {day}.", "success")
+        return
+    flash(f"{what} saved, but not queued: the transfer queue is not answering. It starts by itself "
+          "when the queue is back; nothing needs pressing again.", "warning")
+
+
 @bp.route("/requests/<call_ref>/transfers", methods=["POST"])
 @roles_required(*DESK)
 def start(call_ref: str):
@@ -199,9 +217,9 @@ def start(call_ref: str):
     if not isinstance(transfer, Transfer):
         service.discard_report(plan)  # the transfer under way has its own
         return transfer
-    service.enqueue(transfer, seen_job_id="")  # made just now, with no job
+    job_id = service.enqueue(transfer, seen_job_id="")  # made just now, with no job
     n = len(plan.study_uids)
-    flash(f"Transfer of {n} stud{'y' if n == 1 else 'ies'} queued.", "success")
+    _flash_queued(transfer, job_id, f"Transfer of {n} stud{'y' if n == 1 else 'ies'}")
     return _to_request_page(req.call_ref, f"transfer-{transfer.id}")
 
 
@@ -224,8 +242,8 @@ def download_to_pacs(call_ref: str):
                             lambda: service.start_download(req, plan, current_user.id))
     if not isinstance(transfer, Transfer):
         return transfer
-    service.enqueue(transfer, seen_job_id="")  # made just now, with no job
-    flash("Download to PACS queued.", "success")
+    job_id = service.enqueue(transfer, seen_job_id="")  # made just now, with no job
+    _flash_queued(transfer, job_id, "Download to PACS")
     return _to_request_page(req.call_ref, f"transfer-{transfer.id}")
 
 

@@ -171,8 +171,10 @@ def _send(form: TraumaForm, ticked: list[service.PickedStudy]):  # noqa: ANN202
         if earlier is None:
             raise
         return htmx.redirect_to(url_for("trauma.track", call_ref=earlier.call_ref))
-    transfers.enqueue(transfer, seen_job_id="")  # made just now, with no job
-    log.info("%s: trauma transfer %s queued", req.call_ref, transfer.id)
+    # No job (Redis down): the tracker says so; the dispatcher queues it when Redis is back.
+    job_id = transfers.enqueue(transfer, seen_job_id="")  # made just now, with no job
+    log.info("%s: trauma transfer %s %s", req.call_ref, transfer.id,
+             "queued" if job_id or transfer.job_id else "saved, not queued (Redis did not answer)")
     return htmx.redirect_to(url_for("trauma.track", call_ref=req.call_ref))
 
 
