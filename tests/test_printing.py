@@ -342,14 +342,15 @@ def test_markup_typed_into_a_form_is_printed_as_text_and_never_fetched(client, r
     call_ref = submit(
         client,
         "cd",
-        given_name="<b>bold</b>",
+        # The register's given name (checked, issue 11.13), with markup characters around it.
+        given_name="Margaret <&>",
         comments=MARKUP,
         internal_post_address='<link rel="stylesheet" href="file:///etc/passwd">',
     )
     form = pdf_text(client.get(f"/requests/{call_ref}/form.pdf"))
     labels = pdf_text(client.get(f"/requests/{call_ref}/label.pdf"))
     assert MARKUP in form
-    assert "SMITH, <b>bold</b>" in form and "SMITH, <b>bold</b>" in labels
+    assert "SMITH, Margaret <&>" in form and "SMITH, Margaret <&>" in labels
     assert '<link rel="stylesheet" href="file:///etc/passwd">' in form
     # Only our stylesheet was asked for, once per document.
     assert fetched == [f"{STATIC_ORIGIN}/static/css/pdf.css"] * 2
