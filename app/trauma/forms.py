@@ -15,7 +15,8 @@ from wtforms.validators import Length, Optional
 from app.intake.forms import UKDateField, _apply, _required
 from app.patients.models import Patient
 from app.requests import validators as rules
-from app.trauma.service import MAX_REPORT_CHARS, PickedStudy, StudyFilters, patient_by_s_number, unseal
+from app.transfers.search import StudyFilters
+from app.trauma.service import MAX_REPORT_CHARS, PickedStudy, patient_by_s_number, unseal
 
 
 class TraumaForm(FlaskForm):

@@ -32,6 +32,7 @@ from app.requests.statuses import Kind, Priority, Status
 from app.timeutil import aware, local_today, utcnow
 from app.transfers import service as transfers
 from app.transfers.models import DicomNode, Direction, Transfer, TransferItem, TransferState
+from app.transfers.search import StudyFilters
 
 PRIORITY_REASON = "Trauma patient in ED transferred to Nottingham (guideline 2.8): clinical emergency"
 DEFAULT_INSTITUTION = "Nottingham University Hospitals NHS Trust"
@@ -83,17 +84,6 @@ class PickedStudy:
         what = self.description or self.modalities or "Study"
         when = self.acquired
         return f"{what}, {when:%d/%m/%Y}" if when else f"{what}, date not recorded"
-
-
-@dataclass(frozen=True)
-class StudyFilters:
-    """The study list's narrowing fields (Appendix 4 step 11); empty ones are left out."""
-
-    date_from: date | None = None
-    date_to: date | None = None
-    description: str = ""
-    modality: str = ""
-    accession: str = ""
 
 
 def destination() -> DicomNode | None:
@@ -180,16 +170,11 @@ class TraumaValues:
 def recent_sends(study_uids: list[str], now: datetime) -> list[Request]:
     """Trauma requests of the last RECENT_SEND that sent any of these studies: a second
     Send (the back button, a colleague) asks before it sends them again."""
-    wanted = set(study_uids)
-    since = now - RECENT_SEND
-    found = []
-    for req in db.session.scalars(
-        sa.select(Request).where(Request.kind == Kind.TRAUMA, Request.created_at >= since)
-        .order_by(Request.created_at.desc()).limit(200)
-    ):
-        if wanted & {line.study_uid for line in req.exams}:
-            found.append(req)
-    return found
+    sent_any = sa.select(ExamLine.request_id).where(ExamLine.study_uid.in_(study_uids))
+    return list(db.session.scalars(
+        sa.select(Request).where(Request.kind == Kind.TRAUMA, Request.created_at >= now - RECENT_SEND,
+                                 Request.id.in_(sent_any))
+        .order_by(Request.created_at.desc()).limit(20)))
 
 
 def already_sent(key: str | None, user: User) -> Request | None:
