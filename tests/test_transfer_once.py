@@ -8,6 +8,7 @@ transfer: the jobs wait in Redis and the queues are emptied around each test.
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import time
@@ -546,3 +547,15 @@ def test_a_batch_send_outside_its_window_says_when_it_starts(app, export, make_u
     assert (f"Transfer of 1 study saved. It is a Batch transfer: it starts when the overnight window "
             f"opens, at {opens:%H:%M} {day}.") in page
     assert "queued." not in page and _queued_jobs() == 0
+
+
+def test_a_damaged_report_pdf_is_named_at_send_and_nothing_is_queued(app, export, make_user, nodes, clean_queues):
+    """The Send form's report upload is parsed, not only sniffed (issue 11.15)."""
+    am = _login(app, make_user, "am_radiology")
+    token = csrf_token(am, f"/requests/{export.call_ref}")
+    page = _flashes(am, am.post(f"/requests/{export.call_ref}/transfers", content_type="multipart/form-data", data={
+        "csrf_token": token, "study_uid": [STUDY_A], "source_id": str(nodes[0].id), "dest_id": str(nodes[1].id),
+        "priority": "Standard", "report_pdf": (io.BytesIO(b"%PDF-1.7\n1 0 obj << /Type /Catalog"), "report.pdf")}))
+    assert "The report PDF is damaged and cannot be read: attach it again, or paste the report." in page
+    assert _transfers(export) == [] and _queued_jobs() == 0
+    assert not list((app.config["IEP_SETTINGS"].storage_root / "reports").glob("*.pdf"))

@@ -3,11 +3,13 @@ taking plain values (issue 9.5). Nothing here runs a transfer or talks to Redis.
 
 from __future__ import annotations
 
+import io
 from datetime import date
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from pypdf import PdfWriter
 
 from app.audit import AuditEvent
 from app.extensions import db
@@ -18,7 +20,20 @@ from app.transfers.models import Direction, Transfer
 from app.transfers.nodes import upsert_node
 
 STUDY = "1.2.826.0.1.3680043.8.498.301"
-PDF = b"%PDF-1.4 a report"
+
+
+def _pdf(pages: int = 1, password: str = "") -> bytes:
+    writer = PdfWriter()
+    for _ in range(pages):
+        writer.add_blank_page(595, 842)
+    if password:
+        writer.encrypt(password)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+PDF = _pdf()
 
 
 def _request(kind: Kind, patient, requester):  # noqa: ANN001, ANN202
@@ -48,12 +63,17 @@ def export(app, make_user, pas_patients, nodes):  # noqa: ANN201
     ({"study_uids": ("1.2.3",), "source_id": 999}, None),  # an unknown source: the local PACS
     ({"study_uids": ("not-a-uid",)}, "Tick at least one study to send."),
     ({"study_uids": ("1.2.3",), "dest_id": None}, "Choose the destination node."),
-    ({"study_uids": ("1.2.3",), "report_pdf": b"<html>"}, "The report must be a PDF file of at most 10 MB."),
-    ({"study_uids": ("1.2.3",), "report_pdf": b""}, "The report must be a PDF file of at most 10 MB."),
-    ({"study_uids": ("1.2.3",), "report_pdf": b"%PDF-" + b"x" * service.MAX_REPORT_BYTES},
-     "The report must be a PDF file of at most 10 MB."),
+    ({"study_uids": ("1.2.3",), "report_pdf": b"<html>"}, "The report is not a PDF file"),
+    ({"study_uids": ("1.2.3",), "report_pdf": b""}, "The report file is empty"),
+    ({"study_uids": ("1.2.3",), "report_pdf": PDF + b"x" * service.MAX_REPORT_BYTES},
+     "The report PDF is larger than 10 MB"),
+    ({"study_uids": ("1.2.3",), "report_pdf": b"%PDF-1.4 a report"}, "The report PDF is damaged and cannot be read"),
+    ({"study_uids": ("1.2.3",), "report_pdf": PDF[:60]}, "The report PDF is damaged and cannot be read"),
+    ({"study_uids": ("1.2.3",), "report_pdf": _pdf(password="secret")}, "The report PDF is password-protected"),
+    ({"study_uids": ("1.2.3",), "report_pdf": _pdf(pages=0)}, "The report PDF has no pages"),
 ], ids=["unknown_source_means_local_pacs", "uids_are_digits_and_dots", "export_needs_a_destination",
-        "report_must_be_a_pdf", "empty_report_refused", "report_over_10_mb_refused"])
+        "report_must_be_a_pdf", "empty_report_refused", "report_over_10_mb_refused", "pdf_header_only_refused",
+        "truncated_pdf_refused", "password_protected_pdf_refused", "pdf_without_pages_refused"])
 def test_plan_start_refuses_in_the_analysts_words(export, nodes, values, message):
     values = {"dest_id": nodes[1].id, **values}
     if message is None:

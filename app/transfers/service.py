@@ -9,6 +9,7 @@ commits except `enqueue` (README "Layout" says why): the caller commits once.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import re
 import uuid
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from flask import current_app
+from pypdf import PdfReader
 from redis.exceptions import RedisError
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -201,6 +203,31 @@ class StartPlan:
     report_pdf_path: str
 
 
+def check_report_pdf(data: bytes) -> None:
+    """Refuse an uploaded report the receiving PACS could not show: over the size limit,
+    not a PDF, one pypdf cannot read (damaged, truncated), password-protected, or without
+    pages. Raises StartRefused naming which."""
+    if not data:
+        raise StartRefused("The report file is empty: attach the report as a PDF.")
+    if len(data) > MAX_REPORT_BYTES:
+        raise StartRefused("The report PDF is larger than 10 MB: attach a smaller file.")
+    if data.lstrip()[:5] != b"%PDF-":
+        raise StartRefused("The report is not a PDF file: attach the report as a PDF.")
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        encrypted = reader.is_encrypted
+        # Each page must resolve (its media box), not only be counted.
+        pages = 0 if encrypted else sum(1 for page in reader.pages if page.mediabox is not None)
+    except Exception as exc:  # noqa: BLE001 - a hostile file can make any parser error; none may be a 500
+        log.info("report PDF refused: %s", type(exc).__name__)
+        raise StartRefused(
+            "The report PDF is damaged and cannot be read: attach it again, or paste the report.") from None
+    if encrypted:
+        raise StartRefused("The report PDF is password-protected: attach one that opens without a password.")
+    if pages == 0:
+        raise StartRefused("The report PDF has no pages: attach the report itself.")
+
+
 def plan_start(request: Request, values: StartValues) -> StartPlan:
     """Check a Send for `request` (an export to a node, or for an import a pull to the
     gateway) and store its report PDF under a name of our own. Raises StartRefused with
@@ -225,8 +252,7 @@ def plan_start(request: Request, values: StartValues) -> StartPlan:
     report_path = ""
     if values.report_pdf is not None:
         data = values.report_pdf
-        if len(data) > MAX_REPORT_BYTES or not data.startswith(b"%PDF-"):
-            raise StartRefused("The report must be a PDF file of at most 10 MB.")
+        check_report_pdf(data)
         folder = settings().storage_root / "reports"
         folder.mkdir(parents=True, exist_ok=True)
         target = folder / f"{uuid.uuid4().hex}.pdf"  # never the uploaded name
