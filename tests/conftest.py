@@ -11,10 +11,12 @@ On CI (CI=true) nothing skips: a missing peer fails the test that needs it.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import subprocess
+import traceback
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -239,6 +241,46 @@ def login_as(client: FlaskClient, make_user):
         return user
 
     return login
+
+
+# Every value of the PAS patients below, as forms, the database and DICOM headers write them.
+PAS_PATIENT_VALUES = (
+    "SMITH", "Smith", "Margaret", "9990000018", "999 000 0018", "1948-03-14", "14/03/1948", "19480314",
+    "12 Welford Road", "LE2 7AA", "S1234567",
+    "PATEL", "Ravi", "9990000026", "999 000 0026", "1975-11-02", "02/11/1975", "19751102", "4 Narborough Road",
+    "LE3 0BQ", "S7654321",
+    "O'BRIEN", "Siobhan", "1990-06-30", "30/06/1990", "19900630", "88 London Road", "LE2 0QS", "S0000003",
+)
+
+
+class _EveryRecord(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.NOTSET)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def no_patient_value_logged(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Issue 11.6, across the whole suite and its error paths: no log record any handler of
+    this process could write (message, arguments, traceback) holds a PAS patient's value.
+    Records are caught at the levels the loggers already have; nothing is made chattier."""
+    handler = _EveryRecord()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+    for record in handler.records:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += "".join(traceback.format_exception(*record.exc_info))
+        text += "".join(filter(None, (record.exc_text, record.stack_info)))
+        leaked = [value for value in PAS_PATIENT_VALUES if value in text]
+        assert not leaked, f"{record.name} logged patient values {leaked}: {text[:300]!r}"
 
 
 @pytest.fixture
