@@ -263,7 +263,7 @@ class _EveryRecord(logging.Handler):
 
 
 @pytest.fixture(autouse=True)
-def no_patient_value_logged(request: pytest.FixtureRequest) -> Iterator[None]:
+def no_patient_value_logged() -> Iterator[None]:
     """Issue 11.6, across the whole suite and its error paths: no log record any handler of
     this process could write (message, arguments, traceback) holds a PAS patient's value.
     Records are caught at the levels the loggers already have; nothing is made chattier."""
