@@ -15,7 +15,9 @@ from pathlib import Path
 from app.extensions import db
 
 REPO = Path(__file__).resolve().parent.parent
+# IEP_POOL_LOG=path keeps every pool's output there too (for reading a failure).
 POOL_LOG = open(os.environ.get("IEP_POOL_LOG", os.devnull), "ab")  # noqa: SIM115 - kept for the run
+_OUTPUT: dict[int, Path] = {}  # a running pool's pid -> the file its output goes to
 STALL = 3  # seconds without progress before a run counts as dead (short for the test)
 
 
@@ -37,8 +39,27 @@ def start_pool(app, database_url: str, redis_url: str, lanes: str, **extra_env: 
         "GATEWAY_AE_TITLE": settings.gateway_ae_title,
         **extra_env,
     }
-    return subprocess.Popen([sys.executable, "worker.py"], cwd=REPO, env=env, start_new_session=True,
-                            stdout=POOL_LOG, stderr=subprocess.STDOUT)
+    output = Path(settings.storage_root) / f"pool-{time.monotonic_ns()}.log"
+    with output.open("ab") as sink:
+        pool = subprocess.Popen([sys.executable, "worker.py"], cwd=REPO, env=env, start_new_session=True,
+                                stdout=sink, stderr=subprocess.STDOUT)
+    _OUTPUT[pool.pid] = output
+    return pool
+
+
+def _check_output(pool: subprocess.Popen) -> None:
+    """Issue 11.6 in the worker processes: nothing the pool wrote (its log lines, RQ's
+    messages about failed jobs, tracebacks) holds a PAS patient's value."""
+    from tests.conftest import PAS_PATIENT_VALUES
+
+    output = _OUTPUT.pop(pool.pid, None)
+    if output is None:
+        return
+    text = output.read_bytes()
+    POOL_LOG.write(text)
+    POOL_LOG.flush()
+    leaked = [value for value in PAS_PATIENT_VALUES if value.encode() in text]
+    assert not leaked, f"the worker pool logged patient values {leaked} (its output: {output})"
 
 
 def kill_pool(pool: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
@@ -65,6 +86,7 @@ def kill_pool(pool: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         raise AssertionError(f"the pool did not stop on signal {sig} within 120 s; still running: {alive}") from None
     if sig == signal.SIGKILL:
         psutil.wait_procs(family, timeout=10)
+    _check_output(pool)
 
 
 def wait_for(predicate, seconds: float, what: str):  # noqa: ANN001, ANN201
