@@ -53,13 +53,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     The PostgreSQL pass runs only the tests that touch the database (issue 9): a test
     whose fixtures never reach `database` (DICOM, pure logic, the import checks) proves
-    nothing more the second time. They are deselected there, not skipped."""
+    nothing more the second time. They are deselected there, not skipped. A test that makes
+    a scratch database of its own is marked `own_database` and runs in both passes."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: order kept within each group
-    if TEST_DB != "postgresql":
-        return
+
+    def wanted(item: pytest.Item) -> bool:
+        if TEST_DB != "postgresql":
+            return True
+        return "database" in getattr(item, "fixturenames", ()) or bool(item.get_closest_marker("own_database"))
+
     keep, drop = [], []
     for item in items:
-        (keep if "database" in getattr(item, "fixturenames", ()) else drop).append(item)
+        (keep if wanted(item) else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -21,6 +22,9 @@ from app import create_app
 from app.config import Settings
 from app.extensions import db
 from tests.conftest import POSTGRES_ADMIN_URL, TEST_DB
+
+# Each test makes its scratch database itself: the PostgreSQL pass keeps them all the same.
+pytestmark = pytest.mark.own_database
 
 
 @contextmanager
