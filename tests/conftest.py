@@ -54,10 +54,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     The PostgreSQL pass runs only the tests that touch the database (issue 9): a test
     whose fixtures never reach `database` (DICOM, pure logic, the import checks) proves
     nothing more the second time. They are deselected there, not skipped. A test that makes
-    a scratch database of its own is marked `own_database` and runs in both passes."""
+    a scratch database of its own is marked `own_database` and runs in both passes; one
+    marked `postgresql` checks what exists only there and runs only in the PostgreSQL pass."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: order kept within each group
 
     def wanted(item: pytest.Item) -> bool:
+        if item.get_closest_marker("postgresql"):
+            return TEST_DB == "postgresql"
         if TEST_DB != "postgresql":
             return True
         return "database" in getattr(item, "fixturenames", ()) or bool(item.get_closest_marker("own_database"))
