@@ -3,7 +3,8 @@
 -- Run by the role that owns the desk's tables, the one that runs `flask --app wsgi db upgrade`,
 -- after every upgrade (a migration may add tables; running it again changes nothing else):
 --   psql "$OWNER_URL" -v ON_ERROR_STOP=1 -v app_role=iep_app -f scripts/app_role.sql
--- tests/test_audit_truncate.py runs this very file for a role of its own.
+-- The tests run this very file: the PostgreSQL pass's desk connects as such a role
+-- (tests/conftest.py), and tests/test_audit_truncate.py checks what it refuses.
 
 -- Rows, not schema: no TRUNCATE, REFERENCES or TRIGGER anywhere, and no ownership.
 GRANT USAGE ON SCHEMA public TO :"app_role";

