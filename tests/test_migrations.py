@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -21,6 +22,9 @@ from app import create_app
 from app.config import Settings
 from app.extensions import db
 from tests.conftest import POSTGRES_ADMIN_URL, TEST_DB
+
+# Each test makes its scratch database itself: the PostgreSQL pass keeps them all the same.
+pytestmark = pytest.mark.own_database
 
 
 @contextmanager
@@ -121,3 +125,16 @@ def test_downgrade_to_base_and_upgrade_again(tmp_path, redis_url):
         assert schema_differences() == []
         assert missing_indexes() == set()
         assert triggers() == audit_triggers
+
+
+def test_0010_adds_the_truncate_trigger_on_postgresql_only(tmp_path, redis_url):
+    with empty_database(tmp_path) as url, desk_on(url, redis_url, tmp_path):
+        upgrade()
+        at_head = triggers()
+        downgrade(revision="0009")
+        # SQLite has no TRUNCATE (its DELETE trigger covers `DELETE FROM audit_events`).
+        expected = {"audit_events_no_truncate"} if db.engine.dialect.name == "postgresql" else set()
+        assert at_head - triggers() == expected
+        assert triggers() <= at_head
+        upgrade()
+        assert triggers() == at_head
