@@ -26,6 +26,7 @@ from app.desk.queries import (
 )
 from app.desk.service import MBP_FIELDS, EditValues, StaleEdit, apply_edit
 from app.extensions import db
+from app.ids import parse_id
 from app.requests.access import visible_request
 from app.requests.models import Request
 from app.transfers.quarantine import refused_arrivals
@@ -206,7 +207,8 @@ def undelivered_mail():
     errors: dict[int, str] = {}
     typed: dict[int, str] = {}
     if request.method == "POST":
-        row = db.session.get(OutboxEmail, request.form.get("mail_id", type=int) or 0)
+        mail_id = parse_id(request.form.get("mail_id"))
+        row = db.session.get(OutboxEmail, mail_id) if mail_id is not None else None
         if row is None:
             flash("That e-mail no longer exists.", "error")
             return redirect(url_for("desk.undelivered_mail"))
