@@ -147,6 +147,9 @@ def _edit_form(req: Request, formdata=None) -> EditForm:  # noqa: ANN001
         (s.value, s.value) for s in allowed_next(req.status)
     ]
     form.assigned_to.choices = [("", "Nobody")] + [(str(u.id), u.name) for u in _desk_users()]
+    if req.assigned_to is not None and str(req.assigned_to.id) not in dict(form.assigned_to.choices):
+        # Kept as a choice: saving the other fields must not unassign them unasked.
+        form.assigned_to.choices.append((str(req.assigned_to.id), f"{req.assigned_to.name} (no longer on the desk)"))
     return form
 
 
