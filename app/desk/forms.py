@@ -58,5 +58,5 @@ class EditForm(FlaskForm):
     def validate_assigned_to(self, field: SelectField) -> None:
         # Only someone listed: an unknown id would break the foreign key at the commit
         # (a 500 on PostgreSQL), and WTForms' own check says only "Not a valid choice".
-        if field.data not in {str(choice[0]) for choice in field.choices}:
+        if (field.data or "") not in {str(choice[0]) for choice in field.choices}:  # not posted: nobody, as before
             raise ValidationError("Choose someone from the list: that person cannot be assigned requests.")
