@@ -40,7 +40,7 @@ from app.auth.forms import LoginForm
 from app.desk.forms import EditForm, FilterForm
 from app.desk.queries import SORTS
 from app.extensions import db
-from app.intake.forms import CDForm, ExamLineForm, ExportForm, ImportForm
+from app.intake.forms import CDForm, ExamLineForm, ExportForm, ImportForm, RequestForm
 from app.intake.service import RequestValues, create_request
 from app.requests.models import ExamLine, Request
 from app.requests.statuses import Kind, Priority
@@ -130,11 +130,15 @@ class Surface:
     post_only: bool = False  # the GET probes are another surface's (same endpoint)
     shows_back: bool = True  # the answer shows an over-long value back in its field
     label: str = ""  # tells apart two surfaces of one endpoint in the test's id
-    needs: frozenset[str] = frozenset()  # extra rows: nodes, transfer, mail, arrival
+    parts: int = 1  # a long form's fields are sent by this many tests, so they run side by side
+    probed_elsewhere: type[FlaskForm] | None = None  # a base form whose fields another surface probes
 
     @property
     def posted(self) -> tuple[str, ...]:
-        return (*(form_fields(self.form) if self.form else ()), *self.fields)
+        shared = set(form_fields(self.probed_elsewhere)) if self.probed_elsewhere else set()
+        own = [name for name in (form_fields(self.form) if self.form else ()) if name not in shared]
+        return (*own, *self.fields)
+    needs: frozenset[str] = frozenset()  # extra rows: nodes, transfer, mail, arrival
 
 
 def _request_form(valid: Callable[[], dict[str, str]]) -> Callable[[Scene], dict[str, str]]:
@@ -178,11 +182,12 @@ SURFACES: tuple[Surface, ...] = (
     Surface("auth.logout", "requester", "/logout"),
     Surface("auth.stay_signed_in", "requester", "/session/stay"),
     Surface("intake.new_import", "requester", "/requests/new/import", form=ImportForm, fields=("action",),
-            base=_request_form(valid_import), base_status=302, named=typed_fields(ImportForm)),
+            base=_request_form(valid_import), base_status=302, named=typed_fields(ImportForm), parts=3),
     Surface("intake.new_export", "requester", "/requests/new/export", form=ExportForm, fields=("action",),
-            base=_request_form(valid_export), base_status=302, named=typed_fields(ExportForm)),
+            base=_request_form(valid_export), base_status=302, named=typed_fields(ExportForm),
+            probed_elsewhere=RequestForm),  # the patient and contact fields: probed on the import form
     Surface("intake.new_cd", "requester", "/requests/new/cd", form=CDForm, fields=("action",),
-            base=_request_form(valid_cd), base_status=302, named=typed_fields(CDForm)),
+            base=_request_form(valid_cd), base_status=302, named=typed_fields(CDForm), probed_elsewhere=RequestForm),
     Surface("intake.mine", "requester", "/requests", fields=("q", "page"), query=("page",),
             base=lambda s: {"q": "smith", "page": "1"}, base_status=200),
     Surface("intake.show", "requester", "/requests/{call_ref}", path=CALL_REF, query=("submitted",)),
@@ -196,7 +201,7 @@ SURFACES: tuple[Surface, ...] = (
     Surface("desk.queue", "analyst", "/desk", form=FilterForm, fields=DESK_FILTERS,
             query=("page_cursor", "assigned", "page"), base=lambda s: {"tab": "all"}, base_status=200,
             named=frozenset({"call_ref", "patient_name", "nhs_number", "s_number", "institution"}),
-            named_status=200, error_id="filter-{field}-error"),
+            named_status=200, error_id="filter-{field}-error", parts=2),
     Surface("desk.queue", "analyst", "/desk", base=lambda s: {"tab": "all"}, base_status=200, cursors=True,
             post_only=True, label="cursors"),
     # The queue's code again (`_queue_context`), so only the field the poll adds.
@@ -370,27 +375,28 @@ def _shown_back(surface: Surface, name: str) -> bool:
     return unbound is None or not issubclass(unbound.field_class, (PasswordField, SelectFieldBase))
 
 
-def _posts(surface: Surface, scene: Scene) -> Iterable[tuple[str, str | None, str | None, dict[str, str]]]:
-    """(what, field, value, data) for every POST probe of `surface`."""
+def _posts(surface: Surface, scene: Scene, part: int) -> Iterable[tuple[str, str | None, str | None, dict[str, str]]]:
+    """(what, field, value, data) for every POST probe of `surface` in `part` (of surface.parts)."""
     base = surface.base(scene) if surface.base else {}
-    fields = surface.posted + ("csrf_token",)
+    fields = (*surface.posted, "csrf_token")[part::surface.parts]
     for name in fields:
-        for value in (*CRAFTED, *(ACTIONS if name == "action" else ())):
+        values = {"action": (*CRAFTED, *ACTIONS), "csrf_token": (NUL, LONG)}.get(name, CRAFTED)
+        for value in values:
             fresh = surface.base(scene) if surface.base else {}
             yield f"POST {surface.url} {name}={value[:24]!r}", name, value, {**fresh, name: value}
-    if surface.cursors:
+    if surface.cursors and part == 0:
         for sort in SORTS:
             for cursor in CURSORS:
                 yield (f"POST {surface.url} sort={sort} page_cursor={cursor}", None, None,
                        {**base, "sort": sort, "direction": "asc", "page_cursor": cursor, "assigned": UNKNOWN_ID})
 
 
-def probe(surface: Surface, scene: Scene, methods: set[str]) -> Findings:
+def probe(surface: Surface, scene: Scene, methods: set[str], part: int = 0) -> Findings:
     client = scene.client
     headers = {"HX-Request": "true"} if surface.htmx else {}
     findings = Findings()
     # URL parameters: the scene's value for the others, one crafted at a time.
-    for name in surface.path:
+    for name in surface.path if part == 0 else ():
         for value in (*CRAFTED, UNKNOWN_ID, "%", "../../etc/passwd"):
             url = _url(surface, scene, **{name: value})
             method = "POST" if "POST" in methods and "GET" not in methods else "GET"
@@ -398,7 +404,7 @@ def probe(surface: Surface, scene: Scene, methods: set[str]) -> Findings:
             findings.check(f"{method} {url[:80]!r}", client.open(url, method=method, data=data, headers=headers),
                            surface)
     url = _url(surface, scene)
-    if "GET" in methods and not surface.post_only:
+    if "GET" in methods and not surface.post_only and part == 0:
         # A route that parses no query string still gets one it does not expect.
         for name, values in ([(name, CRAFTED) for name in surface.query] or [("unexpected", (NUL, LONG))]):
             for value in values:
@@ -411,7 +417,7 @@ def probe(surface: Surface, scene: Scene, methods: set[str]) -> Findings:
         assert response.status_code == surface.base_status, (
             f"the valid POST to {url} answered {response.status_code}: the probes would not get past the checks\n"
             + response.get_data(as_text=True)[:3000])
-    for what, name, value, data in _posts(surface, scene):
+    for what, name, value, data in _posts(surface, scene, part):
         if name != "csrf_token":
             data.setdefault("csrf_token", scene.token)
         findings.check(what, client.post(url, data=data, headers=headers), surface, name, value)
@@ -425,10 +431,18 @@ def _rule_methods(app: Flask, endpoint: str) -> set[str]:
     return methods
 
 
-@pytest.mark.parametrize("surface", SURFACES, ids=[f"{s.endpoint}{'-' + s.label if s.label else ''}" for s in SURFACES])
-def test_crafted_input_never_gives_a_5xx(app, make_user, pas_patients, surface):
+def _cases() -> Iterable[Any]:
+    for s in SURFACES:
+        for part in range(s.parts):
+            name = s.endpoint + (f"-{s.label}" if s.label else "") + (f"-{part + 1}of{s.parts}" if s.parts > 1 else "")
+            # Several seconds each: started first (conftest), not left to hold up the end of a run.
+            yield pytest.param(s, part, id=name, marks=[pytest.mark.slow] if s.parts > 1 else [])
+
+
+@pytest.mark.parametrize(("surface", "part"), _cases())
+def test_crafted_input_never_gives_a_5xx(app, make_user, pas_patients, surface, part):
     scene = build_scene(app, make_user, pas_patients, surface)
-    findings = probe(surface, scene, _rule_methods(app, surface.endpoint))
+    findings = probe(surface, scene, _rule_methods(app, surface.endpoint), part)
     assert findings.sent > 0
     assert not findings.failures, f"{len(findings.failures)} of {findings.sent} probes:\n" + "\n".join(
         findings.failures)
