@@ -29,9 +29,10 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
         app = Flask(__name__, instance_path=str(settings.instance_path))
     app.config.from_mapping(settings.flask_config())
     app.config.from_mapping(overrides)
-    from app.web_request import DeskRequest
+    from app.web_request import DeskRequest, install_converters
 
     app.request_class = DeskRequest  # form and query values without control characters
+    install_converters(app)  # URL ids within the id columns' range, call references without controls
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(Path(app.root_path).parent / "migrations"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
-from wtforms.validators import Length, Optional
+from wtforms.validators import Length, Optional, ValidationError
 
 from app.intake.forms import UKDateField
 from app.requests.statuses import Kind, Priority, Status
@@ -49,8 +49,14 @@ class EditForm(FlaskForm):
         "Note (for Awaiting Details: what is missing; for a decline: their words)",
         validators=[Length(max=2000)],
     )
-    assigned_to = SelectField("Assigned to", choices=[], validate_choice=False)
+    assigned_to = SelectField("Assigned to", choices=[], validate_choice=False)  # validate_assigned_to says why
     mbp_call_ref = StringField("NTT (Offshore team) call ref", validators=[Length(max=40)])
     imaging_uploaded_by = StringField("Imaging uploaded by", validators=[Length(max=120)])
     images_fixed_up_by = StringField("Images 'fixed up' by", validators=[Length(max=120)])
     date_imaging_sent = UKDateField("Date imaging sent", validators=[Optional()])
+
+    def validate_assigned_to(self, field: SelectField) -> None:
+        # Only someone listed: an unknown id would break the foreign key at the commit
+        # (a 500 on PostgreSQL), and WTForms' own check says only "Not a valid choice".
+        if (field.data or "") not in {str(choice[0]) for choice in field.choices}:  # not posted: nobody, as before
+            raise ValidationError("Choose someone from the list: that person cannot be assigned requests.")

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from app.extensions import db
+from app.ids import MAX_ID, is_id, parse_id
 from app.requests.models import Request
 from app.requests.statuses import Kind, Priority, Status
 from app.timeutil import LONDON, utcnow
@@ -131,8 +132,8 @@ class Filters:
             conds.append(Request.assigned_to_id == me)
         elif self.assigned == "none":
             conds.append(Request.assigned_to_id.is_(None))
-        elif self.assigned.isdigit():
-            conds.append(Request.assigned_to_id == int(self.assigned))
+        elif (user_id := parse_id(self.assigned)) is not None:
+            conds.append(Request.assigned_to_id == user_id)
         return conds
 
 
@@ -177,13 +178,18 @@ def encode_cursor(value: Any, row_id: int) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+MAX_CURSOR = 1000  # encoded, the longest sort value (an institution, 160 characters) and an id fit well within
+
+
 def decode_cursor(cursor: str) -> tuple[Any, int] | None:
     """The (value, id) a page ends on; None for a cursor we did not write."""
+    if len(cursor) > MAX_CURSOR:  # also spares the JSON parser a crafted nesting of thousands of levels
+        return None
     try:
         value, row_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return None
-    if not isinstance(row_id, int):
+    if not is_id(row_id):
         return None
     if isinstance(value, dict) and "dt" in value:
         try:
@@ -191,6 +197,28 @@ def decode_cursor(cursor: str) -> tuple[Any, int] | None:
         except (TypeError, ValueError):
             return None
     return value, row_id
+
+
+def _cursor_after(cursor: str | None, sort: str) -> tuple[Any, int] | None:
+    """The (value, id) to continue after, the value typed for the sort's column; None (the
+    first page) for a cursor we did not write, or one written for another sort (review 11.7:
+    a value of another type is an error in the query on PostgreSQL)."""
+    after = decode_cursor(cursor) if cursor else None
+    if after is None:
+        return None
+    value, row_id = after
+    if sort == "assigned":
+        value = 0 if value is None else value  # NULL assignees sort as 0
+        fits = type(value) is int and 0 <= value <= MAX_ID
+    elif sort == "created":
+        fits = isinstance(value, datetime)
+    elif sort in ("status", "priority"):
+        enum_cls = Status if sort == "status" else Priority
+        fits = isinstance(value, str) and value in {m.value for m in enum_cls}
+        value = enum_cls(value) if fits else None
+    else:  # call_ref, patient, institution: text
+        fits = isinstance(value, str)
+    return (value, row_id) if fits else None
 
 
 def _sort_value(req: Request, sort: str) -> Any:
@@ -231,16 +259,9 @@ def queue_page(
     # NULL assignees sort as 0 so that keyset comparisons stay well-defined.
     key = sa.func.coalesce(column, 0) if sort == "assigned" else column
     order = (key.desc(), Request.id.desc()) if descending else (key.asc(), Request.id.asc())
-    after = decode_cursor(cursor) if cursor else None
-    if after is not None and after[0] is None and sort != "assigned":
-        after = None  # a cursor from another sort: start from the top
+    after = _cursor_after(cursor, sort)
     if after is not None:
         value, row_id = after
-        if sort == "assigned":
-            value = value or 0
-        elif sort in ("status", "priority"):
-            enum_cls = Status if sort == "status" else Priority
-            value = enum_cls(value) if value in {m.value for m in enum_cls} else None
         # A row-value comparison is an index range on both SQLite and PostgreSQL; the
         # equivalent OR of two conditions makes both walk the index from the top.
         after_row = sa.tuple_(sa.literal(value, type_=key.type), sa.literal(row_id))

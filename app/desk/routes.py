@@ -26,6 +26,7 @@ from app.desk.queries import (
 )
 from app.desk.service import MBP_FIELDS, EditValues, StaleEdit, apply_edit
 from app.extensions import db
+from app.ids import parse_id
 from app.requests.access import visible_request
 from app.requests.models import Request
 from app.transfers.quarantine import refused_arrivals
@@ -146,6 +147,9 @@ def _edit_form(req: Request, formdata=None) -> EditForm:  # noqa: ANN001
         (s.value, s.value) for s in allowed_next(req.status)
     ]
     form.assigned_to.choices = [("", "Nobody")] + [(str(u.id), u.name) for u in _desk_users()]
+    if req.assigned_to is not None and str(req.assigned_to.id) not in dict(form.assigned_to.choices):
+        # Kept as a choice: saving the other fields must not unassign them unasked.
+        form.assigned_to.choices.append((str(req.assigned_to.id), f"{req.assigned_to.name} (no longer on the desk)"))
     return form
 
 
@@ -206,7 +210,8 @@ def undelivered_mail():
     errors: dict[int, str] = {}
     typed: dict[int, str] = {}
     if request.method == "POST":
-        row = db.session.get(OutboxEmail, request.form.get("mail_id", type=int) or 0)
+        mail_id = parse_id(request.form.get("mail_id"))
+        row = db.session.get(OutboxEmail, mail_id) if mail_id is not None else None
         if row is None:
             flash("That e-mail no longer exists.", "error")
             return redirect(url_for("desk.undelivered_mail"))

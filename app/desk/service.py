@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from app import audit
+from app.ids import parse_id
 from app.requests.models import Request
 from app.requests.statuses import Status
 from app.workflow.machine import transition
@@ -54,7 +55,7 @@ def apply_edit(req: Request, values: EditValues, *, actor_id: int | None) -> lis
     changed = [name for name, value in submitted.items() if value != getattr(req, name)]
     for name in changed:
         setattr(req, name, submitted[name])
-    assignee = int(values.assigned_to) if (values.assigned_to or "").isdigit() else None
+    assignee = parse_id(values.assigned_to)
     if assignee != req.assigned_to_id:
         req.assigned_to_id = assignee
         changed.append("assigned_to")

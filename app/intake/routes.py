@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app import audit, htmx
 from app.extensions import db
+from app.ids import MAX_ID, whole_number
 from app.intake.duplicates import find_duplicate
 from app.intake.forms import CDForm, ExportForm, ImportForm, RequestForm
 from app.intake.service import RequestValues, already_submitted, create_request
@@ -74,8 +75,9 @@ def _edit_exam_lines(form: RequestForm, action: str) -> bool:
         return True
     if action.startswith("remove_exam:"):
         index = action.partition(":")[2]
-        if index.isdigit() and len(form.exams.entries) > 1 and int(index) < len(form.exams.entries):
-            kept = [e.form.data for i, e in enumerate(form.exams.entries) if i != int(index)]
+        line = whole_number(index, 0, len(form.exams.entries) - 1)
+        if line is not None and len(form.exams.entries) > 1:
+            kept = [e.form.data for i, e in enumerate(form.exams.entries) if i != line]
             while form.exams.entries:
                 form.exams.pop_entry()
             for data in kept:
@@ -188,7 +190,7 @@ def mine():
     the browser's history (PITFALLS "Web").
     """
     query = (request.form.get("q") or "").strip()[:80]
-    page = max(request.form.get("page", 1, type=int) or 1, 1)
+    page = whole_number(request.form.get("page"), 1, MAX_ID) or 1  # a crafted page number: the first page
     stmt = sa.select(Request).where(Request.requester_id == current_user.id)
     if query:
         like = f"%{query.lower()}%"

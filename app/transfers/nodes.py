@@ -13,10 +13,15 @@ import sqlalchemy as sa
 from app import audit
 from app.dicom.ae import Node
 from app.extensions import db
+from app.ids import whole_number
 from app.requests.models import Institution
 from app.transfers.models import DicomNode, NodeRole
 
 NODE_FIELDS = ("name", "ae_title", "host", "port", "role", "institution")
+# The text fields' columns: a longer value is refused by PostgreSQL at the commit (a 500,
+# review 11.7), and SQLite would keep it whole. The AE title is checked by `Node` (16).
+_STORED_IN = {"name": DicomNode.name, "host": DicomNode.host, "institution": Institution.name}
+_LABELS = {"name": "The name", "host": "The host", "institution": "The institution"}
 
 
 @dataclass(frozen=True)
@@ -57,10 +62,14 @@ def node_errors(values: NodeValues) -> dict[str, str]:
         errors["name"] = "Give the node a name."
     if not values.host:
         errors["host"] = "Give the node's host name or address."
-    if not values.port.isdigit() or not 0 < int(values.port) < 65536:
+    if whole_number(values.port, 1, 65535) is None:
         errors["port"] = "The port is a number from 1 to 65535."
     if values.role not in {r.value for r in NodeRole}:
         errors["role"] = "Choose a role."
+    for key, column in _STORED_IN.items():
+        limit = column.type.length
+        if len(getattr(values, key)) > limit:
+            errors[key] = f"{_LABELS[key]} can be at most {limit} characters; this one has {len(getattr(values, key))}."
     return errors
 
 

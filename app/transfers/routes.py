@@ -18,6 +18,7 @@ from app.auth.models import DESK_ROLES, Role
 from app.dicom import scu
 from app.dicom.errors import DicomFailure
 from app.extensions import db
+from app.ids import parse_id
 from app.requests.access import visible_request
 from app.requests.models import Request
 from app.requests.statuses import Kind
@@ -100,7 +101,8 @@ def pacs_search(call_ref: str):
     """C-FIND the chosen node for this patient's studies: one search, merged by study."""
     req = visible_request(call_ref)
     form = _search_form()
-    node = db.session.get(DicomNode, int(form["node_id"])) if form["node_id"].isdigit() else service.local_pacs()
+    node_id = parse_id(form["node_id"])
+    node = db.session.get(DicomNode, node_id) if node_id is not None else service.local_pacs()
     studies, error = [], ""
     if node is None:
         error = "No node to search: add the local PACS in the node register."
@@ -202,8 +204,8 @@ def start(call_ref: str):
     req = visible_request(call_ref)
     upload = request.files.get("report_pdf")
     values = service.StartValues(
-        study_uids=tuple(request.form.getlist("study_uid")), source_id=request.form.get("source_id", type=int),
-        dest_id=request.form.get("dest_id", type=int), priority=request.form.get("priority") or "",
+        study_uids=tuple(request.form.getlist("study_uid")), source_id=parse_id(request.form.get("source_id")),
+        dest_id=parse_id(request.form.get("dest_id")), priority=request.form.get("priority") or "",
         report_text=request.form.get("report_text") or "",
         report_pdf=upload.read(service.MAX_REPORT_BYTES + 1) if upload is not None and upload.filename else None,
     )
@@ -310,7 +312,8 @@ def arrivals():
     """Studies on the gateway that match no request (match one by call reference), and
     the instances the gateway refused."""
     if request.method == "POST":
-        study = db.session.get(InboundStudy, request.form.get("study_id", type=int) or 0) or abort(404)
+        study_id = parse_id(request.form.get("study_id"))
+        study = (db.session.get(InboundStudy, study_id) if study_id is not None else None) or abort(404)
         call_ref = (request.form.get("call_ref") or "").strip().upper()
         req = db.session.scalar(sa.select(Request).where(Request.call_ref == call_ref))
         if req is None or req.kind != Kind.IMPORT:
