@@ -2,12 +2,20 @@
 
 Rows are only ever inserted: the ORM refuses updates and deletes, and the migration adds
 database triggers that refuse them too, so no code path (or SQL console) rewrites history.
-Details never hold patient data, only call references and ids (guideline 2.7 a).
+
+Every row names who: a user (id, and the e-mail address as `actor`), or, when no person
+did it, the part of the system that did (`SYSTEM_*` below, or "cli"). Details hold call
+references, ids and field names, never the values of patient fields, with one exception:
+a search row keeps the search criteria (`criteria`), because "who looked for this
+patient" is the question information governance asks of this table (guideline 2.7 a;
+issue 11.9). The table is access-controlled; the application log is not, and patient
+data never goes there (app/logs.py).
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -36,6 +44,22 @@ class Action(enum.StrEnum):
     USER_CREATED = "user_created"
     USER_CHANGED = "user_changed"
     PAS_IMPORT = "pas_import"
+    LIST_VIEW = "list_view"  # a list of requests (the desk queue, My requests), no criteria
+    SEARCH = "search"  # the same lists with search criteria: the detail keeps them
+    ACCESS_DENIED = "access_denied"  # a 403
+    CSRF_FAILED = "csrf_failed"  # a form refused for a missing or foreign CSRF token
+
+
+# Who made a change when no person did (issue 11.9: every status change names someone).
+SYSTEM_TRANSFER_ENGINE = "system: transfer engine"
+SYSTEM_GATEWAY = "system: gateway"  # the storage SCP, and the job that settles its arrivals
+SYSTEM_AUTO_DOWNLOAD = "system: auto-download"
+SYSTEM_PURGE = "system: purge"
+SYSTEM_AUTO_CANCEL = "system: auto-cancel"
+CLI = "cli"
+
+DETAIL_MAX = 500  # AuditEvent.detail's length
+VALUE_MAX = 100  # one search value in a detail; the form fields are shorter still
 
 
 class AuditEvent(Model):
@@ -70,17 +94,45 @@ def record(
     user_id: int | None = None,
     actor: str = "",
 ) -> AuditEvent:
-    """Add an audit event to the current session (committed with the caller's work)."""
+    """Add an audit event to the current session (committed with the caller's work).
+
+    Without `user_id` the signed-in user is who; with a `user_id` and no `actor`, the
+    actor is that user's e-mail address, so no row of a person's has a blank name."""
     if user_id is None and has_request_context() and current_user.is_authenticated:
         user_id = current_user.id
         actor = actor or current_user.email
+    elif user_id is not None and not actor:
+        actor = _email_of(user_id)
     event = AuditEvent(
         action=str(action),
         user_id=user_id,
-        actor=actor[:254],
+        actor=_fit(actor, 254),
         request_id=request_id,
-        detail=detail[:500],
+        detail=_fit(detail, DETAIL_MAX),
         remote_addr=(request.remote_addr or "")[:64] if has_request_context() else "",
     )
     db.session.add(event)
     return event
+
+
+def criteria(pairs: Iterable[tuple[str, object]]) -> str:
+    """Search criteria for a detail: `name="value"` for each one given, each value on one
+    line and at most VALUE_MAX characters."""
+    return " ".join(f'{name}="{_fit(str(value), VALUE_MAX)}"' for name, value in pairs if value not in (None, ""))
+
+
+def _email_of(user_id: int) -> str:
+    if has_request_context() and current_user.is_authenticated and current_user.id == user_id:
+        return str(current_user.email)
+    from app.auth.models import User  # the user model does not need the audit; this avoids a cycle
+
+    with db.session.no_autoflush:  # the caller's half-done work is not flushed by a look-up
+        user = db.session.get(User, user_id)
+    return user.email if user is not None else f"user {user_id}"
+
+
+def _fit(text: str, limit: int) -> str:
+    """`text` on one line, without control characters (PostgreSQL refuses NUL in text),
+    cut to `limit` characters with an ellipsis that shows it was cut."""
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
