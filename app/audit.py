@@ -15,12 +15,14 @@ data never goes there (app/logs.py).
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
 from collections.abc import Iterable
 from datetime import datetime
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
-from flask import has_request_context, request
+from flask import current_app, has_request_context, request, session
 from flask_login import current_user
 
 from app.extensions import Model, db
@@ -119,6 +121,29 @@ def criteria(pairs: Iterable[tuple[str, object]]) -> str:
     """Search criteria for a detail: `name="value"` for each one given, each value on one
     line and at most VALUE_MAX characters."""
     return " ".join(f'{name}="{_fit(str(value), VALUE_MAX)}"' for name, value in pairs if value not in (None, ""))
+
+
+_SEEN_KEY = "audit_seen"  # session key: digests of the last lists this session was audited seeing
+_SEEN_KEEP = 8  # a few browser tabs, each with its own search
+
+
+def seen_before(view: str) -> bool:
+    """True when this session was already audited seeing `view` (a list and its criteria,
+    as one string); otherwise note it, and the caller audits it now.
+
+    For lists that poll themselves: the poll of a view the person asked for writes no
+    row, yet a poll carrying criteria of its own (a client can send the poll header with
+    anything) is audited like a search. The session keeps keyed digests, never the
+    criteria: a signed cookie is readable, and an NHS number's plain hash is guessable.
+    A poll's answer sets no cookie, so only a person's own requests note anything."""
+    key = current_app.secret_key
+    secret = key if isinstance(key, bytes) else str(key).encode()
+    digest = hmac.new(secret, view.encode("utf-8", "replace"), hashlib.sha256).hexdigest()[:24]
+    seen = list(session.get(_SEEN_KEY, []))
+    if digest in seen:
+        return True
+    session[_SEEN_KEY] = [*seen, digest][-_SEEN_KEEP:]
+    return False
 
 
 def _email_of(user_id: int) -> str:

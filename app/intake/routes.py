@@ -185,7 +185,9 @@ def mine():
     """My requests, newest first, with a search box (call reference or patient name).
 
     The search is POSTed so that patient names never appear in URLs, server logs or
-    the browser's history (PITFALLS "Web").
+    the browser's history (PITFALLS "Web"). Audited (issue 11.9): the list shows patient
+    names, and a search's row keeps what was searched for; the list's own 10-second poll
+    writes nothing (`audit.seen_before`).
     """
     query = (request.form.get("q") or "").strip()[:80]
     page = max(request.form.get("page", 1, type=int) or 1, 1)
@@ -206,7 +208,14 @@ def mine():
         .limit(PAGE_SIZE)
         .offset((page - 1) * PAGE_SIZE)
     ).all()
-    return htmx.render(
+    response = htmx.render(
         "intake/mine.html", "intake/_my_rows.html",
         rows=rows, q=query, page=page, total=total, pages=max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1),
     )
+    # After rendering: a page that fails leaves no row.
+    if not (audit.seen_before(f"my requests {page} {query!r}") and htmx.is_poll()):
+        searched = audit.criteria([("q", query)])
+        audit.record(audit.Action.SEARCH if searched else audit.Action.LIST_VIEW,
+                     detail=f"my requests: {searched + ' ' if searched else ''}page={page} shown={len(rows)}")
+        db.session.commit()
+    return response
