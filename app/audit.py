@@ -4,17 +4,27 @@ Rows are only ever inserted: the ORM refuses updates and deletes, and the migrat
 database triggers that refuse them too (and TRUNCATE, on PostgreSQL), so no code path (or SQL
 console) rewrites history. On PostgreSQL the desk's own role may only read and append here,
 and owns no table, so it cannot drop the triggers (README "Running in production").
-Details never hold patient data, only call references and ids (guideline 2.7 a).
+
+Every row names who: a user (id, and the e-mail address as `actor`), or, when no person
+did it, the part of the system that did (`SYSTEM_*` below, or "cli"). Details hold call
+references, ids and field names, never the values of patient fields, with one exception:
+a search row keeps the search criteria (`criteria`), because "who looked for this
+patient" is the question information governance asks of this table (guideline 2.7 a;
+issue 11.9). The table is access-controlled; the application log is not, and patient
+data never goes there (app/logs.py).
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
+from collections.abc import Iterable
 from datetime import datetime
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
-from flask import has_request_context, request
+from flask import current_app, has_request_context, request, session
 from flask_login import current_user
 
 from app.extensions import Model, db
@@ -38,6 +48,22 @@ class Action(enum.StrEnum):
     USER_CREATED = "user_created"
     USER_CHANGED = "user_changed"
     PAS_IMPORT = "pas_import"
+    LIST_VIEW = "list_view"  # a list of requests (the desk queue, My requests), no criteria
+    SEARCH = "search"  # the same lists with search criteria: the detail keeps them
+    ACCESS_DENIED = "access_denied"  # a 403
+    CSRF_FAILED = "csrf_failed"  # a form refused for a missing or foreign CSRF token
+
+
+# Who made a change when no person did (issue 11.9: every status change names someone).
+SYSTEM_TRANSFER_ENGINE = "system: transfer engine"
+SYSTEM_GATEWAY = "system: gateway"  # the storage SCP, and the job that settles its arrivals
+SYSTEM_AUTO_DOWNLOAD = "system: auto-download"
+SYSTEM_PURGE = "system: purge"
+SYSTEM_AUTO_CANCEL = "system: auto-cancel"
+CLI = "cli"
+
+DETAIL_MAX = 500  # AuditEvent.detail's length
+VALUE_MAX = 100  # one search value in a detail; the form fields are shorter still
 
 
 class AuditEvent(Model):
@@ -72,17 +98,68 @@ def record(
     user_id: int | None = None,
     actor: str = "",
 ) -> AuditEvent:
-    """Add an audit event to the current session (committed with the caller's work)."""
+    """Add an audit event to the current session (committed with the caller's work).
+
+    Without `user_id` the signed-in user is who; with a `user_id` and no `actor`, the
+    actor is that user's e-mail address, so no row of a person's has a blank name."""
     if user_id is None and has_request_context() and current_user.is_authenticated:
         user_id = current_user.id
         actor = actor or current_user.email
+    elif user_id is not None and not actor:
+        actor = _email_of(user_id)
     event = AuditEvent(
         action=str(action),
         user_id=user_id,
-        actor=actor[:254],
+        actor=_fit(actor, 254),
         request_id=request_id,
-        detail=detail[:500],
+        detail=_fit(detail, DETAIL_MAX),
         remote_addr=(request.remote_addr or "")[:64] if has_request_context() else "",
     )
     db.session.add(event)
     return event
+
+
+def criteria(pairs: Iterable[tuple[str, object]]) -> str:
+    """Search criteria for a detail: `name="value"` for each one given, each value on one
+    line and at most VALUE_MAX characters."""
+    return " ".join(f'{name}="{_fit(str(value), VALUE_MAX)}"' for name, value in pairs if value not in (None, ""))
+
+
+_SEEN_KEY = "audit_seen"  # session key: digests of the last lists this session was audited seeing
+_SEEN_KEEP = 8  # a few browser tabs, each with its own search
+
+
+def seen_before(view: str) -> bool:
+    """True when this session was already audited seeing `view` (a list and its criteria,
+    as one string); otherwise note it, and the caller audits it now.
+
+    For lists that poll themselves: the poll of a view the person asked for writes no
+    row, yet a poll carrying criteria of its own (a client can send the poll header with
+    anything) is audited like a search. The session keeps keyed digests, never the
+    criteria: a signed cookie is readable, and an NHS number's plain hash is guessable.
+    A poll's answer sets no cookie, so only a person's own requests note anything."""
+    key = current_app.secret_key
+    secret = key if isinstance(key, bytes) else str(key).encode()
+    digest = hmac.new(secret, view.encode("utf-8", "replace"), hashlib.sha256).hexdigest()[:24]
+    seen = list(session.get(_SEEN_KEY, []))
+    if digest in seen:
+        return True
+    session[_SEEN_KEY] = [*seen, digest][-_SEEN_KEEP:]
+    return False
+
+
+def _email_of(user_id: int) -> str:
+    if has_request_context() and current_user.is_authenticated and current_user.id == user_id:
+        return str(current_user.email)
+    # The users table by name, not app.auth's model: auth imports the audit (test_structure).
+    users = sa.table("users", sa.column("id"), sa.column("email"))
+    with db.session.no_autoflush:  # the caller's half-done work is not flushed by a look-up
+        email = db.session.scalar(sa.select(users.c.email).where(users.c.id == user_id))
+    return str(email) if email is not None else f"user {user_id}"
+
+
+def _fit(text: str, limit: int) -> str:
+    """`text` on one line, without control characters (PostgreSQL refuses NUL in text),
+    cut to `limit` characters with an ellipsis that shows it was cut."""
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

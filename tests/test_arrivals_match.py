@@ -26,7 +26,7 @@ def test_matching_a_complete_study_saves_the_match_its_audit_and_on_iep_together
                "consultant": "Dr Jones", "department": "Radiology"}
     req = create_request(RequestValues(kind=Kind.IMPORT, patient=patient, answers=answers,
                                        exams=((date(2026, 1, 2), "CT head", ""),)), make_user("requester"))
-    transition(req, Status.ACCEPTED, actor_id=None)
+    transition(req, Status.ACCEPTED, actor_id=None, actor="test")
     study = InboundStudy(study_uid="1.2.826.0.1.3680043.8.498.401", sender_ae="LEEDS", complete_at=utcnow())
     db.session.add(study)
     db.session.commit()

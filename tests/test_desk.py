@@ -97,7 +97,7 @@ def _force(req: Request, status: Status) -> None:
 def test_every_allowed_transition_is_accepted_and_audited(requests_made, old, new):
     req = _req(requests_made[1][1])
     _force(req, old)
-    transition(req, new, actor_id=None, note="their words" if new == S.DECLINED else "",
+    transition(req, new, actor_id=None, actor="test", note="their words" if new == S.DECLINED else "",
                decline_reason="other" if new == S.DECLINED else "")
     db.session.commit()
     assert _req(req.call_ref).status == new
@@ -110,7 +110,7 @@ def test_refused_transition_says_which_are_allowed(requests_made, old, new):
     req = _req(requests_made[1][1])
     _force(req, old)
     with pytest.raises(TransitionRefused) as refused:
-        transition(req, new, actor_id=None)
+        transition(req, new, actor_id=None, actor="test")
     message = str(refused.value)
     assert f"cannot become {new.value}" in message
     for allowed in ALLOWED[old]:
@@ -122,14 +122,14 @@ def test_refused_transition_says_which_are_allowed(requests_made, old, new):
 def test_decline_needs_the_other_institutions_reason_and_can_be_reprocessed(requests_made):
     req = _req(requests_made[1][0])
     with pytest.raises(TransitionRefused, match="Say why"):
-        transition(req, S.DECLINED, actor_id=None)
+        transition(req, S.DECLINED, actor_id=None, actor="test")
     with pytest.raises(TransitionRefused, match="Give the other institution's reason"):
-        transition(req, S.DECLINED, actor_id=None, decline_reason="other")
-    transition(req, S.DECLINED, actor_id=None, decline_reason="not_found")
+        transition(req, S.DECLINED, actor_id=None, actor="test", decline_reason="other")
+    transition(req, S.DECLINED, actor_id=None, actor="test", decline_reason="not_found")
     db.session.commit()
     req = _req(req.call_ref)
     assert req.decline_reason == "not_found"
-    transition(req, S.ACCEPTED, actor_id=None, note="Re-requested from Derby instead")  # guideline 2.5 b
+    transition(req, S.ACCEPTED, actor_id=None, actor="test", note="Re-requested from Derby instead")  # guideline 2.5 b
     db.session.commit()
     bodies = list(db.session.scalars(sa.select(Message.body).where(Message.request_id == req.id)))
     assert any("does not exist at that organisation" in b for b in bodies)
@@ -235,7 +235,7 @@ def test_tabs_count_and_blue_light_sits_on_top_with_time_left(requests_made, ana
     assert _rows(page)[0] == refs[0]  # the Blue Light import, although oldest
     assert re.search(r"[34] h \d+ min left", page)
     assert _counts(page) == {"Action Required": 3, "Accepted": 0, "In Progress": 0, "Failed": 0, "All": 3}
-    transition(_req(refs[1]), S.ACCEPTED, actor_id=None)
+    transition(_req(refs[1]), S.ACCEPTED, actor_id=None, actor="test")
     db.session.commit()
     page = post_form(browser, "/desk", {"tab_choice": "accepted"},
                      headers={"HX-Request": "true"}).get_data(as_text=True)
@@ -308,7 +308,7 @@ def test_poll_answers_204_when_nothing_changed_and_keeps_filters(requests_made, 
     stamp = re.search(r'name="stamp" value="([^"]+)"', html).group(1)
     data = {"tab": "all", "kind": "cd", "stamp": stamp}
     assert browser.post("/desk/table", data=data, headers=headers).status_code == 204
-    transition(_req(refs[2]), S.ACCEPTED, actor_id=None)
+    transition(_req(refs[2]), S.ACCEPTED, actor_id=None, actor="test")
     db.session.commit()
     again = browser.post("/desk/table", data={"tab": "all", "kind": "cd", "stamp": stamp}, headers=headers)
     assert again.status_code == 200 and "Accepted" in again.get_data(as_text=True)
@@ -357,9 +357,9 @@ def test_advance_moves_only_where_the_workflow_allows(requests_made):
     from app.workflow.machine import advance
 
     req = _req(requests_made[1][0])
-    assert not advance(req, S.DELIVERED, actor_id=None)  # New cannot become Delivered: left alone
+    assert not advance(req, S.DELIVERED, actor_id=None, actor="test")  # New cannot become Delivered: left alone
     assert req.status == S.NEW
-    assert advance(req, S.ACCEPTED, actor_id=None)
-    assert not advance(req, S.ACCEPTED, actor_id=None)  # already there
+    assert advance(req, S.ACCEPTED, actor_id=None, actor="test")
+    assert not advance(req, S.ACCEPTED, actor_id=None, actor="test")  # already there
     db.session.commit()
     assert _req(req.call_ref).status == S.ACCEPTED

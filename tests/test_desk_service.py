@@ -46,19 +46,20 @@ def test_apply_edit_sets_fields_and_assignee_audits_them_and_does_not_commit(new
     assert new_request.status == Status.NEW and new_request.assigned_to_id is None and _edits(new_request) == []
 
 
-def test_an_unchanged_edit_records_nothing(new_request):
-    assert apply_edit(new_request, EditValues(version=str(new_request.version), status=""), actor_id=None) == []
+def test_an_unchanged_edit_records_nothing(new_request, make_user):
+    analyst = make_user("analyst")
+    assert apply_edit(new_request, EditValues(version=str(new_request.version), status=""), actor_id=analyst.id) == []
     assert _edits(new_request) == []
 
 
-def test_a_stale_version_is_refused_before_anything_changes(new_request):
+def test_a_stale_version_is_refused_before_anything_changes(new_request, make_user):
     with pytest.raises(StaleEdit):
         apply_edit(new_request, EditValues(version=str(new_request.version - 1), status="", mbp_call_ref="X"),
-                   actor_id=None)
+                   actor_id=make_user("analyst").id)
     assert new_request.mbp_call_ref == "" and new_request not in db.session.dirty
 
 
-def test_a_refused_status_raises_for_the_caller_to_roll_back(new_request):
+def test_a_refused_status_raises_for_the_caller_to_roll_back(new_request, make_user):
     values = EditValues(version=str(new_request.version), status=Status.DELIVERED.value, mbp_call_ref="X")
     with pytest.raises(TransitionRefused):
-        apply_edit(new_request, values, actor_id=None)
+        apply_edit(new_request, values, actor_id=make_user("analyst").id)

@@ -165,7 +165,7 @@ def test_greek_names_through_the_engine(
 ) -> None:
     login_as("requester")
     req = _request(client, "/requests/new/import", valid_import())
-    transition(req, Status.ACCEPTED, actor_id=None)
+    transition(req, Status.ACCEPTED, actor_id=None, actor="test")
     patient = db.session.scalar(sa.select(Patient).where(Patient.s_number == "S1234567"))
     patient.family_name, patient.given_name = "Παπαδόπουλος", "Γιώργος"  # the register in Greek
     db.session.commit()

@@ -70,7 +70,7 @@ def test_a_transfer_that_hits_a_database_error_logs_no_patient_value(app, make_u
                                                                      monkeypatch, capture_all):
     export = _request(Kind.EXPORT, pas_patients[0], make_user("requester"))
     plan = service.plan_start(export, service.StartValues(study_uids=(STUDY,), dest_id=nodes[1].id))
-    transfer = service.start_transfer(export, plan, None)
+    transfer = service.start_transfer(export, plan, make_user("analyst").id)
     db.session.commit()
     assert transfer.direction == Direction.OUTBOUND
 

@@ -85,7 +85,7 @@ def test_awaiting_details_for_14_days_is_cancelled_with_a_notice(client, request
             audit.AuditEvent.detail.contains("-> Cancelled"),
         )
     ).all()
-    assert event.user_id is None and event.actor == "desk"
+    assert event.user_id is None and event.actor == "system: auto-cancel"  # issue 11.9: names who did it
     assert event.detail == f"{req.call_ref} Awaiting Details -> Cancelled"
 
     rows = outbox()

@@ -58,7 +58,7 @@ def _import_request(client, login_as) -> Request:
     response = post_form(client, "/requests/new/import", {**valid_import(), "exams-0-exam_date": "2026-09-15"})
     call_ref = response.headers["Location"].split("/")[2].split("?")[0]
     req = db.session.scalar(sa.select(Request).where(Request.call_ref == call_ref))
-    transition(req, Status.ACCEPTED, actor_id=None)
+    transition(req, Status.ACCEPTED, actor_id=None, actor="test")
     db.session.commit()
     return req
 
@@ -86,7 +86,7 @@ def test_worker_killed_mid_transfer_loses_and_duplicates_nothing(
     study = _arrive(files)
     assert study.request_id == req.id and study.instances == 300
     transfer = service.create_transfer(request=req, direction=Direction.INBOUND, priority="Standard", source=None,
-                                       dest=pacs, study_uids=[study.study_uid], user_id=None)
+                                       dest=pacs, study_uids=[study.study_uid], user_id=None, actor="test")
     service.add_inbound_items(transfer, [study])
     db.session.commit()
     service.enqueue(transfer, seen_job_id="")
@@ -139,7 +139,7 @@ def test_redis_flushed_with_a_transfer_queued_is_requeued_by_the_reconciler(
     )
     study_uid = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     transfer = service.create_transfer(request=req, direction=Direction.OUTBOUND, priority="Standard", source=pacs,
-                                       dest=dest, study_uids=[study_uid], user_id=None)
+                                       dest=dest, study_uids=[study_uid], user_id=None, actor="test")
     db.session.commit()
     service.enqueue(transfer, seen_job_id="")
     assert Queue("outbound", connection=redis_conn()).count == 1
@@ -189,7 +189,7 @@ def test_blue_light_starts_within_two_seconds_while_every_general_worker_is_busy
         wait_for(lambda: all(db.session.get(Transfer, t.id).state == TransferState.RUNNING.value for t in busy),
                  60, "the four general workers to be busy")
         blue = service.create_transfer(request=req, direction=Direction.OUTBOUND, priority="Blue Light", source=pacs,
-                                       dest=slow, study_uids=[study_uid], user_id=None)
+                                       dest=slow, study_uids=[study_uid], user_id=None, actor="test")
         db.session.commit()
         queued_at = time.monotonic()
         service.enqueue(blue, seen_job_id="")
@@ -238,7 +238,7 @@ def _export(client, login_as, pacs_node, dest, study_uid: str, priority: str = "
         sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0])
     )
     transfer = service.create_transfer(request=req, direction=Direction.OUTBOUND, priority=priority, source=pacs_node,
-                                       dest=dest, study_uids=[study_uid], user_id=None)
+                                       dest=dest, study_uids=[study_uid], user_id=None, actor="test")
     db.session.commit()
     return transfer
 

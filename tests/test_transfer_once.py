@@ -130,8 +130,8 @@ def arrived(client, login_as, pas_patients, tmp_path) -> Request:
     """An import whose two studies are on the gateway (On IEP), ready for Download to PACS."""
     login_as("requester")
     req = _request(client, "/requests/new/import", valid_import())
-    transition(req, Status.ACCEPTED, actor_id=None)
-    transition(req, Status.ON_IEP, actor_id=None)
+    transition(req, Status.ACCEPTED, actor_id=None, actor="test")
+    transition(req, Status.ON_IEP, actor_id=None, actor="test")
     for n, uid in enumerate((STUDY_A, STUDY_B)):
         folder = tmp_path / f"gateway-{n}"
         folder.mkdir()

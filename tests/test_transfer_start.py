@@ -91,13 +91,14 @@ def test_an_import_pulls_to_the_gateway_and_needs_its_source(app, make_user, pas
     assert (plan.direction, plan.dest, plan.priority) == (Direction.PULL, None, Priority.BLUE_LIGHT)
 
 
-def test_start_stores_the_report_under_our_own_name_and_the_caller_commits(export, nodes):
+def test_start_stores_the_report_under_our_own_name_and_the_caller_commits(export, nodes, make_user):
     plan = service.plan_start(export, service.StartValues(
         study_uids=(STUDY, "junk"), source_id=nodes[0].id, dest_id=nodes[1].id, priority="Nonsense",
         report_text="  Report text  ", report_pdf=PDF))
     assert plan.study_uids == [STUDY] and plan.priority == Priority.BLUE_LIGHT and plan.report_text == "Report text"
     assert Path(plan.report_pdf_path).read_bytes() == PDF and Path(plan.report_pdf_path).parent.name == "reports"
-    transfer = service.start_transfer(export, plan, None)
+    analyst = make_user("analyst")
+    transfer = service.start_transfer(export, plan, analyst.id)
     assert transfer.report_pdf_path == plan.report_pdf_path and export.status == Status.DOWNLOAD_REQUEST
     assert db.session.scalar(sa.select(AuditEvent.detail).where(AuditEvent.action == "transfer")) == (
         f"{export.call_ref} transfer {transfer.id} started")
@@ -107,10 +108,11 @@ def test_start_stores_the_report_under_our_own_name_and_the_caller_commits(expor
     assert not Path(plan.report_pdf_path).exists()
 
 
-def test_a_second_start_of_the_same_studies_is_under_way(export, nodes):
+def test_a_second_start_of_the_same_studies_is_under_way(export, nodes, make_user):
     plan = service.plan_start(export, service.StartValues(study_uids=(STUDY,), dest_id=nodes[1].id))
-    first = service.start_transfer(export, plan, None)
+    analyst = make_user("analyst")
+    first = service.start_transfer(export, plan, analyst.id)
     db.session.commit()
     with pytest.raises(service.TransferUnderWay) as under_way:
-        service.start_transfer(export, plan, None)
+        service.start_transfer(export, plan, analyst.id)
     assert under_way.value.transfer.id == first.id

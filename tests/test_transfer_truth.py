@@ -118,7 +118,7 @@ def test_a_partial_c_get_is_never_sent_and_retry_fetches_only_the_missing_instan
     fault_app.config["IEP_SETTINGS"].desk_email = "iep-desk@uhl-tr.nhs.uk"
     req = _export_request(client, login_as)
     transfer = service.create_transfer(request=req, direction=Direction.OUTBOUND, priority="Standard", source=source,
-                                       dest=dest, study_uids=[STUDY], user_id=None)
+                                       dest=dest, study_uids=[STUDY], user_id=None, actor="test")
     transfer.max_attempts = 2
     db.session.commit()
     service.enqueue(transfer, seen_job_id="")
@@ -189,7 +189,7 @@ def test_a_pacs_frozen_mid_c_get_is_resumed_by_the_pool_and_nothing_is_lost(
     dest = upsert_node("LGH PACS", remote.node.ae_title, "127.0.0.1", remote.node.port, "remote")
     req = _export_request(client, login_as)
     transfer = service.create_transfer(request=req, direction=Direction.OUTBOUND, priority="Standard", source=source,
-                                       dest=dest, study_uids=[study_uid], user_id=None)
+                                       dest=dest, study_uids=[study_uid], user_id=None, actor="test")
     db.session.commit()
     service.enqueue(transfer, seen_job_id="")
     pool = start_pool(fault_app, database_url, redis_url, LANES, DICOM_TIMEOUT_SECONDS="2")
@@ -245,13 +245,13 @@ def test_export_from_a_pacs_without_c_get_goes_by_c_move_to_staging_not_to_the_a
     imp = db.session.scalar(
         sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0])
     )
-    transition(imp, Status.ACCEPTED, actor_id=None)
+    transition(imp, Status.ACCEPTED, actor_id=None, actor="test")
     db.session.commit()
     req = _export_request(client)  # the same requester
     for name in ("outbound", "outbound-bluelight"):
         Queue(name, connection=redis_conn()).empty()
     transfer = service.create_transfer(request=req, direction=Direction.OUTBOUND, priority="Standard", source=pacs,
-                                       dest=dest, study_uids=[study_uid], user_id=None)
+                                       dest=dest, study_uids=[study_uid], user_id=None, actor="test")
     db.session.commit()
     service.enqueue(transfer, seen_job_id="")
     SimpleWorker([Queue("outbound", connection=redis_conn())], connection=redis_conn()).work(burst=True)
@@ -277,7 +277,7 @@ def _import_request(client, login_as, exam_date: str) -> Request:
     req = db.session.scalar(
         sa.select(Request).where(Request.call_ref == response.headers["Location"].split("/")[2].split("?")[0])
     )
-    transition(req, Status.ACCEPTED, actor_id=None)
+    transition(req, Status.ACCEPTED, actor_id=None, actor="test")
     db.session.commit()
     return req
 
@@ -393,7 +393,7 @@ def test_a_pull_whose_remote_dies_mid_c_move_is_never_on_iep_and_cannot_be_downl
     db.session.commit()
     req = _import_request(client, login_as, "2026-09-17")
     pull = service.create_transfer(request=req, direction=Direction.PULL, priority="Standard", source=remote,
-                                   dest=None, study_uids=[study_uid], user_id=None)
+                                   dest=None, study_uids=[study_uid], user_id=None, actor="test")
     pull.max_attempts = 2
     db.session.commit()
     service.enqueue(pull, seen_job_id="")
@@ -456,7 +456,7 @@ def _export_through_the_engine(client, login_as, source_peer, dest_peer, study_u
     req = req or _export_request(client, login_as)
     Queue("outbound", connection=redis_conn()).empty()
     transfer = service.create_transfer(request=req, direction=Direction.OUTBOUND, priority="Standard", source=source,
-                                       dest=dest, study_uids=[study_uid], user_id=None)
+                                       dest=dest, study_uids=[study_uid], user_id=None, actor="test")
     transfer.max_attempts = 1
     db.session.commit()
     service.enqueue(transfer, seen_job_id="")

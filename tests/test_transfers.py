@@ -163,7 +163,7 @@ def test_import_pushed_by_storescu_lands_in_pacs_with_the_s_number_and_one_ris_e
     login_as("requester")
     req = _request(client, "/requests/new/import", {**valid_import(), "exams-0-exam_date": "2026-09-15",
                                                      "exams-0-exam_code": "CCHES"})
-    transition(req, Status.ACCEPTED, actor_id=None)
+    transition(req, Status.ACCEPTED, actor_id=None, actor="test")
     db.session.commit()
     files = make_study(tmp_path / "nuh", patient_id="NUH998877", patient_name="SMITH^MARGARET",
                        birth_date="19480314", study_date="20260915", n_series=2, n_per_series=3, accession="NUH42")
@@ -202,7 +202,7 @@ def test_import_stops_when_the_senders_details_disagree_with_the_register(
 ):
     login_as("requester")
     req = _request(client, "/requests/new/import", valid_import())
-    transition(req, Status.ACCEPTED, actor_id=None)
+    transition(req, Status.ACCEPTED, actor_id=None, actor="test")
     db.session.commit()
     files = make_study(tmp_path / "x", patient_id="S1234567", patient_name="SMITH^MARGARET",
                        birth_date="19480315", study_date="20260901", n_series=1, n_per_series=2)
@@ -240,7 +240,7 @@ def test_destination_down_retries_then_fails_in_plain_words_and_retry_delivers(
     req = _request(client, "/requests/new/export", valid_export())
     transfer = service.create_transfer(request=req, direction=service.Direction.OUTBOUND, priority="Standard",
                                        source=nodes[0], dest=down, study_uids=[_study_uid(files[0])],
-                                       user_id=None)
+                                       user_id=None, actor="test")
     transfer.max_attempts = 2
     db.session.commit()
     jobs.run_transfer(transfer.id)
@@ -257,7 +257,7 @@ def test_destination_down_retries_then_fails_in_plain_words_and_retry_delivers(
     assert _req(req).status == Status.FAILED
     # The node comes up; Retry delivers.
     orthanc_factory(aet="DERBYPACS", dicom_port=port, modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
-    service.retry(transfer, None)  # changes the row; the caller commits, then enqueues
+    service.retry(transfer, make_user("analyst").id)  # changes the row; the caller commits, then enqueues
     db.session.commit()
     service.enqueue(transfer, seen_job_id="")
     run_workers()
@@ -288,8 +288,8 @@ def test_gateway_copies_are_purged_after_15_days_only_once_delivered_or_with_a_r
 
     login_as("requester")
     req = _request(client, "/requests/new/import", valid_import())
-    transition(req, Status.ACCEPTED, actor_id=None)
-    transition(req, Status.ON_IEP, actor_id=None)
+    transition(req, Status.ACCEPTED, actor_id=None, actor="test")
+    transition(req, Status.ON_IEP, actor_id=None, actor="test")
     folders = []
     for n, delivered in enumerate((True, False, False)):
         folder = tmp_path / f"study{n}"

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, flash, make_response, redirect, render_te
 from flask_login import current_user
 from sqlalchemy.orm.exc import StaleDataError
 
-from app import htmx
+from app import audit, htmx
 from app.auth.guard import roles_required
 from app.auth.models import DESK_ROLES, User
 from app.desk.forms import EditForm, FilterForm
@@ -18,6 +18,7 @@ from app.desk.queries import (
     TABS,
     Filters,
     active_transfers,
+    decode_cursor,
     queue_page,
     queue_stamp,
     tab_counts,
@@ -107,6 +108,45 @@ def _queue_context(form: FilterForm, *, keep_page: bool = False, stamp: str | No
     }
 
 
+def _search_criteria(filters: Filters) -> list[tuple[str, object]]:
+    """What the analyst searched for, the patient's identifiers first (so that a long
+    free-text filter is what an over-long detail loses)."""
+    return [
+        ("nhs_number", filters.nhs_number.strip()),
+        ("s_number", filters.s_number.strip()),
+        ("patient_name", filters.patient_name.strip()),
+        ("call_ref", filters.call_ref.strip()),
+        ("institution", filters.institution.strip()),
+        ("kind", filters.kind),
+        ("status", filters.status),
+        ("priority", filters.priority),
+        ("date_from", filters.date_from.isoformat() if filters.date_from else ""),
+        ("date_to", filters.date_to.isoformat() if filters.date_to else ""),
+        ("assigned", filters.assigned),
+    ]
+
+
+def _audit_queue_view(context: dict[str, Any]) -> None:
+    """One audit row for the queue a person asked for: a search (with its criteria), a
+    tab, a sort or a page (issue 11.9), committed on its own. Called once the answer is
+    rendered, so a view that fails leaves no row. A poll of a view already audited in
+    this session writes nothing (see `audit.seen_before`)."""
+    form, page = context["form"], context["page"]
+    searched = _search_criteria(_filters(form))
+    criteria = audit.criteria(searched)
+    seen = audit.seen_before(
+        f"desk {context['tab']} {context['sort']} {context['descending']} {form.cursor.data or ''} {searched!r}")
+    if seen and htmx.is_poll():
+        return
+    after = decode_cursor(form.cursor.data) if form.cursor.data else None
+    view = (f'tab="{context["tab"]}" sort="{context["sort"]} {"desc" if context["descending"] else "asc"}" '
+            f'page="{f"after request {after[1]}" if after else "first"}" '
+            f"shown={len(page.pinned) + len(page.rows)}")
+    audit.record(audit.Action.SEARCH if criteria else audit.Action.LIST_VIEW,
+                 detail=f"desk queue: {criteria + ' ' if criteria else ''}{view}")
+    db.session.commit()
+
+
 def _filter_form() -> FilterForm:
     form = FilterForm(formdata=request.form if request.method == "POST" else None)
     form.assigned.choices = [("", "Anyone"), ("me", "Me"), ("none", "Nobody")] + [
@@ -120,8 +160,11 @@ def _filter_form() -> FilterForm:
 @bp.route("/desk", methods=["GET", "POST"])
 @roles_required(*DESK)
 def queue():
-    """The queue: tabs with counts, Blue Light on top, filters, sortable columns."""
-    return htmx.render("desk/page.html", "desk/_table.html", **_queue_context(_filter_form()))
+    """The queue: tabs with counts, Blue Light on top, filters, sortable columns (audited)."""
+    context = _queue_context(_filter_form())
+    response = htmx.render("desk/page.html", "desk/_table.html", **context)
+    _audit_queue_view(context)
+    return response
 
 
 @bp.route("/desk/table", methods=["POST"])
@@ -133,7 +176,10 @@ def table():
     stamp = queue_stamp()
     if request.form.get("stamp") == stamp:
         return Response(status=204)
-    return render_template("desk/_table.html", **_queue_context(_filter_form(), keep_page=True, stamp=stamp))
+    context = _queue_context(_filter_form(), keep_page=True, stamp=stamp)
+    body = render_template("desk/_table.html", **context)
+    _audit_queue_view(context)  # the page's own polls write nothing
+    return body
 
 
 def _edit_form(req: Request, formdata=None) -> EditForm:  # noqa: ANN001
@@ -174,10 +220,16 @@ def _edit_values(form: EditForm) -> EditValues:
 @bp.route("/desk/requests/<call_ref>/edit", methods=["GET", "POST"])
 @roles_required(*DESK)
 def edit(call_ref: str):
-    """Change status, assignee and MBP fields; a stale version is refused (409)."""
+    """Change status, assignee and MBP fields; a stale version is refused (409).
+
+    Audited (issue 11.9): opening the editor is a view of the request; a save writes
+    which fields changed and the status change, in the save's own commit."""
     req = visible_request(call_ref)
     if request.method == "GET":
-        return _editor(req, _edit_form(req))
+        response = _editor(req, _edit_form(req))
+        audit.record(audit.Action.VIEW, request_id=req.id, detail=f"{req.call_ref} desk editor")
+        db.session.commit()  # after rendering: an editor that fails to render leaves no row
+        return response
     form = _edit_form(req, request.form)
     if not form.validate():
         return _editor(req, form, 422)

@@ -37,10 +37,11 @@ class StaleEdit(Exception):
     """The request was saved by someone else since this editor was opened."""
 
 
-def apply_edit(req: Request, values: EditValues, *, actor_id: int | None) -> list[str]:
+def apply_edit(req: Request, values: EditValues, *, actor_id: int) -> list[str]:
     """Apply an edit to `req`: the "For use by MBP" fields, the assignee, then the status
-    (through the status machine), and audit what changed. Returns the names changed
-    besides the status. Never commits.
+    (through the status machine), and audit what changed: the names of the fields, not
+    their values (the request's page shows those; issue 11.9), with the analyst
+    (`actor_id`). Returns the names changed besides the status. Never commits.
 
     Raises StaleEdit, changing nothing, when `values.version` is not the request's
     version; TransitionRefused (from the status machine) when the status may not move so:
@@ -62,5 +63,6 @@ def apply_edit(req: Request, values: EditValues, *, actor_id: int | None) -> lis
     wanted = Status(values.status) if values.status in {s.value for s in Status} else req.status
     transition(req, wanted, actor_id=actor_id, note=values.note or "", decline_reason=values.decline_reason or "")
     if changed:
-        audit.record(audit.Action.EDIT, request_id=req.id, detail=f"{req.call_ref} changed {', '.join(changed)}")
+        audit.record(audit.Action.EDIT, request_id=req.id, user_id=actor_id,
+                     detail=f"{req.call_ref} changed {', '.join(changed)}")
     return changed

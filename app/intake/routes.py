@@ -187,7 +187,9 @@ def mine():
     """My requests, newest first, with a search box (call reference or patient name).
 
     The search is POSTed so that patient names never appear in URLs, server logs or
-    the browser's history (PITFALLS "Web").
+    the browser's history (PITFALLS "Web"). Audited (issue 11.9): the list shows patient
+    names, and a search's row keeps what was searched for; the list's own 10-second poll
+    writes nothing (`audit.seen_before`).
     """
     query = (request.form.get("q") or "").strip()[:80]
     page = whole_number(request.form.get("page"), 1, MAX_ID) or 1  # a crafted page number: the first page
@@ -208,7 +210,14 @@ def mine():
         .limit(PAGE_SIZE)
         .offset((page - 1) * PAGE_SIZE)
     ).all()
-    return htmx.render(
+    response = htmx.render(
         "intake/mine.html", "intake/_my_rows.html",
         rows=rows, q=query, page=page, total=total, pages=max((total + PAGE_SIZE - 1) // PAGE_SIZE, 1),
     )
+    # After rendering: a page that fails leaves no row.
+    if not (audit.seen_before(f"my requests {page} {query!r}") and htmx.is_poll()):
+        searched = audit.criteria([("q", query)])
+        audit.record(audit.Action.SEARCH if searched else audit.Action.LIST_VIEW,
+                     detail=f"my requests: {searched + ' ' if searched else ''}page={page} shown={len(rows)}")
+        db.session.commit()
+    return response

@@ -18,6 +18,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from pydicom import dcmread
 
+from app import audit
 from app.dicom import scu
 from app.dicom.errors import DicomFailure
 from app.dicom.fixup import compare_with_register, fix_up, parse_date
@@ -521,7 +522,8 @@ def run_pull(transfer: Transfer, progress: Progress) -> None:
     _totals(transfer)
     req = transfer.request
     if req is not None and req.status != Status.ON_IEP:
-        transition(req, Status.ON_IEP, actor_id=None, note=f"Retrieved from {node.name}; ready to download to PACS.")
+        transition(req, Status.ON_IEP, actor_id=None, actor=audit.SYSTEM_TRANSFER_ENGINE,
+                   note=f"Retrieved from {node.name}; ready to download to PACS.")
     db.session.commit()
 
 
@@ -556,7 +558,8 @@ def _deliver(transfer: Transfer, progress: Progress, phase: str,
     transfer.phase = "Delivered and verified"
     if transfer.partial_ok:
         transfer.phase = "Delivered and verified: what had arrived (may be incomplete)"
-    if advance(transfer.request, Status.DELIVERED, actor_id=None, note=_partial_note(transfer)):
+    if advance(transfer.request, Status.DELIVERED, actor_id=None, actor=audit.SYSTEM_TRANSFER_ENGINE,
+               note=_partial_note(transfer)):
         db.session.commit()
     db.session.commit()
     shutil.rmtree(service.staging_dir(transfer.id), ignore_errors=True)
@@ -603,7 +606,7 @@ def record_ris_entries(transfer: Transfer) -> int:
 
 def _step(transfer: Transfer, status: Status) -> None:
     """Move the transfer's request along as the work progresses (never backwards)."""
-    if advance(transfer.request, status, actor_id=None):
+    if advance(transfer.request, status, actor_id=None, actor=audit.SYSTEM_TRANSFER_ENGINE):
         db.session.commit()
 
 

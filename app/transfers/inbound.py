@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.exc import IntegrityError
 
+from app import audit
 from app.dicom.fixup import parse_date, sender_nhs_number
 from app.dicom.scp import InstanceMeta, QuarantineInfo
 from app.extensions import db
@@ -142,16 +143,18 @@ def record_quarantined(path: Path, info: QuarantineInfo) -> QuarantinedFile:
     return row
 
 
-def settle(study: InboundStudy, *, commit: bool = True) -> bool:
+def settle(study: InboundStudy, *, commit: bool = True, actor_id: int | None = None,
+           actor: str = audit.SYSTEM_GATEWAY) -> bool:
     """Say On IEP for the study's request once the desk knows the study is complete on
     the gateway (issue 8.3: until then the request page shows "arriving: N so far").
+    The change is the gateway's, or the analyst's (`actor_id`) who matched the study.
     True if the request moved."""
     from app.transfers.service import arrival_state
 
     complete, _words = arrival_state(study)
     if study.request is None or not complete:
         return False
-    moved = advance(study.request, Status.ON_IEP, actor_id=None,
+    moved = advance(study.request, Status.ON_IEP, actor_id=actor_id, actor=actor,
                     note=f"Images arrived on the gateway from {study.sender_ae or 'the sender'}, complete.")
     if commit:
         db.session.commit()

@@ -160,7 +160,7 @@ def _fail(transfer: Transfer, reason: str) -> str:
     transfer.finished_at = utcnow()
     transfer.phase = "Failed"
     req = transfer.request
-    advance(req, Status.FAILED, actor_id=None, note=f"Transfer failed: {reason}")
+    advance(req, Status.FAILED, actor_id=None, actor=audit.SYSTEM_TRANSFER_ENGINE, note=f"Transfer failed: {reason}")
     db.session.commit()
     return transfer.state.value
 
@@ -321,11 +321,12 @@ def purge_gateway() -> int:
             shutil.rmtree(Path(study.folder), ignore_errors=True)
             study.purged_at = utcnow()
             req = study.request
-            audit.record(audit.Action.PURGE, request_id=req.id if req else None, user_id=None, actor="desk",
+            audit.record(audit.Action.PURGE, request_id=req.id if req else None, user_id=None, actor=audit.SYSTEM_PURGE,
                          detail="gateway copy of a study purged "
                                 f"({'delivered' if study.delivered_at else study.purge_reason[:200]})")
             if study.delivered_at is None:
-                advance(req, Status.PURGED, actor_id=None, note="Gateway copies removed after 15 days.")
+                advance(req, Status.PURGED, actor_id=None, actor=audit.SYSTEM_PURGE,
+                        note="Gateway copies removed after 15 days.")
             db.session.commit()
             purged += 1
     return purged
@@ -342,7 +343,7 @@ def settle_arrivals() -> int:
             InboundStudy.purged_at.is_(None), InboundStudy.delivered_at.is_(None),
             InboundStudy.sender_done_at.is_not(None), Request.status != Status.ON_IEP)).all()
         for study in waiting:
-            moved += settle(study)
+            moved += settle(study, actor=audit.SYSTEM_GATEWAY)
     return moved
 
 
@@ -377,7 +378,8 @@ def auto_download() -> int:
             try:
                 transfer = service.create_transfer(request=req, direction=Direction.INBOUND,
                                                    priority=req.priority, source=None, dest=pacs,
-                                                   study_uids=[study.study_uid], user_id=None)
+                                                   study_uids=[study.study_uid], user_id=None,
+                                                   actor=audit.SYSTEM_AUTO_DOWNLOAD)
                 service.add_inbound_items(transfer, [study])
                 db.session.commit()
             except (service.TransferUnderWay, IntegrityError, StaleDataError):

@@ -86,7 +86,7 @@ def purge_quarantine() -> int:
             for path in row.files():
                 path.unlink(missing_ok=True)
             row.purged_at = utcnow()
-            audit.record(audit.Action.PURGE, user_id=None, actor="desk",
+            audit.record(audit.Action.PURGE, user_id=None, actor=audit.SYSTEM_PURGE,
                          detail=f"quarantined file {row.id} (refused by the gateway) purged after 15 days")
             db.session.commit()
             purged += 1

@@ -321,7 +321,7 @@ def arrivals():
         else:
             study.request = req
             audit.record(audit.Action.EDIT, request_id=req.id, detail=f"{req.call_ref} matched to arrived study")
-            settle(study, commit=False)  # On IEP once the study is known complete (issue 8.3)
+            settle(study, commit=False, actor_id=current_user.id)  # On IEP once the study is complete (issue 8.3)
             db.session.commit()  # one commit: the match, its audit entry and the On IEP together
             flash(f"Matched to {req.call_ref}.", "success")
         return redirect(url_for("transfers.arrivals"))

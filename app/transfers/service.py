@@ -128,6 +128,7 @@ def create_transfer(
     dest: DicomNode | None,
     study_uids: list[str],
     user_id: int | None,
+    actor: str = "",
     report_text: str = "",
     report_pdf_path: str = "",
 ) -> Transfer:
@@ -161,11 +162,11 @@ def create_transfer(
     db.session.flush()
     if request is not None:
         if request.status == Status.NEW:
-            transition(request, Status.ACCEPTED, actor_id=user_id)
+            transition(request, Status.ACCEPTED, actor_id=user_id, actor=actor)
         # A pull brings images to the gateway: the request goes straight to On IEP when
         # they arrive. Exports and downloads to PACS are queued downloads.
         if direction != Direction.PULL:
-            advance(request, Status.DOWNLOAD_REQUEST, actor_id=user_id)
+            advance(request, Status.DOWNLOAD_REQUEST, actor_id=user_id, actor=actor)
     return transfer
 
 
@@ -262,7 +263,7 @@ def plan_start(request: Request, values: StartValues) -> StartPlan:
                      report_text=values.report_text.strip()[:20000], report_pdf_path=report_path)
 
 
-def start_transfer(request: Request, plan: StartPlan, user_id: int | None) -> Transfer:
+def start_transfer(request: Request, plan: StartPlan, user_id: int) -> Transfer:
     """The transfer a checked Send makes, audited (`create_transfer`: raises
     TransferUnderWay). Never commits: the caller commits, then calls `enqueue`."""
     transfer = create_transfer(
@@ -317,7 +318,7 @@ def plan_download(request: Request, *, again: bool, partial: bool) -> DownloadPl
                         blockers=blockers, again=again)
 
 
-def start_download(request: Request, plan: DownloadPlan, user_id: int | None) -> Transfer:
+def start_download(request: Request, plan: DownloadPlan, user_id: int) -> Transfer:
     """The import transfer a checked download makes, with its instance list, audited
     (`create_transfer`: raises TransferUnderWay). Never commits: the caller commits, then
     calls `enqueue`."""
@@ -512,7 +513,7 @@ def problem_count(transfer: Transfer) -> int:
         TransferItem.transfer_id == transfer.id, TransferItem.error != "")) or 0)
 
 
-def retry(transfer: Transfer, user_id: int | None) -> None:
+def retry(transfer: Transfer, user_id: int) -> None:
     """Make a failed or cancelled transfer queued again: it resumes with what is not yet
     confirmed. Never commits: the caller commits, then calls `enqueue`. A press at the
     same instant shows at the commit (IntegrityError or StaleDataError)."""
@@ -557,7 +558,7 @@ class ActionRefused(Exception):
 ACTIONS = ("retry", "cancel", "confirm")
 
 
-def act_on(transfer: Transfer, action: str, user_id: int | None) -> None:
+def act_on(transfer: Transfer, action: str, user_id: int) -> None:
     """The analyst's Retry, Cancel or Confirm on one transfer, audited. Never commits: the
     caller commits, then calls `enqueue` after a retry or a confirm.
 

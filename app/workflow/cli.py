@@ -6,6 +6,7 @@ import click
 import sqlalchemy as sa
 from flask.cli import AppGroup
 
+from app import audit
 from app.extensions import db
 from app.requests.models import Request
 from app.requests.statuses import Status
@@ -25,7 +26,7 @@ def set_status(call_ref: str, status: str, note: str, decline_reason: str) -> No
     if req is None:
         raise click.ClickException(f"no request {call_ref}")
     try:
-        transition(req, Status(status), actor_id=None, note=note, decline_reason=decline_reason)
+        transition(req, Status(status), actor_id=None, actor=audit.CLI, note=note, decline_reason=decline_reason)
     except TransitionRefused as refusal:
         db.session.rollback()
         raise click.ClickException(str(refusal)) from refusal

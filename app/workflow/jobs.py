@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
+from app import audit
 from app.extensions import db
 from app.logs import log_exception
 from app.queues import job_context, job_label
@@ -72,7 +73,8 @@ def auto_cancel_stale() -> int:
                     db.session.rollback()
                     continue
                 call_ref = req.call_ref
-                machine.transition(req, Status.CANCELLED, actor_id=None, note=AUTO_CANCEL_NOTE)
+                machine.transition(req, Status.CANCELLED, actor_id=None, actor=audit.SYSTEM_AUTO_CANCEL,
+                                   note=AUTO_CANCEL_NOTE)
                 db.session.commit()
                 cancelled += 1
                 log.info("%s auto-cancel: %s cancelled after 14 days in Awaiting Details", job_label(), call_ref)

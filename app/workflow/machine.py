@@ -1,7 +1,9 @@
 """The status machine (DESIGN "Requests, statuses and rules"; Appendix 1 "Statuses").
 
 Every status change, from a page, an HTMX row, the CLI or a job, goes through
-`transition`, which refuses what the table does not allow and audits what it does.
+`transition`, which refuses what the table does not allow and audits what it does. The
+audit row names who: the person (`actor_id`) or, when none did it, the part of the system
+that did (`actor`, one of audit.SYSTEM_* or audit.CLI; issue 11.9).
 """
 
 from __future__ import annotations
@@ -62,12 +64,14 @@ def allowed_next(current: Status) -> list[Status]:
     return sorted(ALLOWED[current], key=list(Status).index)
 
 
-def advance(req: Request | None, wanted: Status, *, actor_id: int | None, note: str = "") -> bool:
+def advance(
+    req: Request | None, wanted: Status, *, actor_id: int | None, actor: str = "", note: str = ""
+) -> bool:
     """Move `req` to `wanted` if the workflow allows it from where it is; otherwise leave it
     (a transfer's progress never forces a request backwards). True if it moved."""
     if req is None or req.status == wanted or wanted not in ALLOWED[req.status]:
         return False
-    transition(req, wanted, actor_id=actor_id, note=note)
+    transition(req, wanted, actor_id=actor_id, actor=actor, note=note)
     return True
 
 
@@ -76,10 +80,16 @@ def transition(
     wanted: Status,
     *,
     actor_id: int | None,
+    actor: str = "",
     note: str = "",
     decline_reason: str = "",
 ) -> None:
-    """Move `req` to `wanted`, or raise TransitionRefused. The caller commits."""
+    """Move `req` to `wanted`, or raise TransitionRefused. The caller commits.
+
+    Who moves it: a user (`actor_id`), or without one the system part named by `actor`;
+    a change that names neither is a bug (ValueError), not a row with a blank name."""
+    if actor_id is None and not actor.strip():
+        raise ValueError("a status change names who made it: a user id, or the part of the system")
     current = req.status
     if wanted == current:
         return
@@ -107,7 +117,7 @@ def transition(
         audit.Action.STATUS_CHANGE,
         request_id=req.id,
         user_id=actor_id,
-        actor="" if actor_id else "desk",
+        actor="" if actor_id is not None else actor,
         detail=f"{req.call_ref} {current.value} -> {wanted.value}",
     )
     from app.workflow import notices
