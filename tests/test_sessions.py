@@ -150,6 +150,12 @@ def test_a_password_spray_from_one_address_locks_that_address(app, second_app, m
     assert response.status_code == 429 and "Sign-in is locked" in _error(response)
     address_locks = [e for e in _audit("sign_in_locked") if e.detail.startswith("address")]
     assert len(address_locks) == 1 and "from 127.0.0.1" in address_locks[0].detail
+    # Hammering on (any e-mail address will do) is refused and recorded once, not per attempt:
+    # an anonymous client cannot grow the append-only audit table without bound (issue 11.9).
+    for n in range(25):
+        assert _try(clients[n % 2], f"flood{n}@test.uhl", "x").status_code == 429
+    refused = [e for e in _audit("sign_in_failed") if e.detail.startswith("refused")]
+    assert len(refused) == 1 and refused[0].actor == victim.email
     result = runner.invoke(args=["users", "unlock", "--address", "127.0.0.1"])
     assert result.exit_code == 0, result.output
     assert _try(clients[1], victim.email, PASSWORD).status_code == 302

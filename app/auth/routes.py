@@ -47,8 +47,11 @@ def login():
         if refusal is not None:
             # Not checked at all (a right password is refused too), and worded the same
             # whether or not the account exists.
-            audit.record(audit.Action.SIGN_IN_FAILED, actor=email, detail="refused: too many failed attempts")
-            db.session.commit()
+            if throttle.first_refusal(address, refusal):
+                audit.record(audit.Action.SIGN_IN_FAILED, actor=email,
+                             detail="refused: too many failed attempts (further refusals from this address "
+                                    "while it lasts are not recorded)")
+                db.session.commit()
             form.password.errors = [refusal.message]
             response = current_app.make_response((render_template("auth/login.html", form=form), 429))
             response.headers["Retry-After"] = str(refusal.retry_after)

@@ -131,6 +131,14 @@ def check(email: str, address: str) -> Refusal | None:
     return max(refusals, key=lambda r: (r.locked, r.retry_after))
 
 
+def first_refusal(address: str, refusal: Refusal) -> bool:
+    """True for the first refused attempt from `address` while `refusal` lasts: that one is
+    audited, the rest are not, so a client hammering the sign-in page (with any e-mail
+    address it likes) cannot grow the append-only audit table without bound."""
+    key = _key(ADDRESS, address or "unknown") + ":refused"
+    return bool(redis_conn().set(key, b"1", nx=True, ex=max(1, refusal.retry_after)))
+
+
 def record_failure(email: str, address: str) -> list[Limit]:
     """Count a failed sign-in; returns the limits this failure locked (to be audited)."""
     locked: list[Limit] = []
@@ -158,4 +166,5 @@ def unlock_account(email: str) -> bool:
 
 def unlock_address(address: str) -> bool:
     """Lift the lock and forget the failures from `address`; True if there was anything."""
-    return bool(redis_conn().delete(_key(ADDRESS, address)))
+    key = _key(ADDRESS, address)
+    return bool(redis_conn().delete(key, key + ":refused"))
