@@ -17,7 +17,7 @@ from app.requests.models import Request
 from app.requests.statuses import Status
 from app.transfers import jobs, service
 from app.transfers.cli import upsert_node
-from app.transfers.models import InboundStudy, RisEntry, Transfer, TransferState
+from app.transfers.models import DicomNode, InboundStudy, RisEntry, Transfer, TransferState
 from app.workflow.machine import transition
 from tests.conftest import csrf_token, post_form
 from tests.dicom_peers import OUR_AE, QUICK, run_storescu
@@ -345,6 +345,11 @@ def test_node_register_page_cli_and_echo_button(app, client, login_as, make_user
     assert result.exit_code == 0, result.output
     bad = runner.invoke(args=["nodes", "add", "--name", "Bad", "--ae-title", "A" * 17, "--host", "h", "--port", "104"])
     assert bad.exit_code != 0 and "AE title" in bad.output
+    long_host = runner.invoke(args=["nodes", "add", "--name", "Long", "--ae-title", "LONG", "--host", "h" * 300,
+                                    "--port", "104"])
+    assert long_host.exit_code != 0 and "The host can be at most 255 characters; this one has 300." in long_host.output
+    db.session.expire_all()
+    assert db.session.scalar(sa.select(DicomNode).where(DicomNode.name == "Long")) is None
     login_as("analyst")
     assert client.get("/admin/nodes").status_code == 403  # node settings are AM radiology's
     am = _login(app, make_user, "am_radiology")

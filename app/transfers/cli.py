@@ -11,7 +11,7 @@ from app.dicom.errors import DicomFailure
 from app.extensions import db
 from app.transfers import service
 from app.transfers.models import DicomNode, NodeRole
-from app.transfers.nodes import upsert_node
+from app.transfers.nodes import NodeValues, node_errors, upsert_node
 
 __all__ = ["nodes_cli", "upsert_node"]  # upsert_node: older callers import it from here
 
@@ -28,6 +28,10 @@ nodes_cli = AppGroup("nodes", help="DICOM nodes: the local PACS, the gateway, re
 @click.option("--no-c-get", is_flag=True, help="The node only answers C-MOVE (to our AE).")
 def add(name: str, ae_title: str, host: str, port: int, institution: str, role: str, no_c_get: bool) -> None:
     """Add (or update) a DICOM node."""
+    errors = node_errors(NodeValues(name=name.strip(), ae_title=ae_title, host=host.strip(), port=str(port),
+                                    role=role, institution=institution.strip()))
+    if errors:  # the register page's own checks (lengths the columns hold, above all)
+        raise click.UsageError(" ".join(errors.values()))
     try:
         node = upsert_node(name, ae_title, host, port, role, institution, supports_get=not no_c_get)
     except ValueError as exc:
