@@ -308,7 +308,7 @@ def build_scene(app: Flask, make_user, pas_patients, surface: Surface) -> Scene:
         if "transfer" in surface.needs:
             transfer = transfers.create_transfer(request=reqs["export"], direction=Direction.OUTBOUND,
                                                  priority=Priority.STANDARD, source=pacs, dest=leeds,
-                                                 study_uids=[STUDY], user_id=None)
+                                                 study_uids=[STUDY], user_id=None, actor="test")
             db.session.commit()
             ids["transfer"] = transfer.id
     if "mail" in surface.needs:
