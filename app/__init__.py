@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
     from app.auth import models as _auth_models  # noqa: F401
     from app.auth.guard import install_guard
     from app.auth.routes import bp as auth_bp
+    from app.cds import models as _cd_models  # noqa: F401
     from app.desk.routes import bp as desk_bp
     from app.intake.routes import bp as intake_bp
     from app.main.routes import bp as main_bp

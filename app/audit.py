@@ -52,6 +52,10 @@ class Action(enum.StrEnum):
     SEARCH = "search"  # the same lists with search criteria: the detail keeps them
     ACCESS_DENIED = "access_denied"  # a 403
     CSRF_FAILED = "csrf_failed"  # a form refused for a missing or foreign CSRF token
+    CD_UPLOAD = "cd_upload"  # a CD's upload started, finished or was replaced (issue 12)
+    CD_SCAN = "cd_scan"  # a worker scanned a CD: what it found, in counts
+    CD_SEND = "cd_send"  # the desk confirmed a CD's studies for PACS
+    CD_COLLECTED = "cd_collected"  # a CD was collected from a Radiology Reception
 
 
 # Who made a change when no person did (issue 11.9: every status change names someone).
@@ -60,6 +64,7 @@ SYSTEM_GATEWAY = "system: gateway"  # the storage SCP, and the job that settles 
 SYSTEM_AUTO_DOWNLOAD = "system: auto-download"
 SYSTEM_PURGE = "system: purge"
 SYSTEM_AUTO_CANCEL = "system: auto-cancel"
+SYSTEM_CD_SCAN = "system: CD scan"
 CLI = "cli"
 
 DETAIL_MAX = 500  # AuditEvent.detail's length
