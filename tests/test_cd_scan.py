@@ -3,11 +3,14 @@ Pure library tests: CDs are written into tmp_path by tests/cds.py, then scanned.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 import pytest
+from pydicom import config as pydicom_config
 from pydicom import dcmread
 
 from app.cds import scan
@@ -115,6 +118,7 @@ def test_file_without_preamble_is_read_when_it_is_a_dataset(tmp_path: Path) -> N
     assert summary(result) == [("DOE^JANE", "CD100001", [("20240101", ["CT"], [1], 1)])]
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # the bad UID, as it is written
 def test_missing_uids_and_duplicate_copies(tmp_path: Path) -> None:
     good, no_study, bad_sop = datasets([StudySpec(series=[("CT", 3)])])
     del no_study.StudyInstanceUID
@@ -130,6 +134,7 @@ def test_missing_uids_and_duplicate_copies(tmp_path: Path) -> None:
     assert summary(result)[0][2][0][3] == 1
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR")  # the hostile file ID, as it is written
 def test_dicomdir_pointing_outside_or_at_a_missing_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cd = write_fileset(tmp_path / "cd", datasets(two_studies()))
     dicomdir = dcmread(cd / "DICOMDIR")
@@ -358,3 +363,22 @@ def test_folder_name_with_control_characters_is_not_read(tmp_path: Path) -> None
     result = scan_files({"CD/IM\r\n1": path})
     assert result.problems == [Problem("CD/IM\\x0d\\x0a1", "the file name holds control characters")]
     assert result.patients == []
+
+
+def test_bad_values_are_not_logged_and_come_out_plain(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """pydicom logs a value it finds invalid, with the value: not while the desk reads a CD
+    (issue 11.6). A value with control characters is shown escaped, a bad date as none."""
+    with warnings.catch_warnings(), pydicom_config.disable_value_validation():
+        warnings.simplefilter("ignore")
+        (ds,) = datasets([StudySpec(series=[("CT", 1)], patient=Patient("ROE^R" + "X" * 70, "CD\x1b[2J9"))])
+        ds.PatientBirthDate = "1970-01-01"
+        cd = write_folder(tmp_path / "cd", [ds])
+    caplog.set_level(logging.DEBUG)
+    caplog.clear()
+
+    result = scan_files(upload(cd, tmp_path / "store"))
+
+    assert [r for r in caplog.records if r.name.startswith("pydicom")] == []
+    (patient,) = result.patients
+    assert (patient.id, patient.birth_date) == ("CD\\x1b[2J9", "")
+    assert patient.name.startswith("ROE^RXXX")

@@ -20,6 +20,7 @@ Only small `Instance` records are kept while scanning, never datasets: memory st
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import stat
@@ -27,11 +28,13 @@ import struct
 import unicodedata
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -582,6 +585,27 @@ _UID_WORDS = {
 }
 
 
+@contextmanager
+def _quiet_pydicom() -> Iterator[None]:
+    """pydicom validates values as it reads and logs the bad ones *with the value* ("Invalid
+    value for VR DA: '1948-03-14'"): a patient's details in the log (issue 11.6). Turn that
+    off while a CD is read, with pydicom's other log lines and warnings about what it reads:
+    what matters of them comes back as a Problem. Process-wide settings, restored after: a
+    scan runs in a worker process, one job at a time."""
+    saved = pydicom_config.settings.reading_validation_mode
+    logger = logging.getLogger("pydicom")
+    was_disabled = logger.disabled
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    logger.disabled = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        pydicom_config.settings.reading_validation_mode = saved
+        logger.disabled = was_disabled
+
+
 def _read(path: str, name: str, limits: Limits) -> Instance | str | None:
     """One stored file: an Instance, the reason it is not one (str), or None for a DICOMDIR
     (a directory of the CD, not an instance)."""
@@ -604,40 +628,38 @@ def _read(path: str, name: str, limits: Limits) -> Instance | str | None:
             if syntax not in _DEFLATED:
                 _walk_dataset(fh, size, start, explicit, little)
             fh.seek(0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = dcmread(fh, stop_before_pixels=True, specific_tags=_TAGS, force=headerless)
-                if _text(ds, "SOPClassUID") == _DICOMDIR_CLASS or (
-                    not headerless and _text(ds.file_meta, "MediaStorageSOPClassUID") == _DICOMDIR_CLASS
-                ):
-                    return None
-                uids = {keyword: _uid(ds, keyword) for keyword in _UID_WORDS}
-                if headerless and not (uids["StudyInstanceUID"] and uids["SOPInstanceUID"]):
-                    return NOT_DICOM  # parsed, but not into anything like an instance
-                for keyword, words in _UID_WORDS.items():
-                    if not uids[keyword]:
-                        present = _text(ds, keyword)
-                        return f"the {words} is {'not a valid UID' if present else 'missing'}"
-                return Instance(
-                    path=path,
-                    name=name,
-                    patient_name=_text(ds, "PatientName"),
-                    patient_id=_text(ds, "PatientID", 64),
-                    issuer=_text(ds, "IssuerOfPatientID", 64),
-                    birth_date=_date(ds, "PatientBirthDate"),
-                    sex=_text(ds, "PatientSex", 16),
-                    study_uid=uids["StudyInstanceUID"],
-                    study_date=_date(ds, "StudyDate"),
-                    study_description=_text(ds, "StudyDescription"),
-                    accession=_text(ds, "AccessionNumber", 16),
-                    series_uid=uids["SeriesInstanceUID"],
-                    series_number=_text(ds, "SeriesNumber", 12),
-                    series_description=_text(ds, "SeriesDescription"),
-                    modality=_text(ds, "Modality", 16),
-                    sop_class_uid=_uid(ds, "SOPClassUID"),
-                    sop_uid=uids["SOPInstanceUID"],
-                    size=size,
-                )
+            ds = dcmread(fh, stop_before_pixels=True, specific_tags=_TAGS, force=headerless)
+            if _text(ds, "SOPClassUID") == _DICOMDIR_CLASS or (
+                not headerless and _text(ds.file_meta, "MediaStorageSOPClassUID") == _DICOMDIR_CLASS
+            ):
+                return None
+            uids = {keyword: _uid(ds, keyword) for keyword in _UID_WORDS}
+            if headerless and not (uids["StudyInstanceUID"] and uids["SOPInstanceUID"]):
+                return NOT_DICOM  # parsed, but not into anything like an instance
+            for keyword, words in _UID_WORDS.items():
+                if not uids[keyword]:
+                    present = _text(ds, keyword)
+                    return f"the {words} is {'not a valid UID' if present else 'missing'}"
+            return Instance(
+                path=path,
+                name=name,
+                patient_name=_text(ds, "PatientName"),
+                patient_id=_text(ds, "PatientID", 64),
+                issuer=_text(ds, "IssuerOfPatientID", 64),
+                birth_date=_date(ds, "PatientBirthDate"),
+                sex=_text(ds, "PatientSex", 16),
+                study_uid=uids["StudyInstanceUID"],
+                study_date=_date(ds, "StudyDate"),
+                study_description=_text(ds, "StudyDescription"),
+                accession=_text(ds, "AccessionNumber", 16),
+                series_uid=uids["SeriesInstanceUID"],
+                series_number=_text(ds, "SeriesNumber", 12),
+                series_description=_text(ds, "SeriesDescription"),
+                modality=_text(ds, "Modality", 16),
+                sop_class_uid=_uid(ds, "SOPClassUID"),
+                sop_uid=uids["SOPInstanceUID"],
+                size=size,
+            )
     except _Bad as bad:
         return str(bad)
     except OSError:
@@ -668,9 +690,7 @@ def _dicomdir_references(path: str) -> list[list[str]] | str:
             if syntax not in _DEFLATED:
                 _walk_dataset(fh, size, start, syntax != _IMPLICIT_LE, syntax != _EXPLICIT_BE)
             fh.seek(0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ds = dcmread(fh)
+            ds = dcmread(fh)
             references: list[list[str]] = []
             for record in ds.get("DirectoryRecordSequence") or []:
                 value = record.get("ReferencedFileID")
@@ -758,7 +778,8 @@ def scan_files(
     if dicomdirs:
         _, dir_relpath, dir_stored = dicomdirs[0]
         dir_name = printable(dir_relpath)
-        references = _dicomdir_references(dir_stored)
+        with _quiet_pydicom():
+            references = _dicomdir_references(dir_stored)
         done += 1  # the DICOMDIR is read here, not again below
         if progress is not None:
             progress(done, total)
@@ -791,7 +812,8 @@ def scan_files(
 
     builder = _Builder()
     for relpath, stored in ordered:
-        found = _read(stored, printable(relpath), limits)
+        with _quiet_pydicom():
+            found = _read(stored, printable(relpath), limits)
         if isinstance(found, Instance):
             first = builder.add(found)
             if first is not None:
