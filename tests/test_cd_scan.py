@@ -382,3 +382,17 @@ def test_bad_values_are_not_logged_and_come_out_plain(tmp_path: Path, caplog: py
     (patient,) = result.patients
     assert (patient.id, patient.birth_date) == ("CD\\x1b[2J9", "")
     assert patient.name.startswith("ROE^RXXX")
+
+
+def test_sequences_nested_deeper_than_any_real_file_are_refused(tmp_path: Path) -> None:
+    """Deep nesting crashes readers (pydicom#2330 raises RecursionError): named, not read.
+    40 levels of undefined-length Digital Signatures Sequences (FFFA,FFFA) after the pixels."""
+    cd = write_folder(tmp_path / "cd", datasets([StudySpec(series=[("CT", 1)])]))
+    undefined = b"\xff\xff\xff\xff"
+    opening = (b"\xfa\xff\xfa\xffSQ\x00\x00" + undefined + b"\xfe\xff\x00\xe0" + undefined) * 40
+    closing = (b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00") * 40
+    with open(cd / "IMAGES" / "IM1", "ab") as fh:
+        fh.write(opening + closing)
+    result = scan_files(upload(cd, tmp_path / "store"))
+    assert result.problems == [Problem("CD/IMAGES/IM1", "damaged: sequences nested more than 32 deep")]
+    assert result.patients == []
