@@ -396,3 +396,20 @@ def test_sequences_nested_deeper_than_any_real_file_are_refused(tmp_path: Path) 
     result = scan_files(upload(cd, tmp_path / "store"))
     assert result.problems == [Problem("CD/IMAGES/IM1", "damaged: sequences nested more than 32 deep")]
     assert result.patients == []
+
+
+def test_json_keeps_paths_from_two_folders(tmp_path: Path) -> None:
+    """Loose files and an unpacked zip side by side: every path comes back as it was."""
+    specs = two_studies()
+    instances = datasets(specs)
+    files = upload(write_folder(tmp_path / "cd", instances[:4]), tmp_path / "up" / "files")
+    entries = [(f"Z/IM{i}", dicom_bytes(ds, tmp_path)) for i, ds in enumerate(instances[4:])]
+    archive = write_zip(tmp_path / "cd.zip", entries)
+    stored, problems = unpack_zip(archive, tmp_path / "up" / "unpacked")
+    assert problems == []
+    result = scan_files({**files, **stored})
+    again = ScanResult.from_json(result.to_json())
+    assert again == result
+    assert sorted(again.study_files(specs[0].uid) + again.study_files(specs[1].uid)) == sorted(
+        str(p) for p in [*files.values(), *stored.values()]
+    )

@@ -131,12 +131,13 @@ class ScanResult:
 
     def to_json(self) -> str:
         """Compact, ASCII-only JSON (every value is already plain text). The stored files'
-        common folder is written once ("root") and each path relative to it: about 70 bytes an
-        instance with 32-character stored names."""
+        common folder is written once ("root") and each path relative to it: 3,000 instances
+        with 32-character stored names make about 106 KB."""
         data = {"version": 1, **asdict(self)}
         paths = [path for p in data["patients"] for s in p["studies"] for se in s["series"] for path in se["paths"]]
-        root = os.path.dirname(paths[0]) if paths else ""
-        if root and all(path.startswith(root + os.sep) for path in paths):
+        folders = {os.path.dirname(path) for path in paths}
+        root = os.path.commonpath(list(folders)) if folders and all(os.path.isabs(f) for f in folders) else ""
+        if root not in ("", os.sep) and all(path.startswith(root + os.sep) for path in paths):
             for p in data["patients"]:
                 for s in p["studies"]:
                     for se in s["series"]:
