@@ -413,3 +413,12 @@ def test_json_keeps_paths_from_two_folders(tmp_path: Path) -> None:
     assert sorted(again.study_files(specs[0].uid) + again.study_files(specs[1].uid)) == sorted(
         str(p) for p in [*files.values(), *stored.values()]
     )
+
+
+def test_unpacking_again_into_the_same_folder_works(tmp_path: Path) -> None:
+    """A retried scan job unpacks the same zip into the same folder."""
+    entries = [(f"CD/IM{i}", dicom_bytes(ds, tmp_path)) for i, ds in enumerate(datasets(two_studies()))]
+    archive = write_zip(tmp_path / "cd.zip", entries)
+    first = unpack_zip(archive, tmp_path / "dest")
+    assert unpack_zip(archive, tmp_path / "dest") == first and first[1] == []
+    assert summary(scan_files(first[0])) == CLEAN

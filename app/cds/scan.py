@@ -300,7 +300,8 @@ def unpack_zip(zip_path: Path, dest: Path, limits: Limits = Limits()) -> tuple[d
     max_total_bytes, a declared or actual compression ratio past max_ratio per entry or
     overall (judged above 1 MB: a small file of spaces compresses 100:1 and harms nobody).
     Sizes are counted while streaming; the headers are only used to refuse early.
-    A file that is not a zip at all is one Problem. Stored files are `dest/entry-NNNNNN`.
+    A file that is not a zip at all is one Problem. Stored files are `dest/entry-NNNNNN`,
+    overwritten by a second run into the same dest (a retried job).
     """
     label = printable(zip_path.name)
     try:
@@ -358,7 +359,7 @@ def _unpack(
         written.append(target)
         count = 0
         try:
-            with archive.open(info) as source, open(target, "xb") as out:
+            with archive.open(info) as source, open(target, "wb") as out:
                 while chunk := source.read(_CHUNK):
                     count += len(chunk)
                     total += len(chunk)
