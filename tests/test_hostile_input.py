@@ -37,6 +37,8 @@ from wtforms.fields.core import UnboundField
 from wtforms.validators import Length
 
 from app.auth.forms import LoginForm
+from app.cds.models import CdUpload, CdUploadState
+from app.cds.scan import ScanResult
 from app.desk.forms import EditForm, FilterForm
 from app.desk.queries import SORTS
 from app.extensions import db
@@ -138,7 +140,7 @@ class Surface:
         shared = set(form_fields(self.probed_elsewhere)) if self.probed_elsewhere else set()
         own = [name for name in (form_fields(self.form) if self.form else ()) if name not in shared]
         return (*own, *self.fields)
-    needs: frozenset[str] = frozenset()  # extra rows: nodes, transfer, mail, arrival
+    needs: frozenset[str] = frozenset()  # extra rows: nodes, transfer, mail, arrival, cd_upload
 
 
 def _request_form(valid: Callable[[], dict[str, str]]) -> Callable[[Scene], dict[str, str]]:
@@ -170,6 +172,7 @@ def _trauma_base(action: str) -> Callable[[Scene], dict[str, str]]:
 
 CALL_REF = {"call_ref": "import"}
 EXPORT_REF = {"call_ref": "export"}
+CD_UPLOAD = {"call_ref": "cd", "upload_id": "cd_upload"}
 DESK_FILTERS = ("tab_choice", "sort_choice", "page_cursor")
 
 SURFACES: tuple[Surface, ...] = (
@@ -240,6 +243,13 @@ SURFACES: tuple[Surface, ...] = (
             base=_trauma_base("filter"), base_status=200, named_status=200, post_only=True, label="filters",
             named=frozenset({"date_from", "date_to", "description", "modality", "accession"})),
     Surface("trauma.track", "radiologist", "/trauma/{call_ref}", path=CALL_REF),
+    Surface("cdreview.scan", "analyst", "/requests/{call_ref}/cd-upload/{upload_id}/scan", path=CD_UPLOAD,
+            needs=frozenset({"cd_upload"})),
+    Surface("cdreview.send_to_pacs", "analyst", "/requests/{call_ref}/cd-upload/{upload_id}/send", path=CD_UPLOAD,
+            fields=("study_uid", "confirm_patient"), needs=frozenset({"cd_upload"}),
+            base=lambda s: {"study_uid": STUDY, "confirm_patient": "1"}, base_status=422),  # not on the CD
+    Surface("cdreview.rescan", "analyst", "/requests/{call_ref}/cd-upload/{upload_id}/rescan", path=CD_UPLOAD,
+            needs=frozenset({"cd_upload"})),
     Surface("trauma.status", "radiologist", "/trauma/{call_ref}/status", path=CALL_REF),
 )
 
@@ -322,6 +332,12 @@ def build_scene(app: Flask, make_user, pas_patients, surface: Surface) -> Scene:
         db.session.add(arrival)
         db.session.commit()
         ids["arrival"] = arrival.id
+    if "cd_upload" in surface.needs:
+        upload = CdUpload(request_id=ids["cd"], state=CdUploadState.SCANNED,
+                          scan_json=ScanResult([], [], 0, False).to_json())
+        db.session.add(upload)
+        db.session.commit()
+        ids["cd_upload"] = upload.id
     token = _token(client, "/login" if surface.role is None else "/requests/new/import")
     return Scene(app=app, client=client, token=token, ids=ids,
                  call_refs={name: req.call_ref for name, req in reqs.items()}, analyst_id=analyst_id)
