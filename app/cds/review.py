@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import sqlalchemy as sa
 from flask import Blueprint, Response, abort, flash, request, url_for
 from flask_login import current_user
 from sqlalchemy.exc import IntegrityError
@@ -25,18 +24,11 @@ from app.cds import send
 from app.cds.models import CdUpload, CdUploadState
 from app.extensions import db
 from app.requests.access import visible_request
-from app.requests.models import Request
 from app.timeutil import utcnow
 from app.transfers import service
 
 bp = Blueprint("cdreview", __name__)
 log = logging.getLogger("iep.cds")
-
-
-def latest_upload(req: Request) -> CdUpload | None:
-    """The request's newest upload that still has its contents (or the newest of all)."""
-    return db.session.scalar(sa.select(CdUpload).where(CdUpload.request_id == req.id)
-                             .order_by((CdUpload.state == CdUploadState.PURGED).asc(), CdUpload.id.desc()).limit(1))
 
 
 def _upload(call_ref: str, upload_id: int) -> CdUpload:
@@ -113,7 +105,7 @@ def send_to_pacs(call_ref: str, upload_id: int):
         log.info("%s: CD send not started, lost a race (%s)", req_ref, type(exc).__name__)
         flash("Someone changed this request at the same moment, so nothing was sent. Check it and try again.",
               "error")
-        return htmx.redirect_to(url_for("intake.show", call_ref=req_ref) + "#cd")
+        return htmx.redirect_to(url_for("intake.show", call_ref=req_ref) + "#cd-panel")
     job_id = service.enqueue(transfer, seen_job_id="")
     n = len(plan.study_uids)
     what = f"Sending {n} stud{'y' if n == 1 else 'ies'} from the CD to PACS"
@@ -132,7 +124,7 @@ def rescan(call_ref: str, upload_id: int):
     upload = _upload(call_ref, upload_id)
     if upload.state != CdUploadState.FAILED:
         flash("Only a CD whose scan failed is scanned again.", "error")
-        return htmx.redirect_to(url_for("intake.show", call_ref=upload.request.call_ref) + "#cd")
+        return htmx.redirect_to(url_for("intake.show", call_ref=upload.request.call_ref) + "#cd-panel")
     upload.state, upload.error, upload.scan_done, upload.scan_json = CdUploadState.SCANNING, "", 0, ""
     upload.updated_at = utcnow()
     audit.record(audit.Action.CD_UPLOAD, request_id=upload.request_id,
@@ -143,4 +135,4 @@ def rescan(call_ref: str, upload_id: int):
     else:
         flash("The scan is saved but not queued: the queue is not answering. It starts by itself when the queue "
               "is back.", "warning")
-    return htmx.redirect_to(url_for("intake.show", call_ref=upload.request.call_ref) + "#cd")
+    return htmx.redirect_to(url_for("intake.show", call_ref=upload.request.call_ref) + "#cd-panel")
