@@ -31,6 +31,14 @@ bp = Blueprint("cdreview", __name__)
 log = logging.getLogger("iep.cds")
 
 
+def _to_request_page(call_ref: str, anchor: str) -> Response:
+    """Back to the request page (where the flash message shows). For htmx without the
+    anchor: a location that differs from the page only by its #fragment would make the
+    browser scroll instead of loading the page, and the message would never show."""
+    url = url_for("intake.show", call_ref=call_ref)
+    return htmx.redirect_to(url if htmx.is_htmx() else f"{url}#{anchor}")
+
+
 def _upload(call_ref: str, upload_id: int) -> CdUpload:
     req = visible_request(call_ref)
     upload = db.session.get(CdUpload, upload_id)
@@ -99,13 +107,13 @@ def send_to_pacs(call_ref: str, upload_id: int):
         db.session.rollback()
         flash(f"Transfer {under_way.transfer.id} of these studies to PACS is already under way; nothing new "
               "was started.", "info")
-        return htmx.redirect_to(url_for("intake.show", call_ref=req_ref) + f"#transfer-{under_way.transfer.id}")
+        return _to_request_page(req_ref, f"transfer-{under_way.transfer.id}")
     except (IntegrityError, StaleDataError) as exc:
         db.session.rollback()
         log.info("%s: CD send not started, lost a race (%s)", req_ref, type(exc).__name__)
         flash("Someone changed this request at the same moment, so nothing was sent. Check it and try again.",
               "error")
-        return htmx.redirect_to(url_for("intake.show", call_ref=req_ref) + "#cd-panel")
+        return _to_request_page(req_ref, "cd-panel")
     job_id = service.enqueue(transfer, seen_job_id="")
     n = len(plan.study_uids)
     what = f"Sending {n} stud{'y' if n == 1 else 'ies'} from the CD to PACS"
@@ -114,7 +122,7 @@ def send_to_pacs(call_ref: str, upload_id: int):
     else:
         flash(f"{what}: saved, but not queued: the transfer queue is not answering. It starts by itself when the "
               "queue is back; nothing needs pressing again.", "warning")
-    return htmx.redirect_to(url_for("intake.show", call_ref=req_ref) + f"#transfer-{transfer.id}")
+    return _to_request_page(req_ref, f"transfer-{transfer.id}")
 
 
 @bp.route("/requests/<call_ref>/cd-upload/<int:upload_id>/rescan", methods=["POST"])
@@ -124,7 +132,7 @@ def rescan(call_ref: str, upload_id: int):
     upload = _upload(call_ref, upload_id)
     if upload.state != CdUploadState.FAILED:
         flash("Only a CD whose scan failed is scanned again.", "error")
-        return htmx.redirect_to(url_for("intake.show", call_ref=upload.request.call_ref) + "#cd-panel")
+        return _to_request_page(upload.request.call_ref, "cd-panel")
     upload.state, upload.error, upload.scan_done, upload.scan_json = CdUploadState.SCANNING, "", 0, ""
     upload.updated_at = utcnow()
     audit.record(audit.Action.CD_UPLOAD, request_id=upload.request_id,
@@ -135,4 +143,4 @@ def rescan(call_ref: str, upload_id: int):
     else:
         flash("The scan is saved but not queued: the queue is not answering. It starts by itself when the queue "
               "is back.", "warning")
-    return htmx.redirect_to(url_for("intake.show", call_ref=upload.request.call_ref) + "#cd-panel")
+    return _to_request_page(upload.request.call_ref, "cd-panel")
