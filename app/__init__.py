@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
     from app.auth.guard import install_guard
     from app.auth.routes import bp as auth_bp
     from app.cds import models as _cd_models  # noqa: F401
+    from app.cds.collection import bp as collection_bp
     from app.desk.routes import bp as desk_bp
     from app.intake.routes import bp as intake_bp
     from app.main.routes import bp as main_bp
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
     app.register_blueprint(workflow_bp)
     app.register_blueprint(transfers_bp)
     app.register_blueprint(trauma_bp)
+    app.register_blueprint(collection_bp)
     install_guard(app)
 
     from app import htmx
