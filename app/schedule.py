@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from app.cds import jobs as cd_jobs
 from app.queues import MAINTENANCE
 from app.transfers import jobs as transfer_jobs
 from app.transfers import quarantine
@@ -46,6 +47,12 @@ PERIODIC: tuple[Periodic, ...] = (
     Periodic(transfer_jobs.settle_arrivals, every_seconds=30, job_timeout=120, ttl=60),
     # AUTO_DOWNLOAD=1: matched arrivals go to PACS without an analyst's click.
     Periodic(transfer_jobs.auto_download, every_seconds=60, job_timeout=300, ttl=120),
+    # CD scans whose job was lost (Redis down at the upload's end, a worker killed mid-scan).
+    Periodic(cd_jobs.requeue_scans, every_seconds=60, job_timeout=120, ttl=120),
+    # A CD whose transfer delivered says Sent (or Scanned again after a cancel).
+    Periodic(cd_jobs.settle_sent, every_seconds=30, job_timeout=120, ttl=60),
+    # Uploaded CD contents go 15 days after delivery, like the gateway's copies (issue 12.6).
+    Periodic(cd_jobs.purge_cds, every_seconds=3600, job_timeout=1800, ttl=3600),
 )
 
 

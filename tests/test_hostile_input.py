@@ -37,7 +37,10 @@ from wtforms.fields.core import UnboundField
 from wtforms.validators import Length
 
 from app.auth.forms import LoginForm
+from app.cds import uploads as cd_uploads
 from app.cds.collection import CollectForm
+from app.cds.models import CdUpload, CdUploadState
+from app.cds.scan import ScanResult
 from app.desk.forms import EditForm, FilterForm
 from app.desk.queries import SORTS
 from app.extensions import db
@@ -139,7 +142,7 @@ class Surface:
         shared = set(form_fields(self.probed_elsewhere)) if self.probed_elsewhere else set()
         own = [name for name in (form_fields(self.form) if self.form else ()) if name not in shared]
         return (*own, *self.fields)
-    needs: frozenset[str] = frozenset()  # extra rows: nodes, transfer, mail, arrival
+    needs: frozenset[str] = frozenset()  # extra rows: nodes, transfer, mail, arrival, cd_upload, cd_scanned
 
 
 def _request_form(valid: Callable[[], dict[str, str]]) -> Callable[[Scene], dict[str, str]]:
@@ -171,6 +174,8 @@ def _trauma_base(action: str) -> Callable[[Scene], dict[str, str]]:
 
 CALL_REF = {"call_ref": "import"}
 EXPORT_REF = {"call_ref": "export"}
+CD_SCANNED = {"call_ref": "cd", "upload_id": "cd_scanned"}
+CD_REF = {"call_ref": "cd"}
 DESK_FILTERS = ("tab_choice", "sort_choice", "page_cursor")
 
 SURFACES: tuple[Surface, ...] = (
@@ -248,7 +253,26 @@ SURFACES: tuple[Surface, ...] = (
     Surface("collection.chart_page", "analyst", "/desk/cds/chart", query=("site", "date")),
     Surface("collection.chart_pdf", "analyst", "/desk/cds/chart.pdf", query=("site", "date")),
     Surface("trauma.track", "radiologist", "/trauma/{call_ref}", path=CALL_REF),
+    Surface("cdreview.scan", "analyst", "/requests/{call_ref}/cd-upload/{upload_id}/scan", path=CD_SCANNED,
+            needs=frozenset({"cd_scanned"})),
+    Surface("cdreview.send_to_pacs", "analyst", "/requests/{call_ref}/cd-upload/{upload_id}/send", path=CD_SCANNED,
+            fields=("study_uid", "confirm_patient"), needs=frozenset({"cd_scanned"}),
+            base=lambda s: {"study_uid": STUDY, "confirm_patient": "1"}, base_status=422),  # not on the CD
+    Surface("cdreview.rescan", "analyst", "/requests/{call_ref}/cd-upload/{upload_id}/rescan", path=CD_SCANNED,
+            needs=frozenset({"cd_scanned"})),
     Surface("trauma.status", "radiologist", "/trauma/{call_ref}/status", path=CALL_REF),
+    # The CD upload (issue 12.1) reads JSON and raw chunks, not forms: a form post to the
+    # manifest is refused (400); the chunk's ids and offset are probed with PUTs (`probe`);
+    # tests/test_cd_upload.py sends the hostile manifests themselves.
+    Surface("cds.start", "requester", "/requests/{call_ref}/cd-upload", path=CD_REF, fields=("files", "kind"),
+            base=lambda s: {"files": "[]"}, base_status=400),
+    Surface("cds.chunk", "requester", "/requests/{call_ref}/cd-upload/{upload_id}/files/{file_id}",
+            path={**CD_REF, "upload_id": "cd_upload", "file_id": "cd_file"}, query=("offset",),
+            needs=frozenset({"cd_upload"})),
+    Surface("cds.status", "requester", "/requests/{call_ref}/cd-upload/{upload_id}",
+            path={**CD_REF, "upload_id": "cd_upload"}, needs=frozenset({"cd_upload"})),
+    Surface("cds.progress", "requester", "/requests/{call_ref}/cd-upload/{upload_id}/progress",
+            path={**CD_REF, "upload_id": "cd_upload"}, needs=frozenset({"cd_upload"})),
 )
 
 
@@ -325,11 +349,20 @@ def build_scene(app: Flask, make_user, pas_patients, surface: Surface) -> Scene:
         db.session.add(mail)
         db.session.commit()
         ids["mail"] = mail.id
+    if "cd_upload" in surface.needs:
+        started = cd_uploads.start_upload(reqs["cd"], requester, [{"path": "CD/DICOMDIR", "size": 10}], "folder")
+        ids |= {"cd_upload": started.upload.id, "cd_file": started.upload.files[0].id}
     if "arrival" in surface.needs:
         arrival = InboundStudy(study_uid=STUDY, patient_name="SMITH^MARGARET", instances=3)
         db.session.add(arrival)
         db.session.commit()
         ids["arrival"] = arrival.id
+    if "cd_scanned" in surface.needs:
+        upload = CdUpload(request_id=ids["cd"], state=CdUploadState.SCANNED,
+                          scan_json=ScanResult([], [], 0, False).to_json())
+        db.session.add(upload)
+        db.session.commit()
+        ids["cd_scanned"] = upload.id
     token = _token(client, "/login" if surface.role is None else "/requests/new/import")
     return Scene(app=app, client=client, token=token, ids=ids,
                  call_refs={name: req.call_ref for name, req in reqs.items()}, analyst_id=analyst_id)
@@ -407,10 +440,11 @@ def probe(surface: Surface, scene: Scene, methods: set[str], part: int = 0) -> F
     for name in surface.path if part == 0 else ():
         for value in (*CRAFTED, UNKNOWN_ID, "%", "../../etc/passwd"):
             url = _url(surface, scene, **{name: value})
-            method = "POST" if "POST" in methods and "GET" not in methods else "GET"
-            data = {"csrf_token": scene.token} if method == "POST" else None
-            findings.check(f"{method} {url[:80]!r}", client.open(url, method=method, data=data, headers=headers),
-                           surface)
+            method = next((m for m in ("GET", "POST", "PUT") if m in methods), "GET")
+            data: Any = {"csrf_token": scene.token} if method == "POST" else None
+            put_headers = {**headers, "X-CSRFToken": scene.token} if method == "PUT" else headers
+            findings.check(f"{method} {url[:80]!r}", client.open(url, method=method, data=data if method != "PUT"
+                                                                 else b"x", headers=put_headers), surface)
     url = _url(surface, scene)
     if "GET" in methods and not surface.post_only and part == 0:
         # A route that parses no query string still gets one it does not expect.
@@ -418,6 +452,13 @@ def probe(surface: Surface, scene: Scene, methods: set[str], part: int = 0) -> F
             for value in values:
                 findings.check(f"GET {url}?{name}={value[:24]!r}",
                                client.get(url, query_string={name: value}, headers=headers), surface)
+    if "PUT" in methods and part == 0:
+        # A raw body (a CD chunk): every query parameter crafted, with the page's token.
+        for name in surface.query:
+            for value in CRAFTED:
+                findings.check(f"PUT {url}?{name}={value[:24]!r}",
+                               client.put(url, query_string={name: value}, data=b"x",
+                                          headers={**headers, "X-CSRFToken": scene.token}), surface)
     if "POST" not in methods:
         return findings
     if surface.base is not None and surface.base_status is not None:

@@ -17,6 +17,7 @@ import sqlalchemy.orm as so
 from app.extensions import Model
 from app.requests.models import Request, str_enum
 from app.timeutil import utcnow
+from app.transfers.models import Transfer
 
 
 class CdUploadState(enum.StrEnum):
@@ -71,6 +72,7 @@ class CdUpload(Model):
     purge_reason: so.Mapped[str] = so.mapped_column(sa.String(300), default="")
 
     request: so.Mapped[Request] = so.relationship()
+    transfer: so.Mapped[Transfer | None] = so.relationship()
     files: so.Mapped[list[CdFile]] = so.relationship(
         back_populates="upload", cascade="all, delete-orphan", order_by="CdFile.id"
     )

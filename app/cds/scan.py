@@ -729,6 +729,8 @@ def scan_files(
     files: Mapping[str, Path],
     limits: Limits = Limits(),  # noqa: B008 - Limits is frozen
     progress: Callable[[int, int], None] | None = None,
+    partial: Callable[[ScanResult], None] | None = None,
+    partial_every: int = 200,
 ) -> ScanResult:
     """files: {relpath as on the CD (display name): stored server path}.
 
@@ -742,6 +744,8 @@ def scan_files(
     whole (its element lengths fit its size) and has Study, Series and SOP Instance UIDs.
     A second copy of an instance (same SOP Instance UID) is a Problem and not counted.
     progress(done, total) is called after every file, total = len(files); the caller throttles.
+    partial(result so far) is called every `partial_every` files read, so a page can show
+    what has been found while the scan goes on.
     """
     total = len(files)
     if total > limits.max_files:
@@ -825,6 +829,8 @@ def scan_files(
         done += 1
         if progress is not None:
             progress(done, total)
+        if partial is not None and done % max(partial_every, 1) == 0:
+            partial(ScanResult(builder.patients(), list(problems), total, used_dicomdir))
     return ScanResult(builder.patients(), problems, total, used_dicomdir)
 
 

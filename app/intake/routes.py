@@ -12,6 +12,7 @@ from flask_login import current_user
 from sqlalchemy.exc import IntegrityError
 
 from app import audit, htmx
+from app.cds.uploads import latest_upload
 from app.extensions import db
 from app.ids import MAX_ID, whole_number
 from app.intake.duplicates import find_duplicate
@@ -179,6 +180,7 @@ def show(call_ref: str):
         hours=desk_status(utcnow()) if submitted else None,
         messages=thread_for(req),
         transfer_panel=panel_for(req) if current_user.is_desk else None,
+        cd_upload=latest_upload(req) if req.kind == Kind.CD else None,
     )
 
 
