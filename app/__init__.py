@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
     from app.auth.guard import install_guard
     from app.auth.routes import bp as auth_bp
     from app.cds import models as _cd_models  # noqa: F401
+    from app.cds.collection import bp as collection_bp
     from app.cds.review import bp as cdreview_bp
     from app.cds.routes import bp as cds_bp
     from app.desk.routes import bp as desk_bp
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
     app.register_blueprint(trauma_bp)
     app.register_blueprint(cdreview_bp)
     app.register_blueprint(cds_bp)
+    app.register_blueprint(collection_bp)
     install_guard(app)
 
     from app import htmx

@@ -36,14 +36,15 @@ def _edits(req: Request) -> list[str]:
 
 def test_apply_edit_sets_fields_and_assignee_audits_them_and_does_not_commit(new_request, make_user):
     analyst = make_user("analyst")
-    values = EditValues(version=str(new_request.version), status=Status.ACCEPTED.value, assigned_to=str(analyst.id),
+    values = EditValues(version=str(new_request.version), status=Status.COLLECTED.value, assigned_to=str(analyst.id),
                         mbp_call_ref="  NTT-1 ", date_imaging_sent=date(2026, 2, 1))
     changed = apply_edit(new_request, values, actor_id=analyst.id)
     assert changed == ["mbp_call_ref", "date_imaging_sent", "assigned_to"]
-    assert new_request.mbp_call_ref == "NTT-1" and new_request.status == Status.ACCEPTED
+    assert new_request.mbp_call_ref == "NTT-1" and new_request.status == Status.COLLECTED
     assert _edits(new_request) == [f"{new_request.call_ref} changed mbp_call_ref, date_imaging_sent, assigned_to"]
     db.session.rollback()  # it did not commit: the caller's rollback undoes all of it
-    assert new_request.status == Status.NEW and new_request.assigned_to_id is None and _edits(new_request) == []
+    assert new_request.status == Status.AWAITING_DROP_OFF
+    assert new_request.assigned_to_id is None and _edits(new_request) == []
 
 
 def test_an_unchanged_edit_records_nothing(new_request, make_user):

@@ -38,6 +38,7 @@ from wtforms.validators import Length
 
 from app.auth.forms import LoginForm
 from app.cds import uploads as cd_uploads
+from app.cds.collection import CollectForm
 from app.cds.models import CdUpload, CdUploadState
 from app.cds.scan import ScanResult
 from app.desk.forms import EditForm, FilterForm
@@ -244,6 +245,13 @@ SURFACES: tuple[Surface, ...] = (
     Surface("trauma.page", "radiologist", "/trauma", form=TraumaForm, fields=("action", "study_uid"),
             base=_trauma_base("filter"), base_status=200, named_status=200, post_only=True, label="filters",
             named=frozenset({"date_from", "date_to", "description", "modality", "accession"})),
+    # The CD round (issue 12.5): the scene's CD is collected by the valid POST; the probes
+    # then meet "already collected", an unknown reference or a too-long field.
+    Surface("collection.collect", "analyst", "/desk/cds/collect", form=CollectForm, query=("site",),
+            base=lambda s: {"code": s.call_refs["cd"] + "\n", "site": "LRI"}, base_status=200,
+            named=frozenset({"code"}), error_id="code-error"),
+    Surface("collection.chart_page", "analyst", "/desk/cds/chart", query=("site", "date")),
+    Surface("collection.chart_pdf", "analyst", "/desk/cds/chart.pdf", query=("site", "date")),
     Surface("trauma.track", "radiologist", "/trauma/{call_ref}", path=CALL_REF),
     Surface("cdreview.scan", "analyst", "/requests/{call_ref}/cd-upload/{upload_id}/scan", path=CD_SCANNED,
             needs=frozenset({"cd_scanned"})),
@@ -541,7 +549,8 @@ CLEANED = {
 
 
 def test_every_saved_text_field_is_bounded_by_its_column():
-    assert set(SAVED_IN) >= {f for f in _leaf_forms() if f not in (LoginForm, FilterForm)}, (
+    # These only look things up (CollectForm: a call reference; its site is one of a list).
+    assert set(SAVED_IN) >= {f for f in _leaf_forms() if f not in (LoginForm, FilterForm, CollectForm)}, (
         "a form that saves what is typed: say in SAVED_IN which model it saves to")
     too_long = []
     for form_class, model in SAVED_IN.items():

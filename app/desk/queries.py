@@ -27,7 +27,9 @@ from app.workflow.models import Message, MessageKind
 S = Status
 BLUE_LIGHT_TARGET = timedelta(hours=4)  # glossary "Blue Light": expected within 4 hours
 IN_PROGRESS = (S.DOWNLOAD_REQUEST, S.DOWNLOADING, S.UPLOADING, S.ON_IEP)
-NOT_STARTED = (S.NEW, S.AWAITING_DETAILS, S.ACCEPTED)
+NOT_STARTED = (S.NEW, S.AWAITING_DETAILS, S.ACCEPTED, S.AWAITING_DROP_OFF, S.COLLECTED, S.UPLOADED)
+# The CD round (Appendix 5; issue 12.5), in its order.
+CD_ROUND = (S.AWAITING_DROP_OFF, S.COLLECTED, S.UPLOADED)
 CLOSED = (S.DELIVERED, S.COMPLETED, S.CANCELLED, S.DECLINED, S.PURGED)
 
 TABS = {
@@ -35,6 +37,7 @@ TABS = {
     "accepted": "Accepted",
     "progress": "In Progress",
     "failed": "Failed",
+    "cds": "CD round",
     "all": "All",
 }
 
@@ -71,8 +74,10 @@ def _transfer_needs_eyes() -> sa.ColumnElement[bool]:
 
 def tab_condition(tab: str) -> sa.ColumnElement[bool]:
     if tab == "action":
+        # A CD import waiting for drop-off is where a new one was (its form is still to be
+        # checked), and one whose contents are uploaded waits for the analyst to send them.
         return sa.or_(
-            Request.status.in_([S.NEW, S.FAILED, S.DECLINED]),
+            Request.status.in_([S.NEW, S.FAILED, S.DECLINED, S.AWAITING_DROP_OFF, S.UPLOADED]),
             sa.and_(Request.status == S.AWAITING_DETAILS, _requester_replied()),
             sa.and_(Request.priority == Priority.BLUE_LIGHT, Request.status.in_(NOT_STARTED)),
             sa.and_(Request.status.in_(IN_PROGRESS), _transfer_needs_eyes()),
@@ -83,6 +88,8 @@ def tab_condition(tab: str) -> sa.ColumnElement[bool]:
         return Request.status.in_(IN_PROGRESS)
     if tab == "failed":
         return Request.status == S.FAILED
+    if tab == "cds":
+        return Request.status.in_(CD_ROUND)
     return sa.true()
 
 

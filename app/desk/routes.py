@@ -190,7 +190,7 @@ def _edit_form(req: Request, formdata=None) -> EditForm:  # noqa: ANN001
         form.assigned_to.data = str(req.assigned_to_id or "")
         form.note.data = ""
     form.status.choices = [(req.status.value, f"{req.status.value} (now)")] + [
-        (s.value, s.value) for s in allowed_next(req.status)
+        (s.value, s.value) for s in allowed_next(req.status, req.kind)
     ]
     form.assigned_to.choices = [("", "Nobody")] + [(str(u.id), u.name) for u in _desk_users()]
     if req.assigned_to is not None and str(req.assigned_to.id) not in dict(form.assigned_to.choices):

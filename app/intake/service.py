@@ -62,7 +62,8 @@ def _text(value: object) -> object:
 
 
 def create_request(values: RequestValues, requester: User, duplicate_of: Request | None = None) -> Request:
-    """Save a validated submission as a `New` request with a fresh call reference.
+    """Save a validated submission as a `New` request with a fresh call reference; a CD
+    import starts at `Awaiting Drop-off` (its CDs are on their way to a reception, issue 12.5).
 
     `duplicate_of`: the earlier request for the same examination that the requester was
     warned about and chose to submit anyway (app/intake/duplicates.py).
@@ -74,7 +75,7 @@ def create_request(values: RequestValues, requester: User, duplicate_of: Request
     req = Request(
         call_ref=next_call_ref(local_today().year),
         kind=kind,
-        status=Status.NEW,
+        status=Status.AWAITING_DROP_OFF if kind == Kind.CD else Status.NEW,
         requester=requester,
         patient=values.patient,
         submission_key=values.submission_key or None,

@@ -8,6 +8,11 @@ import enum
 class Status(enum.StrEnum):
     NEW = "New"
     AWAITING_DETAILS = "Awaiting Details"
+    # The CD round (Appendix 5; issue 12.5): handed in at a Radiology Reception, collected
+    # on the round, its contents uploaded. CD imports only (CD_ONLY).
+    AWAITING_DROP_OFF = "Awaiting Drop-off"
+    COLLECTED = "Collected"
+    UPLOADED = "Uploaded"
     ACCEPTED = "Accepted"
     DOWNLOAD_REQUEST = "Download Request"
     DOWNLOADING = "Downloading"
@@ -24,6 +29,10 @@ class Status(enum.StrEnum):
     def css(self) -> str:
         """A CSS class name for the status badge."""
         return "status-" + self.value.lower().replace(" ", "-")
+
+
+# Statuses only a CD import can be in: the machine refuses them for any other kind.
+CD_ONLY: frozenset[Status] = frozenset({Status.AWAITING_DROP_OFF, Status.COLLECTED, Status.UPLOADED})
 
 
 class Priority(enum.StrEnum):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from app import audit
 from app.extensions import db
 from app.requests.models import Request
-from app.requests.statuses import Status
+from app.requests.statuses import CD_ONLY, Kind, Status
 from app.timeutil import utcnow
 from app.workflow.models import Message, MessageKind
 
@@ -19,7 +19,16 @@ S = Status
 
 ALLOWED: dict[Status, frozenset[Status]] = {
     S.NEW: frozenset({S.AWAITING_DETAILS, S.ACCEPTED, S.DECLINED, S.CANCELLED}),
-    S.AWAITING_DETAILS: frozenset({S.NEW, S.ACCEPTED, S.DECLINED, S.CANCELLED}),
+    S.AWAITING_DETAILS: frozenset(
+        {S.NEW, S.AWAITING_DROP_OFF, S.COLLECTED, S.UPLOADED, S.ACCEPTED, S.DECLINED, S.CANCELLED}
+    ),
+    # The CD round (Appendix 5; issue 12.5), CD imports only (CD_ONLY). The desk still checks
+    # the form while the CD waits at the reception: details can be chased at any step.
+    S.AWAITING_DROP_OFF: frozenset({S.COLLECTED, S.UPLOADED, S.AWAITING_DETAILS, S.DECLINED, S.CANCELLED}),
+    S.COLLECTED: frozenset({S.UPLOADED, S.AWAITING_DETAILS, S.CANCELLED}),
+    S.UPLOADED: frozenset(
+        {S.DOWNLOAD_REQUEST, S.DOWNLOADING, S.DELIVERED, S.AWAITING_DETAILS, S.FAILED, S.CANCELLED}
+    ),
     S.ACCEPTED: frozenset(
         {S.AWAITING_DETAILS, S.DOWNLOAD_REQUEST, S.UPLOADING, S.ON_IEP, S.DECLINED, S.FAILED, S.CANCELLED}
     ),
@@ -49,8 +58,8 @@ FINISHED = frozenset({S.COMPLETED, S.CANCELLED})
 class TransitionRefused(ValueError):
     """The change is not allowed; the message says which changes are."""
 
-    def __init__(self, current: Status, wanted: Status, detail: str = "") -> None:
-        allowed = sorted(ALLOWED[current], key=list(Status).index)
+    def __init__(self, current: Status, wanted: Status, detail: str = "", kind: Kind | None = None) -> None:
+        allowed = allowed_next(current, kind)
         options = ", ".join(s.value for s in allowed) if allowed else "none (it is finished)"
         message = detail or (
             f"A request that is {current.value} cannot become {wanted.value}. "
@@ -60,8 +69,13 @@ class TransitionRefused(ValueError):
         self.current, self.wanted, self.allowed = current, wanted, allowed
 
 
-def allowed_next(current: Status) -> list[Status]:
-    return sorted(ALLOWED[current], key=list(Status).index)
+def allowed_next(current: Status, kind: Kind | None = None) -> list[Status]:
+    """The statuses `current` may become, in the order shown to users; given the request's
+    `kind`, without the CD round's statuses for a request that is not a CD import."""
+    return sorted(
+        (s for s in ALLOWED[current] if kind is None or kind == Kind.CD or s not in CD_ONLY),
+        key=list(Status).index,
+    )
 
 
 def advance(
@@ -70,6 +84,8 @@ def advance(
     """Move `req` to `wanted` if the workflow allows it from where it is; otherwise leave it
     (a transfer's progress never forces a request backwards). True if it moved."""
     if req is None or req.status == wanted or wanted not in ALLOWED[req.status]:
+        return False
+    if wanted in CD_ONLY and req.kind != Kind.CD:
         return False
     transition(req, wanted, actor_id=actor_id, actor=actor, note=note)
     return True
@@ -94,7 +110,13 @@ def transition(
     if wanted == current:
         return
     if wanted not in ALLOWED[current]:
-        raise TransitionRefused(current, wanted)
+        raise TransitionRefused(current, wanted, kind=req.kind)
+    if wanted in CD_ONLY and req.kind != Kind.CD:
+        raise TransitionRefused(
+            current, wanted, f"Only a CD import can be {wanted.value}: {req.call_ref} is "
+            f"{'an' if req.kind.label[0] in 'AEIOU' else 'a'} {req.kind.label.lower()} request, "
+            "with no CD to drop off, collect or upload.", kind=req.kind
+        )
     if wanted == S.DECLINED:
         if decline_reason not in DECLINE_REASONS:
             raise TransitionRefused(

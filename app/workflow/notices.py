@@ -9,6 +9,7 @@ message is written by `transition`; nothing here duplicates it.
 | Awaiting Details | requester                 | what is missing (the analyst's note)     |
 | Declined         | requester                 | the other institution's reason (2.5)     |
 | Cancelled        | requester                 | why (e.g. the 14-day rule, 2.4 d)        |
+| Collected        | requester                 | the CDs left the reception (Appendix 5)  |
 | Delivered        | requester                 | images on PACS / sent, call ref (2.3 g)  |
 | Completed        | requester                 | the request is closed, call ref          |
 | export sent      | receiving site + requester| images sent via IEP, call ref (2.6 b)    |
@@ -42,6 +43,9 @@ _REQUESTER_NOTICES: dict[Status, tuple[str, str]] = {
     S.AWAITING_DETAILS: ("awaiting_details", "details needed for your image request"),
     S.DECLINED: ("declined", "your image request was declined"),
     S.CANCELLED: ("cancelled", "your image request was cancelled"),
+    # The CD round: the requester learns the CDs they handed in were picked up. Awaiting
+    # Drop-off (the start) and Uploaded (the desk's own step) send nothing.
+    S.COLLECTED: ("collected", "your CDs were collected"),
     S.DELIVERED: ("delivered", "images delivered"),
     S.COMPLETED: ("completed", "image request completed"),
 }
