@@ -93,6 +93,16 @@ def test_a_cd_goes_from_the_reception_to_pacs_in_the_browser(
     instances = {p for p in cd.rglob("*") if p.is_file() and p.name != "DICOMDIR"}
     requester, analyst = make_user("requester", password=PASSWORD), make_user("analyst", password=PASSWORD)
     call_ref = _cd_request(requester, pas_patients[0])
+    assert db.session.get(Request, _request_id(call_ref)).status == Status.AWAITING_DROP_OFF
+    # Wednesday's round: the desk scans the envelope's label at the collection page.
+    desk = _page(browser, contexts)
+    _sign_in(desk, live_url, analyst.email)
+    desk.goto(f"{live_url}/desk/cds/collect")
+    expect(desk.locator("#code")).to_be_focused()
+    desk.keyboard.type(call_ref)  # a barcode scanner is a keyboard: the code, then Enter
+    desk.keyboard.press("Enter")
+    expect(desk.locator(f"#collected-{call_ref}")).to_be_visible()
+    assert db.session.get(Request, _request_id(call_ref)).status == Status.COLLECTED
     mine = _page(browser, contexts)
     _sign_in(mine, live_url, requester.email)
     pool = start_pool(app, database_url, redis_url, "inbound-bluelight,inbound=1")
@@ -120,8 +130,6 @@ def test_a_cd_goes_from_the_reception_to_pacs_in_the_browser(
         assert db.session.get(Request, _request_id(call_ref)).status == Status.UPLOADED
 
         # The analyst ticks the second study too, confirms, and sends.
-        desk = _page(browser, contexts)
-        _sign_in(desk, live_url, analyst.email)
         desk.goto(f"{live_url}/requests/{call_ref}")
         head = desk.get_by_label("Send the study of 01/01/2024")
         expect(head).to_be_checked()  # the date the form names
