@@ -295,6 +295,23 @@ class DeskRun:
 
 
 @dataclass
+class ChunkPath:
+    """`receive_chunk` in process, without HTTP: seconds in all, and in its parts."""
+
+    chunks: int
+    total: float
+    spool: float  # the body copied to a spool file, 64 KiB at a time
+    write: float  # the spool copied into the stored file at the offset, fsync included
+    fsync: float  # of which os.fsync
+    finish: float  # `_finish`: the count of files still missing bytes (none commits: no chunk completes)
+    commit: float  # the commits (the first one, read-only, and the claim's)
+
+    @property
+    def database(self) -> float:
+        return self.total - self.spool - self.write
+
+
+@dataclass
 class Bench:
     args: argparse.Namespace
     tmp: Path
@@ -609,6 +626,76 @@ class Bench:
         run.notes.append(f"checked: {len(cd.files):,} files stored byte for byte; scan: 1 patient, 1 study, "
                          f"{instances:,} instances, DICOMDIR used, no problems")
 
+    def chunk_path(self, cd: Cd) -> ChunkPath:
+        """`uploads.receive_chunk` called in this process, without HTTP, for each file of a
+        fresh upload of `cd` but the last (so nothing completes and no scan is queued), its
+        spool, its write (with fsync) and its os.fsync calls timed by wrappers; the rest of
+        its time is the database: the claim's two UPDATEs, the completeness count, the commit."""
+        import io
+
+        import sqlalchemy as sa
+
+        from app.auth.models import User
+        from app.cds import uploads
+        from app.cds.models import CdFile, CdUpload
+        from app.extensions import db
+        from app.requests.models import Request
+
+        browser = Browser(self.port)
+        if browser.form("/login", {"email": EMAIL, "password": PASSWORD}).status != 302:
+            fail("signing in for the in-process pass failed")
+        self.requests_made += 1
+        answers = cd_answers(self.requests_made)
+        made = browser.form("/requests/new/cd", answers)
+        if made.status == 409:
+            made = browser.form("/requests/new/cd", {**answers, "confirm_duplicate": "y"})
+        match = re.search(r"/requests/([^/?#]+)", made.headers.get("Location", ""))
+        if made.status != 302 or match is None:
+            fail(f"the CD form answered {made.status}")
+        spent = {"spool": 0.0, "write": 0.0, "fsync": 0.0, "finish": 0.0, "commit": 0.0}
+
+        def timed(name: str, real: Any) -> Any:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                began = time.perf_counter()
+                try:
+                    return real(*args, **kwargs)
+                finally:
+                    spent[name] += time.perf_counter() - began
+            return wrapper
+
+        real_spool, real_write, real_fsync, real_finish = uploads._spool, uploads._write_at, os.fsync, uploads._finish
+        total = 0.0
+        with self.app.app_context():
+            req = db.session.scalar(sa.select(Request).where(Request.call_ref == match.group(1)))
+            user = db.session.scalar(sa.select(User).where(User.email == EMAIL))
+            manifest = [{"path": p, "size": size} for p, _, size in cd.files]
+            upload = uploads.start_upload(req, user, manifest, "folder").upload
+            upload_id, user_id = upload.id, user.id
+            rows = {f.relpath: f.id for f in uploads.files_of(upload)}
+            os.sync()
+            uploads._spool, uploads._write_at, os.fsync = (timed("spool", real_spool), timed("write", real_write),
+                                                           timed("fsync", real_fsync))
+            uploads._finish = timed("finish", real_finish)
+            db.session.commit = timed("commit", db.session.commit)  # the scoped session's, for this pass
+            try:
+                for path, source, size in cd.files[:-1]:
+                    data = source.read_bytes()
+                    # Loaded fresh, as the route's _upload_of and _file_of do before the call.
+                    upload = db.session.get(CdUpload, upload_id)
+                    file = db.session.get(CdFile, rows[path])
+                    began = time.perf_counter()
+                    result = uploads.receive_chunk(upload, file, 0, io.BytesIO(data), size, user_id=user_id)
+                    total += time.perf_counter() - began
+                    if result.received != size or result.complete:
+                        fail(f"in process, {path} took {result.received} of {size} bytes")
+            finally:
+                uploads._spool, uploads._write_at, os.fsync, uploads._finish = (real_spool, real_write, real_fsync,
+                                                                                 real_finish)
+                del db.session.commit
+                db.session.remove()
+        return ChunkPath(len(cd.files) - 1, total, spent["spool"], spent["write"], spent["fsync"], spent["finish"],
+                         spent["commit"])
+
     # -- tear-down ------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -624,7 +711,7 @@ class Bench:
 # --- the report ---------------------------------------------------------------------------------------
 
 
-def report(small: DeskRun, full: DeskRun) -> bool:
+def report(small: DeskRun, full: DeskRun, paths: list[ChunkPath]) -> bool:
     print()
     for run in (small, full):
         cd, copy = run.cd, run.copy
@@ -663,6 +750,20 @@ def report(small: DeskRun, full: DeskRun) -> bool:
         for note in run.notes:
             print(f"  {note}")
         print()
+    print("receive_chunk in process (no HTTP), per chunk, on a fresh upload of each CD (all files but the last):")
+    for run, path in zip((small, full), paths, strict=True):
+        per = 1000 / path.chunks
+        print(f"  {len(run.cd.files):>6,} files: {path.total * per:.2f} ms = spool {path.spool * per:.2f} + write "
+              f"{path.write * per:.2f} (fsync {path.fsync * per:.2f}) + database {path.database * per:.2f} (_finish: "
+              f"upload row reloaded, missing files counted {path.finish * per:.2f}; commits {path.commit * per:.2f})")
+    path = paths[-1]
+    per = 1000 / path.chunks
+    empty = statistics.mean(full.empty_puts) * 1000 if full.empty_puts else float("nan")
+    put = statistics.mean(full.latencies) * 1000
+    rest = put - empty - path.total * per
+    print(f"  a PUT's {put:.2f} ms (mean) = request without bytes {empty:.2f} + receive_chunk {path.total * per:.2f}"
+          f" + the rest (the body through the socket and Werkzeug's stream, the client) {rest:.2f}")
+    print()
     growth = full.peak_rss / small.peak_rss - 1
     ok = growth <= BAR_RSS_GROWTH
     print(f"RATIO desk upload + scan / cp -r: {(full.upload + full.scan) / full.copy.cp:.1f}x "
@@ -714,7 +815,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  upload {run.upload:.2f} s, scan {run.scan:.2f} s, work-horse peak RSS "
                   f"{run.peak_rss / 2**20:.1f} MiB", flush=True)
             runs.append(run)
-        ok = report(*runs)
+        print("receive_chunk in process, without HTTP ...", flush=True)
+        paths = [bench.chunk_path(small_cd), bench.chunk_path(full_cd)]
+        ok = report(*runs, paths)
     finally:
         bench.close()
         if args.keep:
