@@ -21,18 +21,22 @@ at 200 and 1,000 instances (flat).
    folder of the same disk, timed; then `sync` again, timed (the copy made durable, for
    reference); the copy is deleted. For reference too, the desk's write pattern without
    HTTP or database: each file copied by Python and fsynced.
-4. **Then the desk, over HTTP as cd_upload.js does it**, from one client with one
-   keep-alive connection (http.client; the connections opened are counted): sign in
-   through /login, submit the CD form (/requests/new/cd), `sync`, then the manifest
-   (POST .../cd-upload, JSON) and each file in turn in PUTs of at most 8 MiB at the
-   offset the desk answered, X-CSRFToken on each. Timed: the manifest, the PUTs (each
+4. **Then the desk, over HTTP as cd_upload.js does it**, from one client that keeps its
+   connection alive when the server lets it (http.client; the TCP connections opened and
+   the answers saying `Connection: close` are counted: Werkzeug's server closes every
+   connection, so each request opens one): sign in through /login, submit the CD form
+   (/requests/new/cd), `sync`, then the manifest (POST .../cd-upload, JSON) and each file
+   in turn in PUTs of at most 8 MiB at the offset the desk answered, X-CSRFToken on each. Timed: the manifest, the PUTs (each
    one's latency kept), and from the last PUT's answer to the upload's row saying
    `scanned` (the database is polled). While the scan runs, the pool's work-horse tree
    is sampled for RSS (psutil, every 5 ms; the kernel's VmHWM every 50 ms), as
    bench/transfer.py does. For the large CD, before its bytes, as many empty PUTs as it
    has files (offset 0, no body: the route, sign-in, CSRF and lookups, no bytes and no
    write) measure the per-request cost of the HTTP server and the app.
-5. **Checked**, or the bench fails: every PUT answered 200 with the expected count, the
+5. **`receive_chunk` in process** (no HTTP) on a fresh upload of each CD, every file but
+   the last (nothing completes, no scan is queued), its spool, write, fsync, `_finish`
+   and commits timed by wrappers: where a chunk's time goes on the server.
+6. **Checked**, or the bench fails: every PUT answered 200 with the expected count, the
    last one `complete` and the scan queued; the upload's JSON status says every file and
    byte received; every stored file equals its source byte for byte; the scan's result
    (`CdUpload.scan_json`, `ScanResult.from_json`) used the DICOMDIR and holds one patient,
