@@ -26,13 +26,13 @@ at 200 and 1,000 instances (flat).
    the answers saying `Connection: close` are counted: Werkzeug's server closes every
    connection, so each request opens one): sign in through /login, submit the CD form
    (/requests/new/cd), `sync`, then the manifest (POST .../cd-upload, JSON) and each file
-   in turn in PUTs of at most 8 MiB at the offset the desk answered, X-CSRFToken on each. Timed: the manifest, the PUTs (each
-   one's latency kept), and from the last PUT's answer to the upload's row saying
-   `scanned` (the database is polled). While the scan runs, the pool's work-horse tree
-   is sampled for RSS (psutil, every 5 ms; the kernel's VmHWM every 50 ms), as
-   bench/transfer.py does. For the large CD, before its bytes, as many empty PUTs as it
-   has files (offset 0, no body: the route, sign-in, CSRF and lookups, no bytes and no
-   write) measure the per-request cost of the HTTP server and the app.
+   in turn in PUTs of at most 8 MiB at the offset the desk answered, X-CSRFToken on each.
+   Timed: the manifest, the PUTs (each one's latency kept), and from the last PUT's answer
+   to the upload's row saying `scanned` (the database is polled). While the scan runs,
+   the pool's work-horse tree is sampled for RSS (psutil, every 5 ms; the kernel's VmHWM
+   every 50 ms), as bench/transfer.py does. For the large CD, before its bytes, as many
+   empty PUTs as it has files (offset 0, no body: the route, sign-in, CSRF and lookups,
+   no bytes and no write) measure the per-request cost of the HTTP server and the app.
 5. **`receive_chunk` in process** (no HTTP) on a fresh upload of each CD, every file but
    the last (nothing completes, no scan is queued), its spool, write, fsync, `_finish`
    and commits timed by wrappers: where a chunk's time goes on the server.
