@@ -178,11 +178,17 @@ def test_cron_registers_flush_and_auto_cancel_on_the_maintenance_queue(app, main
         ("app.transfers.quarantine.purge_quarantine", "maintenance", 3600),
         ("app.transfers.jobs.settle_arrivals", "maintenance", 30),
         ("app.transfers.jobs.auto_download", "maintenance", 60),
+        ("app.cds.jobs.requeue_scans", "maintenance", 60),
+        ("app.cds.jobs.settle_sent", "maintenance", 30),
+        ("app.cds.jobs.purge_cds", "maintenance", 3600),
     }
 
     enqueued = scheduler.enqueue_jobs()
-    assert len(enqueued) == 7
+    assert len(enqueued) == 10
     assert sorted(j.func_name for j in maintenance.jobs) == [
+        "app.cds.jobs.purge_cds",
+        "app.cds.jobs.requeue_scans",
+        "app.cds.jobs.settle_sent",
         "app.transfers.jobs.auto_download",
         "app.transfers.jobs.purge_gateway",
         "app.transfers.jobs.reconcile",
@@ -195,8 +201,8 @@ def test_cron_registers_flush_and_auto_cancel_on_the_maintenance_queue(app, main
 
     waiting = maintenance.jobs
     run_jobs(maintenance)  # each job makes its own app context inside the worker
-    assert [j.get_status() for j in waiting] == ["finished"] * 7
-    assert [j.return_value() for j in waiting] == [0] * 7
+    assert [j.get_status() for j in waiting] == ["finished"] * 10
+    assert [j.return_value() for j in waiting] == [0] * 10
 
 
 @pytest.fixture

@@ -383,7 +383,7 @@ def receive_chunk(upload: CdUpload, file: CdFile, offset: int, stream: IO[bytes]
         raise ChunkRefused(400, f"This chunk goes past the file's announced size ({file.size} bytes).", file.received)
     if length == 0:
         return ChunkResult(received=file.received, complete=False)
-    upload_id, file_id = upload.id, file.id
+    upload_id, file_id, file_done = upload.id, file.id, offset + length == file.size
     user_id = user_id if user_id is not None else upload.created_by_id
     db.session.commit()  # no transaction left open while the body arrives
     spool = _spool(upload_id, file_id, stream, length)
@@ -408,7 +408,8 @@ def receive_chunk(upload: CdUpload, file: CdFile, offset: int, stream: IO[bytes]
         except OSError:
             db.session.rollback()
             raise
-        result = _finish(upload, received=offset + length, user_id=user_id)
+        # Only a chunk that ends its file can end the upload: the others skip the count.
+        result = _finish(upload, received=offset + length, user_id=user_id) if file_done else None
         if result is None:
             db.session.commit()
             return ChunkResult(received=offset + length, complete=False)
