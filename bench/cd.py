@@ -77,6 +77,7 @@ from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `app` is the repository's
+from bench.support import free_port, tail, vm_hwm  # noqa: E402 - after the repository is on sys.path
 
 MB = 1_000_000
 RSS_SAMPLE_SECONDS = 0.005
@@ -99,30 +100,7 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def free_port() -> int:
-    import socket
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _vm_hwm(pid: int) -> int:
-    """The kernel's peak RSS of a process (VmHWM), in bytes; 0 if unreadable."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
 
 
 def stop_tree(proc: subprocess.Popen | None, wait: float = 30) -> None:
@@ -571,7 +549,7 @@ class Bench:
                 with contextlib.suppress(psutil.NoSuchProcess):
                     for horse in (h for w in supervisor.children() for h in w.children()):
                         tree += [horse, *horse.children(recursive=True)]
-                        hwm = max(hwm, _vm_hwm(horse.pid))
+                        hwm = max(hwm, vm_hwm(horse.pid))
             try:
                 peak = max(peak, sum(p.memory_info().rss for p in tree))
             except psutil.NoSuchProcess:
@@ -582,7 +560,7 @@ class Bench:
             time.sleep(RSS_SAMPLE_SECONDS)
         scan_seconds = time.perf_counter() - answered
         for horse in tree:  # the peak may come in the last 50 ms (the result's JSON)
-            hwm = max(hwm, _vm_hwm(horse.pid))
+            hwm = max(hwm, vm_hwm(horse.pid))
         job.refresh()
         if state != "scanned":
             latest = job.latest_result()
@@ -593,7 +571,7 @@ class Bench:
         job_run = (job.ended_at - job.started_at).total_seconds() if job.started_at and job.ended_at else float("nan")
 
         run = DeskRun(cd, copy, manifest_seconds, put_seconds, scan_seconds, latencies, job_wait, job_run,
-                      max(peak, hwm), _vm_hwm(self.server.pid), 0, 0, 0, empty)
+                      max(peak, hwm), vm_hwm(self.server.pid), 0, 0, 0, empty)
         self.check(browser, base, upload_id, cd, run)
         run.connections, run.answers, run.closed = _Connection.opened - opened_before, browser.answers, browser.closed
         return run

@@ -57,6 +57,7 @@ from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `app` is the repository's
+from bench.support import free_port, vm_hwm  # noqa: E402 - after the repository is on sys.path
 
 STORESCP_AE = "STORESCP"
 MB = 1_000_000
@@ -125,13 +126,6 @@ def fail(message: str) -> NoReturn:
     print(f"transfer bench: {message}", file=sys.stderr)
     sys.exit(2)
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def nodelay_env() -> dict[str, str]:
@@ -392,7 +386,7 @@ class Bench:
                     with contextlib.suppress(psutil.NoSuchProcess):
                         for horse in (h for w in supervisor.children() for h in w.children()):
                             tree += [horse, *horse.children(recursive=True)]
-                            hwm = max(hwm, _vm_hwm(horse.pid))
+                            hwm = max(hwm, vm_hwm(horse.pid))
                 try:
                     peak = max(peak, sum(p.memory_info().rss for p in tree))
                 except psutil.NoSuchProcess:
@@ -424,16 +418,6 @@ class Bench:
             with contextlib.suppress(OSError, ValueError):
                 os.kill(int(self.redis_pid_file.read_text().strip()), signal.SIGTERM)
 
-
-def _vm_hwm(pid: int) -> int:
-    """The kernel's peak RSS of a process (VmHWM), in bytes; 0 if unreadable."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
 
 
 def median_run(runs: list[Run]) -> Run:

@@ -97,6 +97,7 @@ from typing import Any, NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `app` is the repository's
+from bench.support import free_port, tail  # noqa: E402 - after the repository is on sys.path
 
 PASSWORD = "correct-horse-9"  # noqa: S105 - the throwaway bench users' password
 GENERAL_LANES = "outbound-bluelight=1;outbound-bluelight,outbound,outbound-batch=4"
@@ -127,19 +128,6 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def stop(proc: subprocess.Popen | None, wait: float = 15) -> None:

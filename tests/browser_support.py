@@ -72,6 +72,26 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
+def open_page(browser: Browser) -> Page:
+    """A page in a fresh browser context, as a person in the trust sees the desk (en-GB,
+    Europe/London); close it with `page.context.close()`."""
+    context = browser.new_context(locale="en-GB", timezone_id="Europe/London")
+    context.set_default_timeout(15_000)
+    return context.new_page()
+
+
+@pytest.fixture
+def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+    """A fresh browser context per test; a screenshot when the test failed."""
+    failures_before = request.session.testsfailed
+    page = open_page(browser)
+    yield page
+    # The call's report is logged before teardown, so a failed test has counted by now.
+    if request.session.testsfailed > failures_before:
+        print("screenshot:", save_screenshot(page, request.node.name))
+    page.context.close()
+
+
 @pytest.fixture
 def live_url(app: Flask) -> Iterator[str]:
     """The test app served on a free loopback port."""

@@ -7,12 +7,9 @@ failure the page is saved to test-artifacts/<test>.png.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
-
-from tests.browser_support import save_screenshot
+from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.browser
 
@@ -22,20 +19,6 @@ CALL_REF = re.compile(r"^IEP-\d{4}-\d{6}$")
 
 
 
-
-
-@pytest.fixture
-def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
-    """A fresh browser context per test; a screenshot when the test failed."""
-    failures_before = request.session.testsfailed
-    context = browser.new_context(locale="en-GB", timezone_id="Europe/London")
-    context.set_default_timeout(10_000)
-    page = context.new_page()
-    yield page
-    # The call's report is logged before teardown, so a failed test has counted by now.
-    if request.session.testsfailed > failures_before:
-        print("screenshot:", save_screenshot(page, request.node.name))
-    context.close()
 
 
 def sign_in(page: Page, live_url: str, email: str) -> None:

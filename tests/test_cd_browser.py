@@ -7,28 +7,27 @@ the PACS Orthanc with the S number. On a failure the page is saved to test-artif
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, Page, expect
 from pydicom import dcmread
-from rq import Queue
 
 from app.cds.models import CdUpload, CdUploadState
-from app.extensions import db, redis_conn
+from app.extensions import db
 from app.intake.service import RequestValues, create_request
 from app.requests.models import Request
 from app.requests.statuses import Kind, Status
-from app.transfers.cli import upsert_node
 from app.transfers.models import Transfer, TransferState
-from tests.browser_support import save_screenshot
+from tests.browser_support import open_page, save_screenshot
 from tests.cds import Patient, StudySpec, datasets, write_fileset
-from tests.dicom_peers import OUR_AE, gateway_port, orthanc_factory  # noqa: F401 - fixtures
+from tests.dicom_peers import gateway_port, orthanc_factory  # noqa: F401 - fixtures of `pacs`
 from tests.pool import kill_pool, start_pool, wait_for
 from tests.test_browser import PASSWORD
+from tests.test_cd_send import pacs  # noqa: F401 - the PACS Orthanc, registered
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -38,22 +37,20 @@ STUDIES = [StudySpec(series=[("CT", 4), ("CT", 3)], date="20240101", accession="
 
 
 @pytest.fixture
-def contexts(browser: Browser, request: pytest.FixtureRequest) -> Iterator[list[BrowserContext]]:
-    made: list[BrowserContext] = []
+def pages(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Callable[[], Page]]:
+    """open() -> a page of its own (one person each); screenshots of all when the test failed."""
+    opened: list[Page] = []
     failures_before = request.session.testsfailed
-    yield made
-    for context in made:
+
+    def open_one() -> Page:
+        opened.append(open_page(browser))
+        return opened[-1]
+
+    yield open_one
+    for page in opened:
         if request.session.testsfailed > failures_before:
-            for page in context.pages:
-                print("screenshot:", save_screenshot(page, request.node.name))
-        context.close()
-
-
-def _page(browser: Browser, contexts: list[BrowserContext]) -> Page:
-    context = browser.new_context(locale="en-GB", timezone_id="Europe/London")
-    context.set_default_timeout(15_000)
-    contexts.append(context)
-    return context.new_page()
+            print("screenshot:", save_screenshot(page, request.node.name))
+        page.context.close()
 
 
 def _sign_in(page: Page, live_url: str, email: str) -> None:
@@ -76,18 +73,8 @@ def _cd_request(requester, patient) -> str:
     return req.call_ref
 
 
-@pytest.fixture
-def pacs(app, orthanc_factory, gateway_port):  # noqa: F811 - the fixtures imported above
-    for name in ("inbound-bluelight", "inbound"):
-        Queue(name, connection=redis_conn()).empty()
-    peer = orthanc_factory(aet="UHLPACS", modalities={"desk": (OUR_AE, "127.0.0.1", gateway_port)})
-    upsert_node("UHLPACSWFM01", peer.node.ae_title, "127.0.0.1", peer.node.port, "local_pacs")
-    db.session.commit()
-    return peer
-
-
 def test_a_cd_goes_from_the_reception_to_pacs_in_the_browser(
-    app, browser, contexts, live_url, make_user, pas_patients, pacs, database_url, redis_url, tmp_path: Path
+    app, pages, live_url, make_user, pas_patients, pacs, database_url, redis_url, tmp_path: Path
 ):
     cd = write_fileset(tmp_path / "CD", datasets(STUDIES, size=64))
     instances = {p for p in cd.rglob("*") if p.is_file() and p.name != "DICOMDIR"}
@@ -95,7 +82,7 @@ def test_a_cd_goes_from_the_reception_to_pacs_in_the_browser(
     call_ref = _cd_request(requester, pas_patients[0])
     assert db.session.get(Request, _request_id(call_ref)).status == Status.AWAITING_DROP_OFF
     # Wednesday's round: the desk scans the envelope's label at the collection page.
-    desk = _page(browser, contexts)
+    desk = pages()
     _sign_in(desk, live_url, analyst.email)
     desk.goto(f"{live_url}/desk/cds/collect")
     expect(desk.locator("#code")).to_be_focused()
@@ -103,7 +90,7 @@ def test_a_cd_goes_from_the_reception_to_pacs_in_the_browser(
     desk.keyboard.press("Enter")
     expect(desk.locator(f"#collected-{call_ref}")).to_be_visible()
     assert db.session.get(Request, _request_id(call_ref)).status == Status.COLLECTED
-    mine = _page(browser, contexts)
+    mine = pages()
     _sign_in(mine, live_url, requester.email)
     pool = start_pool(app, database_url, redis_url, "inbound-bluelight,inbound=1")
     try:

@@ -6,33 +6,19 @@ for the next CD. On a failure the page is saved to test-artifacts/.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date
 
 import pytest
 import sqlalchemy as sa
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from app.extensions import db
 from app.intake.service import RequestValues, create_request
 from app.requests.models import Request
 from app.requests.statuses import Kind, Status
-from tests.browser_support import save_screenshot
 from tests.test_browser import PASSWORD
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture
-def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
-    failures_before = request.session.testsfailed
-    context = browser.new_context(locale="en-GB", timezone_id="Europe/London")
-    context.set_default_timeout(10_000)
-    page = context.new_page()
-    yield page
-    if request.session.testsfailed > failures_before:
-        print("screenshot:", save_screenshot(page, request.node.name))
-    context.close()
 
 
 @pytest.fixture

@@ -5,13 +5,12 @@ On a failure the page is saved to test-artifacts/<test>.png."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from playwright.sync_api import Browser, Page, Route, expect
+from playwright.sync_api import Route, expect
 
 from app.cds import storage
 from app.cds.models import CdFile, CdUpload, CdUploadState
@@ -19,24 +18,11 @@ from app.extensions import db
 from app.intake.service import RequestValues, create_request
 from app.requests.statuses import Kind
 from app.timeutil import local_today
-from tests.browser_support import save_screenshot
 from tests.test_browser import PASSWORD, sign_in
 
 pytestmark = pytest.mark.browser
 
 FILES = 30
-
-
-@pytest.fixture
-def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
-    failures_before = request.session.testsfailed
-    context = browser.new_context(locale="en-GB", timezone_id="Europe/London")
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    yield page
-    if request.session.testsfailed > failures_before:
-        print("screenshot:", save_screenshot(page, request.node.name))
-    context.close()
 
 
 @pytest.fixture

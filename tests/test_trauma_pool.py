@@ -7,11 +7,10 @@ NUH and a slow PACS that keeps the general workers busy."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 from pydicom import dcmread
 from rq import Queue
 
@@ -24,7 +23,6 @@ from app.transfers import service
 from app.transfers.cli import upsert_node
 from app.transfers.models import Direction, Transfer, TransferState
 from app.transfers.report import ENCAPSULATED_PDF
-from tests.browser_support import save_screenshot
 from tests.conftest import post_form
 from tests.dicom_peers import OUR_AE, QUICK, free_port
 from tests.pool import kill_pool, start_pool, wait_for
@@ -41,18 +39,6 @@ STUDIES = [
     ("20261204", "CT CHEST ABDOMEN PELVIS", "ACC1002", (3, 10)),
     ("20250610", "XR CHEST", "ACC0900", (1, 2)),
 ]
-
-
-@pytest.fixture
-def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
-    failures_before = request.session.testsfailed
-    context = browser.new_context(locale="en-GB", timezone_id="Europe/London")
-    context.set_default_timeout(15_000)
-    page = context.new_page()
-    yield page
-    if request.session.testsfailed > failures_before:
-        print("screenshot:", save_screenshot(page, request.node.name))
-    context.close()
 
 
 @pytest.fixture

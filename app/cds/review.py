@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Response, abort, flash, request, url_for
+from flask import Blueprint, Response, flash, request, url_for
 from flask_login import current_user
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
@@ -22,6 +22,7 @@ from app.auth.models import DESK_ROLES
 from app.cds import jobs as cd_jobs
 from app.cds import send
 from app.cds.models import CdUpload, CdUploadState
+from app.cds.routes import upload_of
 from app.extensions import db
 from app.requests.access import visible_request
 from app.timeutil import utcnow
@@ -40,11 +41,8 @@ def _to_request_page(call_ref: str, anchor: str) -> Response:
 
 
 def _upload(call_ref: str, upload_id: int) -> CdUpload:
-    req = visible_request(call_ref)
-    upload = db.session.get(CdUpload, upload_id)
-    if upload is None or upload.request_id != req.id:
-        abort(404)
-    return upload
+    """The upload, if the signed-in user may see its request (404/403 otherwise)."""
+    return upload_of(visible_request(call_ref), upload_id)
 
 
 def dicom_date(text: str) -> str:

@@ -29,7 +29,7 @@ def _json(status: int, **body: object) -> tuple[Response, int]:
     return jsonify(body), status
 
 
-def _upload_of(req: Request, upload_id: int) -> CdUpload:
+def upload_of(req: Request, upload_id: int) -> CdUpload:
     """The upload `upload_id` of `req`; aborts 404 when it is another request's or none."""
     upload = db.session.get(CdUpload, upload_id)
     if upload is None or upload.request_id != req.id:
@@ -75,7 +75,7 @@ def start(call_ref: str):
 def chunk(call_ref: str, upload_id: int, file_id: int):
     """One chunk of one file (the raw body, at most 8 MiB) at ?offset=N; answers {received}."""
     req = visible_request(call_ref)
-    upload = _upload_of(req, upload_id)
+    upload = upload_of(req, upload_id)
     file = _file_of(upload, file_id)
     offset = whole_number(request.args.get("offset", ""), 0, uploads.MAX_FILE_BYTES)
     if offset is None:
@@ -96,12 +96,12 @@ def chunk(call_ref: str, upload_id: int, file_id: int):
 def status(call_ref: str, upload_id: int):
     """The upload's state and every file's bytes so far (the browser resumes from it)."""
     req = visible_request(call_ref)
-    return _json(200, **uploads.describe(_upload_of(req, upload_id)))
+    return _json(200, **uploads.describe(upload_of(req, upload_id)))
 
 
 @bp.route("/requests/<call_ref>/cd-upload/<int:upload_id>/progress")
 def progress(call_ref: str, upload_id: int):
     """The upload's progress as the page shows it (an htmx fragment)."""
     req = visible_request(call_ref)
-    upload = _upload_of(req, upload_id)
+    upload = upload_of(req, upload_id)
     return render_template("cds/_progress.html", req=req, cd_upload=upload, progress=uploads.progress_of(upload))
