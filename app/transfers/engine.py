@@ -28,7 +28,7 @@ from app.extensions import db, rowcount
 from app.requests.models import Request
 from app.requests.statuses import Priority, Status
 from app.timeutil import utcnow
-from app.transfers import service
+from app.transfers import exams, service
 from app.transfers.models import (
     DicomNode,
     Direction,
@@ -584,24 +584,41 @@ def _partial_note(transfer: Transfer) -> str:
 def record_ris_entries(transfer: Transfer) -> int:
     """One RIS entry per imported examination (guideline 2.3 f); never twice.
 
-    Exam code: the request's exam line for that date, if any. Event date: the date the
-    images were acquired (the study date), never the transfer date.
+    Exam code: the sender's (the study's Procedure Code Sequence), else that of the
+    request's exam line the study matches by date and description (`exams.choose_code`),
+    else none and the entry is flagged. Event date: the date the images were acquired
+    (the study date, else the instance's acquisition date), never the transfer date. The
+    entry keeps the sender's Patient ID and issuer, which PACS now files under the S number.
     """
     req = _request(transfer)
+    lines = exams.lines_of(req.exams)
     made = 0
     for study in db.session.scalars(sa.select(InboundStudy).where(InboundStudy.study_uid.in_(transfer.study_uids))):
         if db.session.scalar(sa.select(RisEntry.id).where(RisEntry.study_uid == study.study_uid)):
             continue
-        acquired = parse_date(study.study_date)
-        code = next((e.exam_code for e in req.exams if e.exam_date == acquired and e.exam_code), "")
+        sample = _sample_path(transfer, study.study_uid)
+        header = exams.read_sender_header(sample) if sample else exams.SenderHeader()
+        acquired = parse_date(study.study_date) or header.acquired
+        choice = exams.choose_code(header, exams.Study.of(acquired, study.description, study.modalities), lines)
         db.session.add(RisEntry(request_id=req.id, study_uid=study.study_uid, accession=study.accession,
-                                exam_code=code, event_date=acquired, s_number=req.s_number,
+                                exam_code=choice.code, event_date=acquired, s_number=req.s_number,
                                 partial=transfer.partial_ok,
                                 note=(f"Partial: {study.instances} instances had arrived when the desk sent it; "
-                                      "the study may be incomplete.") if transfer.partial_ok else ""))
+                                      "the study may be incomplete.") if transfer.partial_ok else "",
+                                sender_patient_id=study.patient_id, sender_issuer=study.issuer_of_patient_id,
+                                code_source=choice.source.value, code_missing=choice.missing, code_note=choice.note))
+        if choice.missing:
+            log.warning("%s: RIS entry for study %s has no exam code", req.call_ref, study.study_uid)
         made += 1
     db.session.commit()
     return made
+
+
+def _sample_path(transfer: Transfer, study_uid: str) -> str:
+    """One image of the study as sent (fixed-up copy), to read the sender's exam code from."""
+    return db.session.scalar(sa.select(TransferItem.path).where(
+        TransferItem.transfer_id == transfer.id, TransferItem.study_uid == study_uid, TransferItem.path != "",
+        ~TransferItem.sop_uid.startswith("report-")).order_by(TransferItem.id).limit(1)) or ""
 
 
 def _step(transfer: Transfer, status: Status) -> None:

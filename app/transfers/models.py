@@ -238,3 +238,12 @@ class RisEntry(Model):
     partial: so.Mapped[bool] = so.mapped_column(default=False)
     note: so.Mapped[str] = so.mapped_column(sa.String(300), default="")
     created_at: so.Mapped[datetime] = so.mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    # The fix-up, as the request page shows it (issue 13.9): the sender's Patient ID and
+    # issuer, which PACS now files under `s_number` (kept in Other Patient IDs Sequence).
+    sender_patient_id: so.Mapped[str] = so.mapped_column(sa.String(64), default="")
+    sender_issuer: so.Mapped[str] = so.mapped_column(sa.String(64), default="")
+    # Where the exam code came from (exams.CodeSource), and when neither the sender's study nor
+    # an exam line of the request gave one: flagged for the desk to enter on CRIS by hand.
+    code_source: so.Mapped[str] = so.mapped_column(sa.String(20), default="")
+    code_missing: so.Mapped[bool] = so.mapped_column(default=False)
+    code_note: so.Mapped[str] = so.mapped_column(sa.String(300), default="")
