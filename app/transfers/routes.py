@@ -27,8 +27,9 @@ from app.transfers import service
 from app.transfers.inbound import settle
 from app.transfers.models import DicomNode, Direction, InboundStudy, NodeRole, Transfer, TransferState
 from app.transfers.nodes import NODE_FIELDS, NodeValues, register_node
+from app.transfers.panel import search_applies
 from app.transfers.quarantine import refused_arrivals, refused_files
-from app.transfers.search import StudyFilters, find_patient_studies
+from app.transfers.search import StudyFilters, find_patient_studies, propose
 
 bp = Blueprint("transfers", __name__)
 log = logging.getLogger("iep.transfers")
@@ -100,6 +101,10 @@ def _date(text: str) -> date | None:
 def pacs_search(call_ref: str):
     """C-FIND the chosen node for this patient's studies: one search, merged by study."""
     req = visible_request(call_ref)
+    if not search_applies(req):
+        return render_template("transfers/_search_results.html", req=req, studies=[], node=None, form={},
+                               error="A CD import's images come from its CDs: upload them on this page. "
+                                     "The PACS search does not apply to it."), 409
     form = _search_form()
     node_id = parse_id(form["node_id"])
     node = db.session.get(DicomNode, node_id) if node_id is not None else service.local_pacs()
@@ -116,7 +121,8 @@ def pacs_search(call_ref: str):
     audit.record(audit.Action.VIEW, request_id=req.id, detail=f"{req.call_ref} PACS search")
     db.session.commit()
     return render_template("transfers/_search_results.html", req=req, studies=studies, error=error, node=node,
-                           destinations=_nodes(NodeRole.REMOTE, NodeRole.GATEWAY), form=form)
+                           destinations=_nodes(NodeRole.REMOTE, NodeRole.GATEWAY), form=form,
+                           proposal=propose(req, studies))
 
 
 def _to_request_page(call_ref: str, anchor: str = "transfers") -> Response:

@@ -10,6 +10,7 @@ from datetime import date
 from app.dicom import scu
 from app.requests.models import Request
 from app.requests.statuses import Kind
+from app.transfers import exams
 from app.transfers.models import DicomNode
 from app.transfers.service import ae_config, as_node
 
@@ -43,3 +44,32 @@ def find_patient_studies(node: DicomNode, req: Request, filters: StudyFilters) -
         accession=filters.accession or None,
         config=ae_config(),
     )
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """The search results set beside the request's exam lines (issue 13.10): which study
+    fits which line, so the matching studies are ticked before AM radiology looks."""
+
+    lines: list[exams.Line]
+    fits: dict[str, exams.Fit]  # Study Instance UID -> the line(s) it fits best
+    line_studies: dict[int, list[scu.StudySummary]]  # exam line index -> the studies that fit it
+
+    @property
+    def ticked(self) -> set[str]:
+        return set(self.fits)
+
+
+def propose(req: Request, studies: list[scu.StudySummary]) -> Proposal:
+    """Match each study found to the request's exam lines (date, body part, modality)."""
+    lines = exams.lines_of(req.exams)
+    fits: dict[str, exams.Fit] = {}
+    line_studies: dict[int, list[scu.StudySummary]] = {i: [] for i in range(len(lines))}
+    for study in studies:
+        fit = exams.best_fit(exams.Study.of(study.study_date, study.description, study.modalities), lines)
+        if fit is None:
+            continue
+        fits[study.study_uid] = fit
+        for i in fit.lines:
+            line_studies[i].append(study)
+    return Proposal(lines=lines, fits=fits, line_studies=line_studies)

@@ -233,6 +233,9 @@ def plan_start(request: Request, values: StartValues) -> StartPlan:
     """Check a Send for `request` (an export to a node, or for an import a pull to the
     gateway) and store its report PDF under a name of our own. Raises StartRefused with
     the first thing to put right; writes nothing to the database."""
+    if request.kind == Kind.CD:  # its images come from the CD's scan, not from a node (DESIGN flow 3)
+        raise StartRefused("A CD import's images come from its CDs: send them to PACS from the CD's scan "
+                           "on this page.")
     uids = [u for u in values.study_uids if _STUDY_UID.fullmatch(u)]
     source = db.session.get(DicomNode, values.source_id or 0) or (
         local_pacs() if request.kind != Kind.IMPORT else None)
