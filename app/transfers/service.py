@@ -25,6 +25,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from app import audit
 from app.dicom.ae import AEConfig, Node, Timeouts
+from app.dicom.fixup import parse_date
 from app.extensions import db, rowcount
 from app.queues import queue
 from app.requests.models import Request
@@ -493,7 +494,9 @@ def download_blockers(request: Request, studies: list[InboundStudy]) -> list[str
     for study in studies:
         complete, words = arrival_state(study)
         if not complete:
-            reasons.append(f"study of {study.study_date or 'unknown date'} {study.description}: {words}".strip())
+            day = parse_date(study.study_date)
+            when = f"{day:%d/%m/%Y}" if day else study.study_date or "unknown date"
+            reasons.append(f"study of {when} {study.description}: {words}".strip())
     return reasons
 
 
