@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
     from app.cds.review import bp as cdreview_bp
     from app.cds.routes import bp as cds_bp
     from app.desk.routes import bp as desk_bp
+    from app.intake.autofill import bp as autofill_bp
     from app.intake.routes import bp as intake_bp
     from app.main.routes import bp as main_bp
     from app.patients import models as _patient_models  # noqa: F401
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
     app.register_blueprint(main_bp)
     app.register_blueprint(auth_bp)
     app.register_blueprint(intake_bp)
+    app.register_blueprint(autofill_bp)
     app.register_blueprint(printing_bp)
     app.register_blueprint(desk_bp)
     app.register_blueprint(workflow_bp)

@@ -9,6 +9,7 @@ which refuses to start on any embedded default.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -27,6 +28,25 @@ def _env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError as exc:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
+
+
+_DURATION = re.compile(r"([1-9][0-9]*)\s*([smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# PAS register look-ups per user (issue 13.8): 20 in any 15 minutes, 150 in any day.
+DEFAULT_PAS_LOOKUP_WINDOWS = "20/15m,150/1d"
+
+
+def parse_windows(name: str, raw: str) -> tuple[tuple[int, int], ...]:
+    """"20/15m,150/1d" -> ((20, 900), (150, 86400)): at most COUNT in any DURATION (s, m, h, d)."""
+    windows: list[tuple[int, int]] = []
+    for item in raw.split(","):
+        count, slash, duration = item.strip().partition("/")
+        match = _DURATION.fullmatch(duration.strip())
+        if not slash or not count.strip().isdigit() or not count.isascii() or int(count) < 1 or match is None:
+            raise ConfigError(f"{name} must be COUNT/DURATION pairs such as {DEFAULT_PAS_LOOKUP_WINDOWS!r}, "
+                              f"got {raw!r}")
+        windows.append((int(count), int(match.group(1)) * _UNIT_SECONDS[match.group(2)]))
+    return tuple(windows)
 
 
 def _load_or_create_secret(instance: Path) -> str:
@@ -75,6 +95,8 @@ class Settings:
     # The trauma route's one destination (guideline 2.8, Appendix 4 step 14): a node
     # register name, locked on the radiologist's screen.
     trauma_node: str = "NUH Radiology PACS"
+    # PAS register look-ups from the request forms, per user: (at most, in seconds) pairs.
+    pas_lookup_windows: tuple[tuple[int, int], ...] = parse_windows("PAS_LOOKUP_WINDOWS", DEFAULT_PAS_LOOKUP_WINDOWS)
 
     @property
     def storage_root(self) -> Path:
@@ -135,6 +157,8 @@ class Settings:
             desk_email=(os.environ.get("DESK_EMAIL") or smtp.get("from") or "").strip(),
             arrival_quiet_seconds=_env_int("ARRIVAL_QUIET_SECONDS", 120),
             trauma_node=os.environ.get("TRAUMA_NODE") or "NUH Radiology PACS",
+            pas_lookup_windows=parse_windows(
+                "PAS_LOOKUP_WINDOWS", os.environ.get("PAS_LOOKUP_WINDOWS") or DEFAULT_PAS_LOOKUP_WINDOWS),
         )
 
     def engine_options(self) -> dict[str, object]:

@@ -44,7 +44,7 @@ from app.cds.scan import ScanResult
 from app.desk.forms import EditForm, FilterForm
 from app.desk.queries import SORTS
 from app.extensions import db
-from app.intake.forms import CDForm, ExamLineForm, ExportForm, ImportForm, RequestForm
+from app.intake.forms import CDForm, ExamLineForm, ExportForm, ImportForm, PatientLookupForm, RequestForm
 from app.intake.service import RequestValues, create_request
 from app.requests.models import ExamLine, Request
 from app.requests.statuses import Kind, Priority
@@ -194,6 +194,10 @@ SURFACES: tuple[Surface, ...] = (
             probed_elsewhere=RequestForm),  # the patient and contact fields: probed on the import form
     Surface("intake.new_cd", "requester", "/requests/new/cd", form=CDForm, fields=("action",),
             base=_request_form(valid_cd), base_status=302, named=typed_fields(CDForm), probed_elsewhere=RequestForm),
+    # The S number autofill (issue 13.8): every patient field crafted; a look-up is never a 5xx,
+    # the limit reached included.
+    Surface("autofill.patient", "requester", "/requests/new/patient", form=PatientLookupForm, htmx=True,
+            base=lambda s: {"s_number": "S1234567"}, base_status=200),
     Surface("intake.mine", "requester", "/requests", fields=("q", "page"), query=("page",),
             base=lambda s: {"q": "smith", "page": "1"}, base_status=200),
     Surface("intake.show", "requester", "/requests/{call_ref}", path=CALL_REF, query=("submitted",)),
@@ -549,8 +553,10 @@ CLEANED = {
 
 
 def test_every_saved_text_field_is_bounded_by_its_column():
-    # These only look things up (CollectForm: a call reference; its site is one of a list).
-    assert set(SAVED_IN) >= {f for f in _leaf_forms() if f not in (LoginForm, FilterForm, CollectForm)}, (
+    # These only look things up (CollectForm: a call reference; its site is one of a list;
+    # PatientLookupForm: an S number in the PAS register).
+    assert set(SAVED_IN) >= {f for f in _leaf_forms()
+                             if f not in (LoginForm, FilterForm, CollectForm, PatientLookupForm)}, (
         "a form that saves what is typed: say in SAVED_IN which model it saves to")
     too_long = []
     for form_class, model in SAVED_IN.items():

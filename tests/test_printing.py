@@ -338,11 +338,13 @@ def test_label_qr_code_is_a_full_qr_of_the_call_reference(client, requester, ren
 # --- The renderer is locked down -------------------------------------------------------
 
 
-def test_markup_typed_into_a_form_is_printed_as_text_and_never_fetched(client, requester, fetched):
+def test_markup_typed_into_a_form_is_printed_as_text_and_never_fetched(client, requester, fetched, pas_patients):
+    # The register's given name is what is saved (issue 13.8): markup characters in it.
+    pas_patients[0].given_name = "Margaret <&>"
+    db.session.commit()
     call_ref = submit(
         client,
         "cd",
-        # The register's given name (checked, issue 11.13), with markup characters around it.
         given_name="Margaret <&>",
         comments=MARKUP,
         internal_post_address='<link rel="stylesheet" href="file:///etc/passwd">',

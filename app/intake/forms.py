@@ -37,6 +37,7 @@ from wtforms.validators import (
 )
 
 from app.extensions import db
+from app.patients.lookup import Lookup, Outcome, found_message, patient_by_s_number, register_values
 from app.patients.models import Patient
 from app.requests import validators as rules
 from app.requests.statuses import Priority
@@ -228,7 +229,11 @@ class RequestForm(FlaskForm):
         self._check_exams(today)
         self._check_pas()
         self.validate_kind(today)
-        return not self.has_errors()
+        if self.has_errors():
+            return False
+        if self.patient is not None:
+            take_register(self, self.patient)
+        return True
 
     def has_errors(self) -> bool:
         # FieldList caches its errors during validate(); errors added to exam lines
@@ -317,6 +322,76 @@ class RequestForm(FlaskForm):
             self.dob.errors.append(
                 "This date of birth does not match the one registered for this S number."
             )
+
+
+PATIENT_FIELDS = (
+    "s_number", "nhs_number", "family_name", "given_name", "dob", "gender",
+    "address_line1", "address_line2", "town", "county", "postcode",
+)
+
+
+def take_register(form: FlaskForm, patient: Patient) -> None:
+    """Put the register's values into the form's patient fields it holds (issue 13.8).
+
+    What the register holds is what is shown and saved: a submission matched to a
+    registered patient is saved with the register's spelling, NHS number and address
+    (`validate`, once nothing is wrong), whatever a client did to the read-only fields; the
+    checks above already refused a name, date of birth or NHS number that disagrees."""
+    for name, value in register_values(patient).items():
+        field = form[name]
+        field.data = value
+        field.raw_data = None  # a date field shows what was typed (raw_data) before its value
+
+
+def shown_from_register(form: FlaskForm) -> Lookup | None:
+    """The found state for a form page shown again (a refused submission, an exam line
+    added): only when the patient fields already hold the register's values, as the autofill
+    left them (that look-up was audited then), so that showing them again reveals nothing
+    that was not typed. Else None: the fields show what was posted, editable."""
+    raw = form["s_number"].data
+    s_number = raw.strip().upper() if isinstance(raw, str) else ""
+    if not s_number or any(form[name].errors for name in PATIENT_FIELDS):
+        return None
+    patient = patient_by_s_number(s_number)
+    if patient is None:
+        return None
+    for name, value in register_values(patient).items():
+        shown = form[name].data
+        if name == "nhs_number" and isinstance(shown, str):
+            shown = "".join(shown.split()).replace("-", "")
+        if shown != value:
+            return None
+    return Lookup(Outcome.FOUND, found_message(patient), s_number=patient.s_number, patient=patient)
+
+
+class PatientLookupForm(FlaskForm):
+    """The patient fields alone, as the S number's autofill posts them (issue 13.8).
+
+    Never validated: a look-up saves nothing, and the fields come back as typed when the
+    register has no such patient. The request forms' own fields, shared, so both render alike."""
+
+    class Meta:
+        csrf = False  # CSRFProtect checks every POST; htmx sends the page's token as X-CSRFToken
+
+    s_number = RequestForm.s_number
+    nhs_number = RequestForm.nhs_number
+    family_name = RequestForm.family_name
+    given_name = RequestForm.given_name
+    dob = RequestForm.dob
+    gender = RequestForm.gender
+    address_line1 = RequestForm.address_line1
+    address_line2 = RequestForm.address_line2
+    town = RequestForm.town
+    county = RequestForm.county
+    postcode = RequestForm.postcode
+    # The S number the details on the page were filled from: when the next look-up finds
+    # no one, those details are another patient's and are cleared, not kept as typed.
+    pas_from = HiddenField()
+
+    def clear_details(self) -> None:
+        for name in PATIENT_FIELDS[1:]:
+            self[name].data = "" if name != "dob" else None
+            self[name].raw_data = None
 
 
 class ImportForm(RequestForm):

@@ -16,7 +16,7 @@ from app.cds.uploads import latest_upload
 from app.extensions import db
 from app.ids import MAX_ID, whole_number
 from app.intake.duplicates import find_duplicate
-from app.intake.forms import CDForm, ExportForm, ImportForm, RequestForm
+from app.intake.forms import CDForm, ExportForm, ImportForm, RequestForm, shown_from_register
 from app.intake.service import RequestValues, already_submitted, create_request
 from app.requests.access import visible_request
 from app.requests.models import Institution, Request
@@ -141,6 +141,7 @@ def _form_page(kind: Kind):  # noqa: ANN202
             institutions=institutions,
             duplicate=duplicate,
             hours=desk_status(utcnow()),
+            pas=shown_from_register(form) if request.method == "POST" else None,  # issue 13.8
         ),
         status,
     )
