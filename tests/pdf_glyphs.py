@@ -238,7 +238,7 @@ def _strings(operands: list[object], operator: bytes) -> list[bytes]:
     else:
         return []
     out = []
-    for item in items:  # type: ignore[attr-defined]
+    for item in items:
         if isinstance(item, (int, float)):
             continue
         raw = getattr(item, "original_bytes", None)
