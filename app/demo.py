@@ -8,6 +8,7 @@ set back to their demo address if someone edited them).
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass
 from datetime import date
 
@@ -98,6 +99,12 @@ def _demo_patients() -> list[dict[str, object]]:
          "2 Loughborough Road", "Leicester", "LE4 5LE"),
         ("S1000005", "999000005", "JONES", "Ellie", date(2012, 9, 21), "Female",
          "17 Hinckley Road", "Leicester", "LE3 0TE"),
+        # Names in other scripts, as the register holds them (issue 13.11-12): the PDFs
+        # must print their letters, not boxes.
+        ("S1000006", "999000006", "山田", "花子", date(1983, 4, 5), "Female",
+         "21 Granby Street", "Leicester", "LE1 6EJ"),
+        ("S1000007", "999000007", "ΠΑΠΑΔΟΠΟΥΛΟΣ", "Γιώργος", date(1957, 10, 28), "Male",
+         "9 Aylestone Road", "Leicester", "LE2 7LF"),
     ]
     patients = []
     for s_number, stem, family, given, dob, gender, street, town, postcode in rows:
@@ -116,6 +123,29 @@ def _demo_patients() -> list[dict[str, object]]:
             )
         )
     return patients
+
+
+def _width(text: str) -> int:
+    """Columns `text` takes in a terminal: East Asian wide letters take two."""
+    return sum(2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in text)
+
+
+def _cell(text: str, width: int) -> str:
+    return text + " " * (width - _width(text))
+
+
+def patient_table(patients: list[dict[str, object]]) -> list[str]:
+    """The demo patients as an aligned table: S number, name, date of birth, NHS number."""
+    header = ("S number", "Name", "Date of birth", "NHS number")
+    rows = [header] + [
+        (str(p["s_number"]), f"{str(p['family_name']).upper()}, {p['given_name']}",
+         p["dob"].strftime("%d/%m/%Y") if isinstance(p["dob"], date) else str(p["dob"]),
+         nhs.format(str(p["nhs_number"])))
+        for p in patients
+    ]
+    widths = [max(_width(row[i]) for row in rows) for i in range(len(header))]
+    return ["  " + "  ".join(_cell(text, width) for text, width in zip(row, widths, strict=True)).rstrip()
+            for row in rows]
 
 
 def demo_password(email: str) -> str:
@@ -161,7 +191,9 @@ def seed() -> None:
     click.echo("Demo logins (development only):")
     for email, _name, role, _dept, _phone in DEMO_USERS:
         click.echo(f"  {role.value:<13} {email:<24} password: {demo_password(email)}")
-    click.echo("Demo PAS patients: " + ", ".join(str(p["s_number"]) for p in _demo_patients()))
+    click.echo("Demo PAS patients (type the S number into a request form):")
+    for line in patient_table(_demo_patients()):
+        click.echo(line)
     click.echo("Demo DICOM nodes (served by scripts/demo_nodes.py):")
     for line in node_lines:
         click.echo(line)

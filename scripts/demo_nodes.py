@@ -220,10 +220,22 @@ def _match_any(vr: str, wanted: list[str], have: list[str]) -> bool:
     return False
 
 
+def _charset(*texts: str) -> str:
+    """Latin-1 (ISO_IR 100) for names it can write, else UTF-8 (ISO_IR 192): the demo
+    patients 山田 花子 and ΠΑΠΑΔΟΠΟΥΛΟΣ Γιώργος (PS3.3 C.12.1.1.2)."""
+    try:
+        for text in texts:
+            text.encode("latin-1")
+    except UnicodeEncodeError:
+        return "ISO_IR 192"
+    return "ISO_IR 100"
+
+
 def _response(level: str, record: dict[str, Any], ident: Dataset, ae_title: str) -> Dataset:
     rsp = Dataset()
-    if "SpecificCharacterSet" in ident:
-        rsp.SpecificCharacterSet = "ISO_IR 100"
+    charset = _charset(*(str(v) for v in record.values() if isinstance(v, str)))
+    if "SpecificCharacterSet" in ident or charset != "ISO_IR 100":
+        rsp.SpecificCharacterSet = charset
     rsp.QueryRetrieveLevel = level
     for elem in ident:
         keyword = elem.keyword
@@ -411,7 +423,7 @@ def _patient_keys(node: DemoNode, patient: dict[str, Any]) -> tuple[str, str]:
 def seed(node: DemoNode, archive: Archive, folder: Path) -> int:
     """Generate the node's studies for demo patients it has not had yet; return how many."""
     marker = folder / "seeded.json"
-    done = set(json.loads(marker.read_text())) if marker.exists() else set()
+    done = set(json.loads(marker.read_text(encoding="utf-8"))) if marker.exists() else set()
     made = 0
     today = date.today()
     for index, patient in enumerate(demo_patients()):
@@ -419,17 +431,18 @@ def seed(node: DemoNode, archive: Archive, folder: Path) -> int:
         if s_number in done:
             continue
         patient_id, issuer = _patient_keys(node, patient)
+        patient_name = f"{str(patient['family_name']).upper()}^{str(patient['given_name']).upper()}"
         nhs = Dataset()
         nhs.PatientID = str(patient["nhs_number"])
         nhs.IssuerOfPatientID = "NHS"
         nhs.TypeOfPatientID = "TEXT"
-        extra = {"PatientSex": SEX.get(str(patient["gender"]), "O"), "IssuerOfPatientID": issuer,
-                 "OtherPatientIDsSequence": [nhs]}
+        extra = {"SpecificCharacterSet": _charset(patient_name), "PatientSex": SEX.get(str(patient["gender"]), "O"),
+                 "IssuerOfPatientID": issuer, "OtherPatientIDsSequence": [nhs]}
         for study in _studies_for(node, index):
             with tempfile.TemporaryDirectory(dir=folder) as scratch:
                 files = make_study(
                     scratch, patient_id=patient_id,
-                    patient_name=f"{str(patient['family_name']).upper()}^{str(patient['given_name']).upper()}",
+                    patient_name=patient_name,
                     birth_date=patient["dob"], study_date=today - timedelta(days=study.days_ago),
                     n_series=study.n_series, n_per_series=study.n_per_series, modality=study.modality,
                     accession=study.accession, description=study.description,
@@ -443,7 +456,7 @@ def seed(node: DemoNode, archive: Archive, folder: Path) -> int:
                     archive.add(target)
                     made += 1
         done.add(s_number)
-        marker.write_text(json.dumps(sorted(done)))
+        marker.write_text(json.dumps(sorted(done)), encoding="utf-8")
     return made
 
 

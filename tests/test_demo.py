@@ -118,3 +118,27 @@ def test_demo_seed_refuses_in_production_and_creates_no_account(app) -> None:
     assert "demo seed refuses to run with IEP_ENV=production" in refused.output
     assert "password:" not in refused.output
     assert db.session.scalar(sa.select(sa.func.count(User.id))) == 0
+
+
+def test_demo_seed_prints_every_demo_patient_with_name_dob_and_nhs_number(runner) -> None:
+    """Issue 13.12: `make run` shows whom to type into a form, not just S numbers."""
+    seeded = runner.invoke(args=["demo", "seed"])
+    assert seeded.exit_code == 0, seeded.output
+    table = seeded.output[seeded.output.index("Demo PAS patients"):seeded.output.index("Demo DICOM nodes")]
+    rows = [line.split() for line in table.splitlines()[1:] if line.strip()]
+    assert rows[0] == ["S", "number", "Name", "Date", "of", "birth", "NHS", "number"]
+    patients = demo_patients()
+    assert len(rows) == 1 + len(patients) and len(patients) >= 7
+    for patient, row in zip(patients, rows[1:], strict=True):
+        nhs = str(patient["nhs_number"])
+        assert row == [patient["s_number"], f"{str(patient['family_name']).upper()},", patient["given_name"],
+                       patient["dob"].strftime("%d/%m/%Y"), nhs[:3], nhs[3:6], nhs[6:]], row
+    for shown in ("S1000006  山田, 花子", "S1000007  ΠΑΠΑΔΟΠΟΥΛΟΣ, Γιώργος", "05/04/1983", "999 000 0077"):
+        assert shown in table, table
+    # The columns line up: each date of birth starts where its heading does (the Japanese
+    # name takes two terminal columns a letter, so it is padded by width, not length).
+    lines = [line for line in table.splitlines()[1:] if line.strip()]
+    start = lines[0].index("Date of birth")
+    for line, patient in zip(lines[1:], patients, strict=True):
+        before = line[: line.index(patient["dob"].strftime("%d/%m/%Y"))]
+        assert sum(2 if "\u3000" <= ch <= "\u9fff" else 1 for ch in before) == start, line
