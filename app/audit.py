@@ -65,6 +65,7 @@ SYSTEM_AUTO_DOWNLOAD = "system: auto-download"
 SYSTEM_PURGE = "system: purge"
 SYSTEM_AUTO_CANCEL = "system: auto-cancel"
 SYSTEM_CD_SCAN = "system: CD scan"
+SYSTEM_MAIL = "system: mail"  # the sent Delivered notice completes its request (issue 13.5)
 CLI = "cli"
 
 DETAIL_MAX = 500  # AuditEvent.detail's length
