@@ -461,3 +461,31 @@ def test_another_users_request_cannot_be_cancelled(app, client, requester, analy
     assert reload(req).status == S.NEW
     denied = db.session.scalars(sa.select(AuditEvent.detail).where(AuditEvent.action == "access_denied")).all()
     assert f"POST /requests/{req.call_ref}/cancel" in denied
+
+
+# --- migration 0013_life: a Delivered notice waiting in the outbox still completes ----------
+
+
+@pytest.mark.own_database
+def test_0013_gives_the_pending_notices_their_event_from_the_dedup_key(tmp_path, redis_url):
+    from flask_migrate import downgrade, upgrade
+
+    from tests.test_migrations import desk_on, empty_database
+
+    with empty_database(tmp_path) as url, desk_on(url, redis_url, tmp_path):
+        upgrade(revision="0012")
+        rows = [("IEP-2026-000001:Delivered:20260504T090000.000000:0123456789abcdef", "pending"),
+                ("IEP-2026-000001:Delivered:20260503T090000.000000:fedcba9876543210", "sent"),
+                (None, "pending")]
+        with db.engine.begin() as conn:
+            for number, (key, status) in enumerate(rows):
+                conn.execute(sa.text("INSERT INTO outbox_emails (dedup_key, to_addr, subject, body, status, attempts, "
+                                     "last_error, next_attempt_at, created_at) VALUES (:key, 'a@b.nhs.uk', :s, 'b', "
+                                     ":status, 0, '', :now, :now)"),
+                             {"key": key, "s": f"mail {number}", "status": status, "now": utcnow()})
+        upgrade()
+        with db.engine.connect() as conn:
+            events = conn.execute(sa.text("SELECT subject, event FROM outbox_emails ORDER BY id")).all()
+        assert [tuple(row) for row in events] == [("mail 0", "Delivered"), ("mail 1", None), ("mail 2", None)]
+        downgrade(revision="0012")
+        upgrade()
