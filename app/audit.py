@@ -7,10 +7,12 @@ and owns no table, so it cannot drop the triggers (README "Running in production
 
 Every row names who: a user (id, and the e-mail address as `actor`), or, when no person
 did it, the part of the system that did (`SYSTEM_*` below, or "cli"). Details hold call
-references, ids and field names, never the values of patient fields, with one exception:
+references, ids and field names, never the values of patient fields, with two exceptions:
 a search row keeps the search criteria (`criteria`), because "who looked for this
 patient" is the question information governance asks of this table (guideline 2.7 a;
-issue 11.9). The table is access-controlled; the application log is not, and patient
+issue 11.9). A requester's correction of their request keeps each field's old and new
+value for the same reason (app/intake/changes.py; issue 13.7).
+The table is access-controlled; the application log is not, and patient
 data never goes there (app/logs.py).
 """
 
@@ -65,6 +67,7 @@ SYSTEM_AUTO_DOWNLOAD = "system: auto-download"
 SYSTEM_PURGE = "system: purge"
 SYSTEM_AUTO_CANCEL = "system: auto-cancel"
 SYSTEM_CD_SCAN = "system: CD scan"
+SYSTEM_MAIL = "system: mail"  # the sent Delivered notice completes its request (issue 13.5)
 CLI = "cli"
 
 DETAIL_MAX = 500  # AuditEvent.detail's length

@@ -91,8 +91,8 @@ def test_a_cd_request_starts_awaiting_drop_off_and_an_import_at_new(round_made):
 def test_cd_round_transitions_allowed_and_refused(round_made, path, ok):
     req = _req(round_made["lri"])
     *steps, last = path
-    for step in steps:
-        transition(req, step, actor_id=None, actor="test")
+    for step in steps:  # Awaiting Details says what is missing (issue 13.7)
+        transition(req, step, actor_id=None, actor="test", note="which scan?" if step == S.AWAITING_DETAILS else "")
     if ok:
         transition(req, last, actor_id=None, actor="test")
         db.session.commit()
@@ -115,7 +115,7 @@ def test_cd_only_statuses_are_refused_for_an_import_with_the_reason(round_made, 
 
 def test_the_desk_editor_offers_the_cd_round_to_a_cd_only(round_made, desk):
     _user, browser = desk
-    transition(_req(round_made["import"]), S.AWAITING_DETAILS, actor_id=None, actor="test")
+    transition(_req(round_made["import"]), S.AWAITING_DETAILS, actor_id=None, actor="test", note="which scan?")
     db.session.commit()
     cd = browser.get(f"/desk/requests/{round_made['lri']}/edit", headers={"HX-Request": "true"}).get_data(as_text=True)
     imp = browser.get(f"/desk/requests/{round_made['import']}/edit",

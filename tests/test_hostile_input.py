@@ -47,13 +47,14 @@ from app.extensions import db
 from app.intake.forms import CDForm, ExamLineForm, ExportForm, ImportForm, PatientLookupForm, RequestForm
 from app.intake.service import RequestValues, create_request
 from app.requests.models import ExamLine, Request
-from app.requests.statuses import Kind, Priority
+from app.requests.statuses import Kind, Priority, Status
 from app.timeutil import local_today
 from app.transfers import service as transfers
 from app.transfers.models import Direction, InboundStudy
 from app.transfers.nodes import NODE_FIELDS, upsert_node
 from app.trauma import service as trauma
 from app.trauma.forms import TraumaForm
+from app.workflow.machine import transition
 from app.workflow.models import Message, OutboxEmail, OutboxStatus
 from app.workflow.routes import MessageForm
 from tests.conftest import _CSRF
@@ -161,6 +162,17 @@ def _edit_base(scene: Scene) -> dict[str, str]:
             "date_imaging_sent": "", "decline_reason": ""}
 
 
+def _correction_base(scene: Scene) -> dict[str, str]:
+    """A valid correction of the import, which is put back to Awaiting Details first: every
+    probe reaches the form, as the requester's would (issue 13.7)."""
+    db.session.expire_all()
+    req = db.session.get_one(Request, scene.ids["import"])
+    if req.status != Status.AWAITING_DETAILS:
+        transition(req, Status.AWAITING_DETAILS, actor_id=None, actor="test", note="Which hospital?")
+        db.session.commit()
+    return {**valid_import(), "consultant": f"Dr {uuid.uuid4().hex[:8]}"}
+
+
 def _trauma_base(action: str) -> Callable[[Scene], dict[str, str]]:
     def base(scene: Scene) -> dict[str, str]:
         picked = trauma.PickedStudy(study_uid=STUDY, study_date="20260101", description="CT head", modalities="CT",
@@ -201,6 +213,10 @@ SURFACES: tuple[Surface, ...] = (
     Surface("intake.mine", "requester", "/requests", fields=("q", "page"), query=("page",),
             base=lambda s: {"q": "smith", "page": "1"}, base_status=200),
     Surface("intake.show", "requester", "/requests/{call_ref}", path=CALL_REF, query=("submitted",)),
+    Surface("intake.correct", "requester", "/requests/{call_ref}/correct", path=CALL_REF, form=ImportForm,
+            fields=("action",), base=_correction_base, base_status=302, named=typed_fields(ImportForm), parts=3,
+            label="import"),
+    Surface("intake.cancel", "requester", "/requests/{call_ref}/cancel", path=CALL_REF),
     Surface("printing.form_pdf", "requester", "/requests/{call_ref}/form.pdf", path=CALL_REF),
     Surface("printing.label_pdf", "requester", "/requests/{call_ref}/label.pdf", path={"call_ref": "cd"}),
     Surface("workflow.live", "requester", "/requests/{call_ref}/live", path=CALL_REF),

@@ -217,15 +217,16 @@ def test_each_notice_goes_to_the_requester_with_its_own_words(client, requester,
     assert all(r.request_id == req.id and r.status == OutboxStatus.PENDING.value for r in rows)
 
 
-def test_completed_mail_names_the_call_reference(client, requester, analyst):
+def test_completed_sends_no_second_mail_the_delivered_notice_was_the_requesters(client, requester, analyst):
+    # Issue 13.5: Completed is "requester notified" (DESIGN); its own mail would tell them twice.
     req = submit(client, valid_import())
     with freeze(T0):
         move(req, *IMPORT_TO_DELIVERED, actor_id=analyst.id)
     with freeze(T0 + timedelta(minutes=5)):
         move(req, S.COMPLETED, actor_id=analyst.id)
-    delivered, completed = outbox()
-    assert completed.subject == f"{req.call_ref}: image request completed"
-    assert req.call_ref in completed.body and "available on PACS" in completed.body
+    [delivered] = outbox()
+    assert delivered.subject == f"{req.call_ref}: images delivered" and delivered.event == "Delivered"
+    assert req.call_ref in delivered.body and "available on PACS" in delivered.body
 
 
 # --- (b) SMTP down: kept, retried after backoff, delivered once -------------------------

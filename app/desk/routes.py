@@ -238,7 +238,7 @@ def edit(call_ref: str):
         db.session.commit()
     except TransitionRefused as refusal:
         db.session.rollback()
-        form.status.errors.append(str(refusal))
+        (form.note if refusal.field == "note" else form.status).errors.append(str(refusal))
         return _editor(db.session.get_one(Request, req.id), form, 422)
     except (StaleEdit, StaleDataError):
         # Opened before someone else's save, or another analyst saved between our read

@@ -7,14 +7,16 @@ import uuid
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
 
 from app import audit, htmx
 from app.cds.uploads import latest_upload
 from app.extensions import db
 from app.ids import MAX_ID, whole_number
+from app.intake import changes
 from app.intake.duplicates import find_duplicate
 from app.intake.forms import CDForm, ExportForm, ImportForm, RequestForm, shown_from_register
 from app.intake.service import RequestValues, already_submitted, create_request
@@ -182,6 +184,8 @@ def show(call_ref: str):
         messages=thread_for(req),
         transfer_panel=panel_for(req) if current_user.is_desk else None,
         cd_upload=latest_upload(req) if req.kind == Kind.CD else None,
+        can_correct=_own(req) and not changes.correction_refused(req),
+        can_cancel=_own(req) and not changes.cancel_refused(req),
     )
 
 
@@ -224,3 +228,85 @@ def mine():
                      detail=f"my requests: {searched + ' ' if searched else ''}page={page} shown={len(rows)}")
         db.session.commit()
     return response
+
+
+# --- the requester's own changes (issue 13.7) -------------------------------------------
+
+
+def _own(req: Request) -> bool:
+    return req.requester_id == current_user.id
+
+
+def _own_request(call_ref: str) -> Request:
+    """The signed-in user's own request; aborts 404 when there is none, 403 when it is
+    someone else's (the desk changes requests through its editor, not as their requester)."""
+    req = visible_request(call_ref)
+    if not _own(req):
+        abort(403)
+    return req
+
+
+def _labels(form: RequestForm) -> dict[str, str]:
+    return {**{field.name: field.label.text for field in form}, changes.EXAMS: "Examinations"}
+
+
+@bp.route("/requests/<call_ref>/correct", methods=["GET", "POST"])
+def correct(call_ref: str):
+    """Correct one's own request while the desk waits for details; it goes back to the desk.
+
+    409 once the request is past Awaiting Details, 403 for someone else's request."""
+    req = _own_request(call_ref)
+    why = changes.correction_refused(req)
+    if why:
+        abort(409, description=why)
+    form_class = FORMS[req.kind]
+    form = form_class(obj=req) if request.method == "GET" else form_class()
+    status, unchanged = 200, False
+    if request.method == "POST":
+        if _edit_exam_lines(form, request.form.get("action", "")):
+            if htmx.is_htmx():
+                return render_template("intake/_exam_lines.html", form=form, kind=req.kind)
+        elif not form.validate_on_submit():
+            status = 422  # the page shows the errors; nothing was saved
+        else:
+            try:
+                done = changes.apply_correction(req, _values(form, req.kind), current_user, _labels(form))
+                db.session.commit()
+            except (changes.NotNow, StaleDataError):
+                db.session.rollback()
+                abort(409, description=changes.correction_refused(db.session.get_one(Request, req.id))
+                      or f"{req.call_ref} was changed by the service desk meanwhile: open it again.")
+            if done:
+                flash(f"Your corrections to {req.call_ref} are saved: {len(done)} field(s) changed. The request is "
+                      "back with the service desk.", "success")
+                return redirect(url_for("intake.show", call_ref=req.call_ref))
+            status, unchanged = 422, True
+    response = render_template("intake/correct.html", req=req, form=form, kind=req.kind, unchanged=unchanged,
+                               institutions=db.session.scalars(sa.select(Institution.name)
+                                                               .order_by(Institution.name)).all())
+    if request.method == "GET":
+        # After rendering: a page that fails leaves no row. It shows the patient's details.
+        audit.record(audit.Action.VIEW, request_id=req.id, detail=f"{req.call_ref} correction form")
+        db.session.commit()
+    return response, status
+
+
+@bp.route("/requests/<call_ref>/cancel", methods=["GET", "POST"])
+def cancel(call_ref: str):
+    """Cancel one's own request before the desk accepts it: a confirmation page, then the
+    cancellation (POST). 409 once accepted, 403 for someone else's request."""
+    req = _own_request(call_ref)
+    why = changes.cancel_refused(req)
+    if why:
+        abort(409, description=why)
+    if request.method == "GET":
+        return render_template("intake/cancel.html", req=req)
+    try:
+        changes.cancel(req, current_user)
+        db.session.commit()
+    except (changes.NotNow, StaleDataError):
+        db.session.rollback()
+        abort(409, description=changes.cancel_refused(db.session.get_one(Request, req.id))
+              or f"{req.call_ref} was changed by the service desk meanwhile: open it again.")
+    flash(f"{req.call_ref} is cancelled. The service desk will not work on it.", "success")
+    return redirect(url_for("intake.show", call_ref=req.call_ref))

@@ -81,16 +81,12 @@ def create_request(values: RequestValues, requester: User, duplicate_of: Request
         submission_key=values.submission_key or None,
         duplicate_of=duplicate_of,
     )
-    for name in _PATIENT_FIELDS + _CONTACT_FIELDS + _KIND_FIELDS[kind]:
-        setattr(req, name, _text(values.answers.get(name)) or _empty(name))
+    for name in answer_names(kind):
+        setattr(req, name, clean_answer(name, values.answers.get(name)))
     priority = values.answers.get("priority")
     req.priority = Priority(str(priority)) if priority else Priority.STANDARD  # the CD form has none
     if kind in (Kind.IMPORT, Kind.EXPORT):
-        req.institution = db.session.scalar(
-            sa.select(Institution).where(sa.func.lower(Institution.name) == req.institution_name.lower())
-        )
-    if req.postcode:
-        req.postcode = req.postcode.upper()
+        req.institution = institution_named(req.institution_name)
     for position, (exam_date, description, exam_code) in enumerate(values.exams):
         req.exams.append(
             ExamLine(
@@ -107,6 +103,23 @@ def create_request(values: RequestValues, requester: User, duplicate_of: Request
         detail += f" same examination as {duplicate_of.call_ref}"
     audit.record(audit.Action.SUBMIT, request_id=req.id, detail=detail)
     return req
+
+
+def answer_names(kind: Kind) -> tuple[str, ...]:
+    """The request's columns that a form of `kind` fills (besides priority and exam lines)."""
+    return _PATIENT_FIELDS + _CONTACT_FIELDS + _KIND_FIELDS[kind]
+
+
+def clean_answer(name: str, value: object) -> object:
+    """A form's answer as the request keeps it: trimmed, a postcode in capitals, blank as
+    the column's empty value."""
+    value = _text(value) or _empty(name)
+    return value.upper() if name == "postcode" and isinstance(value, str) else value
+
+
+def institution_named(name: str) -> Institution | None:
+    """The registered institution of that name (any case), if there is one."""
+    return db.session.scalar(sa.select(Institution).where(sa.func.lower(Institution.name) == name.lower()))
 
 
 def already_submitted(key: str | None, requester: User) -> Request | None:

@@ -56,9 +56,11 @@ FINISHED = frozenset({S.COMPLETED, S.CANCELLED})
 
 
 class TransitionRefused(ValueError):
-    """The change is not allowed; the message says which changes are."""
+    """The change is not allowed; the message says which changes are. `field` names the
+    form field to show it beside: "status", or "note" when the note is what is missing."""
 
-    def __init__(self, current: Status, wanted: Status, detail: str = "", kind: Kind | None = None) -> None:
+    def __init__(self, current: Status, wanted: Status, detail: str = "", kind: Kind | None = None,
+                 field: str = "status") -> None:
         allowed = allowed_next(current, kind)
         options = ", ".join(s.value for s in allowed) if allowed else "none (it is finished)"
         message = detail or (
@@ -66,7 +68,7 @@ class TransitionRefused(ValueError):
             f"From {current.value} it can become: {options}."
         )
         super().__init__(message)
-        self.current, self.wanted, self.allowed = current, wanted, allowed
+        self.current, self.wanted, self.allowed, self.field = current, wanted, allowed, field
 
 
 def allowed_next(current: Status, kind: Kind | None = None) -> list[Status]:
@@ -116,6 +118,12 @@ def transition(
             current, wanted, f"Only a CD import can be {wanted.value}: {req.call_ref} is "
             f"{'an' if req.kind.label[0] in 'AEIOU' else 'a'} {req.kind.label.lower()} request, "
             "with no CD to drop off, collect or upload.", kind=req.kind
+        )
+    if wanted == S.AWAITING_DETAILS and not note.strip():
+        # Issue 13.7: the requester is e-mailed the note, and it is all they are told.
+        raise TransitionRefused(
+            current, wanted, "Say in the note what is missing or wrong: the requester is e-mailed it, "
+            "and without it they cannot know what to send.", field="note"
         )
     if wanted == S.DECLINED:
         if decline_reason not in DECLINE_REASONS:

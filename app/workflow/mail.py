@@ -87,11 +87,13 @@ def queue_email(
     *,
     request: Request | None = None,
     dedup_key: str | None = None,
+    event: str | None = None,
     **ctx: object,
 ) -> OutboxEmail | None:
     """Add an e-mail to the outbox in the caller's transaction (the caller commits).
 
-    `template` names `app/templates/mail/<template>.txt`, rendered with `ctx`.
+    `template` names `app/templates/mail/<template>.txt`, rendered with `ctx`. `event`
+    says which notice it is, for `notices.on_sent` once it has been sent.
     Returns the new row, or None when a row with `dedup_key` already exists (queueing the
     same notice twice sends it once). Raises ValueError for an address that is not one
     plain e-mail address, or a subject with a line break.
@@ -113,6 +115,7 @@ def queue_email(
     row = OutboxEmail(
         request_id=request.id if request is not None else None,
         dedup_key=dedup_key,
+        event=event,
         to_addr=to,
         subject=subject[:200],
         body=body,
@@ -417,6 +420,23 @@ def deliver(outbox_id: int) -> str:
         row.sent_at = utcnow()
         row.last_error = ""
         row.attempts += 1
+        _after_sent(row, call_ref)
         db.session.commit()
         log.info("%s mail %s for %s %s", job_label(), outbox_id, call_ref or "-", how)
         return OutboxStatus.SENT.value
+
+
+def _after_sent(row: OutboxEmail, call_ref: str) -> None:
+    """What a sent notice moves on (`notices.on_sent`: the Delivered notice completes its
+    request), in the transaction that records the send, so both are saved or neither.
+
+    In a savepoint: whatever goes wrong there is logged and undone, and the send is still
+    recorded (the mail has gone; sending it again would not mend anything)."""
+    from app.workflow import notices  # notices imports this module
+
+    try:
+        with db.session.begin_nested():
+            notices.on_sent(row)
+    except Exception as exc:  # noqa: BLE001 - the send must be recorded whatever this does
+        log.error("%s mail %s for %s sent, but what it completes was not done: %s", job_label(), row.id,
+                  call_ref or "-", type(exc).__name__)

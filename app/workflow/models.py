@@ -18,6 +18,7 @@ class MessageKind(enum.StrEnum):
     INTERNAL = "internal"  # desk-only note
     INSTITUTION = "institution"  # what the other institution said (shown to both)
     SYSTEM = "system"  # written by the desk itself (status changes, notices)
+    CHANGE = "change"  # the requester corrected the request's fields: old -> new (shown to both)
 
 
 class Message(Model):
@@ -58,6 +59,9 @@ class OutboxEmail(Model):
     request_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("requests.id"), index=True)
     # Makes queueing idempotent: the same notice for the same event is queued once.
     dedup_key: so.Mapped[str | None] = so.mapped_column(sa.String(200), unique=True)
+    # Which notice it carries ("Delivered", "export-sent", "desk-message"...): the sender
+    # acts on some once they are sent (notices.on_sent; issue 13.5). None: no notice.
+    event: so.Mapped[str | None] = so.mapped_column(sa.String(40))
     to_addr: so.Mapped[str] = so.mapped_column(sa.String(254))
     subject: so.Mapped[str] = so.mapped_column(sa.String(200))
     body: so.Mapped[str] = so.mapped_column(sa.Text)

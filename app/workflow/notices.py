@@ -11,8 +11,13 @@ message is written by `transition`; nothing here duplicates it.
 | Cancelled        | requester                 | why (e.g. the 14-day rule, 2.4 d)        |
 | Collected        | requester                 | the CDs left the reception (Appendix 5)  |
 | Delivered        | requester                 | images on PACS / sent, call ref (2.3 g)  |
-| Completed        | requester                 | the request is closed, call ref          |
 | export sent      | receiving site + requester| images sent via IEP, call ref (2.6 b)    |
+
+Completed sends nothing: it *is* the requester having been notified (DESIGN). The
+Delivered notice, once the sender has handed it over (`on_sent`), moves the request from
+Delivered to Completed; a requester with no valid address leaves it Delivered, with a
+desk-only note saying why. A desk message to the requester is e-mailed too
+(`on_desk_message`; issue 13.6).
 
 "Export sent" is an export reaching On IEP, or Delivered without passing On IEP first,
 so each send notifies the receiving institution once.
@@ -30,9 +35,12 @@ from __future__ import annotations
 import hashlib
 import logging
 
+from app import audit
+from app.extensions import db
 from app.requests.models import Request
 from app.requests.statuses import Kind, Status
 from app.workflow import mail
+from app.workflow.models import Message, MessageKind, OutboxEmail
 
 log = logging.getLogger("iep.notices")
 
@@ -47,8 +55,8 @@ _REQUESTER_NOTICES: dict[Status, tuple[str, str]] = {
     # Drop-off (the start) and Uploaded (the desk's own step) send nothing.
     S.COLLECTED: ("collected", "your CDs were collected"),
     S.DELIVERED: ("delivered", "images delivered"),
-    S.COMPLETED: ("completed", "image request completed"),
 }
+DESK_MESSAGE = "desk-message"  # the event of a desk message e-mailed to the requester
 
 
 def _requester_address(req: Request) -> str:
@@ -99,19 +107,24 @@ def _for_requester(req: Request) -> dict[str, object]:
     }
 
 
-def _queue(req: Request, to: str, event: str, subject: str, template: str, **ctx: object) -> None:
+def _queue(req: Request, to: str, event: str, subject: str, template: str, ctx: dict[str, object],
+           once_per: str = "") -> bool:
+    """Queue one notice; False when `to` is no address to send it to. Queued once per
+    status change, or once per `once_per` (e.g. a message's id) when given."""
     if not mail.valid_address(to):
         # A bad address must not block the status change; the desk sees no e-mail sent.
         log.warning("%s: no valid address for the %s notice; not queued", req.call_ref, event)
-        return
+        return False
     mail.queue_email(
         to,
         f"{req.call_ref}: {subject}",
         template,
         request=req,
-        dedup_key=dedup_key(req, event, to),
+        dedup_key=dedup_key(req, once_per or event, to),
+        event=event,
         **ctx,
     )
+    return True
 
 
 def on_transition(req: Request, old: Status, new: Status) -> None:
@@ -128,13 +141,46 @@ def on_transition(req: Request, old: Status, new: Status) -> None:
         # Guideline 2.6 b: the receiving institution and the requester are told.
         for addr in _institution_addresses(req):
             _queue(req, addr, "export-sent", "images sent to you via the Image Exchange Portal",
-                   "export_sent_institution", **common)
+                   "export_sent_institution", common)
         if new == S.ON_IEP:
-            _queue(req, requester, "export-sent", "images sent", "export_sent_requester", **to_requester)
+            _queue(req, requester, "export-sent", "images sent", "export_sent_requester", to_requester)
 
     notice = _REQUESTER_NOTICES.get(new)
     if notice is not None:
         template, subject = notice
         if new == S.DELIVERED and req.kind in (Kind.EXPORT, Kind.TRAUMA):
             subject = "images sent"
-        _queue(req, requester, new.value, subject, template, **to_requester)
+        queued = _queue(req, requester, new.value, subject, template, to_requester)
+        if new == S.DELIVERED and not queued:
+            db.session.add(Message(request_id=req.id, kind=MessageKind.INTERNAL.value, body=(
+                "The requester was not e-mailed that the images are delivered: the request has no valid e-mail "
+                "address (neither its contact e-mail nor the requester's account). It stays Delivered until they "
+                "are told: tell them another way, then set it Completed.")))
+
+
+def on_sent(email: OutboxEmail) -> bool:
+    """The sender has handed `email` over: a requester's Delivered notice completes its
+    request (Delivered -> Completed, by `audit.SYSTEM_MAIL`). True if it did. Never
+    commits; anything else sent changes nothing.
+
+    Idempotent: a request no longer Delivered (completed already, or set by hand) is left."""
+    if email.event != S.DELIVERED.value or email.request_id is None:
+        return False
+    req = db.session.get(Request, email.request_id)
+    if req is None or req.status != S.DELIVERED:
+        return False
+    from app.workflow.machine import transition  # the machine calls this module
+
+    transition(req, S.COMPLETED, actor_id=None, actor=audit.SYSTEM_MAIL,
+               note="The requester was e-mailed that the images are delivered.")
+    return True
+
+
+def on_desk_message(req: Request, message: Message, link: str) -> str:
+    """E-mail a desk message to the requester (issue 13.6): the subject names the call
+    reference, the body holds the message and `link`, the request's page. Returns the
+    address it is queued for, or "" when the request has none. Never commits."""
+    to = _requester_address(req)
+    queued = _queue(req, to, DESK_MESSAGE, "a message from the Image Exchange Desk", "desk_message",
+                    {**_for_requester(req), "message": message.body, "link": link}, once_per=f"message-{message.id}")
+    return to if queued else ""

@@ -14,6 +14,7 @@ from app import audit, htmx
 from app.extensions import db
 from app.requests.access import visible_request
 from app.requests.models import Request
+from app.workflow import notices
 from app.workflow.models import Message, MessageKind
 
 bp = Blueprint("workflow", __name__)
@@ -24,7 +25,7 @@ class MessageForm(FlaskForm):
     kind = RadioField(
         "Who sees it",
         choices=[
-            SelectChoice(MessageKind.MESSAGE.value, "Message to the requester (they see it)"),
+            SelectChoice(MessageKind.MESSAGE.value, "Message to the requester (shown and e-mailed to them)"),
             SelectChoice(MessageKind.INTERNAL.value, "Internal note (desk only)"),
             SelectChoice(MessageKind.INSTITUTION.value, "What the other institution said"),
         ],
@@ -66,10 +67,23 @@ def post_message(call_ref: str):
             return _panel(req, form, 422)
         flash(" ".join(form.body.errors + form.kind.errors) or "The message could not be sent.", "error")
         return redirect(url_for("intake.show", call_ref=req.call_ref))
-    db.session.add(Message(request_id=req.id, author_id=current_user.id, kind=form.kind.data, body=body))
-    audit.record(audit.Action.MESSAGE, request_id=req.id, detail=f"{req.call_ref} {form.kind.data}")
+    message = Message(request_id=req.id, author_id=current_user.id, kind=form.kind.data, body=body)
+    db.session.add(message)
+    db.session.flush()
+    detail = f"{req.call_ref} {form.kind.data}"
+    sent_note = "Sent to the service desk." if not current_user.is_desk else "Saved on the request."
+    if current_user.is_desk and form.kind.data == MessageKind.MESSAGE.value:
+        # Issue 13.6: the requester is e-mailed what the desk writes to them.
+        link = url_for("intake.show", call_ref=req.call_ref, _external=True) + "#messages"
+        to = notices.on_desk_message(req, message, link)
+        detail += " e-mailed to the requester" if to else " not e-mailed (no valid address)"
+        sent_note = (f"Sent, and e-mailed to {to}." if to else
+                     "Sent. Not e-mailed: the request has no valid e-mail address; the requester sees it here.")
+    audit.record(audit.Action.MESSAGE, request_id=req.id, detail=detail)
     db.session.commit()
     if htmx.is_htmx():
-        return _panel(req, MessageForm())
-    flash("Message sent.", "success")
+        # The panel with the new message; the box emptied, out of band (_sent.html).
+        return render_template("workflow/_sent.html", req=req, messages=thread_for(req), form=MessageForm(),
+                               sent_note=sent_note)
+    flash(sent_note, "success")
     return redirect(url_for("intake.show", call_ref=req.call_ref) + "#messages")

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = '0013_transfers'
-down_revision = '0012'
+down_revision = '0013_life'
 branch_labels = None
 depends_on = None
 
