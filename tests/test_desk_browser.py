@@ -104,7 +104,7 @@ def _accept(page: Page, call_ref: str) -> None:
 def test_saved_edit_updates_the_row_in_place_without_a_page_load(open_page, live_url, make_user, queue):
     target = queue["import-1"]
     page = open_page("analyst-a")
-    sign_in(page, live_url, make_user("analyst").email)
+    sign_in(page, live_url, make_user("analyst").email, lands="/desk")
     _open_all_tab(page, live_url, "a")
     # The table's own 5 s poll would also bring the new status: answer it "nothing
     # changed" so that only the save's response (its out-of-band row) can update the row.
@@ -126,8 +126,8 @@ def test_other_analysts_queue_follows_within_the_poll_and_keeps_their_filters(
     target = queue["import-1"]
     imports = sorted([queue["import-1"], queue["import-3"]])
     a_page, b_page = open_page("analyst-a"), open_page("analyst-b")
-    sign_in(a_page, live_url, make_user("analyst").email)
-    sign_in(b_page, live_url, make_user("analyst").email)
+    sign_in(a_page, live_url, make_user("analyst").email, lands="/desk")
+    sign_in(b_page, live_url, make_user("analyst").email, lands="/desk")
 
     # B: the All tab, then Type = Import. Both are view state the poll must keep.
     _open_all_tab(b_page, live_url, "b")
