@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from app.audit import AuditEvent
@@ -41,7 +42,33 @@ def test_sign_in_is_audited_including_failures(client, make_user):
 def test_open_redirect_after_sign_in_is_refused(client, make_user):
     user = make_user("requester")
     response = post_form(client, "/login?next=//evil.example/x", {"email": user.email, "password": "correct-horse-9"})
-    assert response.headers["Location"] == "/"
+    assert response.headers["Location"] == "/requests"  # where a requester starts, not the other site
+
+
+LANDINGS = [("requester", "/requests"), ("analyst", "/desk"), ("am_radiology", "/desk"), ("admin", "/desk"),
+            ("radiologist", "/trauma")]
+
+
+@pytest.mark.parametrize(("role", "lands"), LANDINGS, ids=[f"{role}_lands_on_{lands}" for role, lands in LANDINGS])
+def test_each_role_lands_where_it_works_after_sign_in_and_at_the_start_page(app, client, make_user, role, lands):
+    """Issue 13.4: the desk at the queue, the on-call radiologist at the trauma transfer."""
+    from app.auth.routes import landing_for
+
+    user = make_user(role)
+    with app.test_request_context():
+        assert landing_for(user) == lands
+    signed_in = post_form(client, "/login", {"email": user.email, "password": "correct-horse-9"})
+    assert signed_in.status_code == 302 and signed_in.headers["Location"] == lands
+    home = client.get("/")
+    assert home.status_code == 302 and home.headers["Location"] == lands
+    assert client.get("/login").headers["Location"] == "/"  # signed in already: the start page, then as above
+    assert client.get(lands).status_code == 200  # and the role may see it
+
+
+def test_a_safe_next_still_wins_over_the_landing_page(client, make_user):
+    user = make_user("analyst")
+    response = post_form(client, "/login?next=/requests/new/cd", {"email": user.email, "password": "correct-horse-9"})
+    assert response.headers["Location"] == "/requests/new/cd"
 
 
 def test_login_without_csrf_token_is_refused_with_a_clear_page(client, make_user):

@@ -21,12 +21,13 @@ CALL_REF = re.compile(r"^IEP-\d{4}-\d{6}$")
 
 
 
-def sign_in(page: Page, live_url: str, email: str) -> None:
+def sign_in(page: Page, live_url: str, email: str, lands: str = "/requests") -> None:
+    """Sign in through the form; `lands` is where the role starts (a requester: /requests)."""
     page.goto(f"{live_url}/login")
     page.get_by_label("NHS e-mail address").fill(email)
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
-    expect(page).to_have_url(f"{live_url}/requests")
+    expect(page).to_have_url(f"{live_url}{lands}")
 
 
 def test_import_request_with_two_exams_gets_a_call_ref(page, live_url, make_user, pas_patients):

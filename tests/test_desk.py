@@ -157,9 +157,13 @@ def test_inline_edit_answers_with_the_updated_row(requests_made, analyst):
                      date_imaging_sent="2026-11-01")
     html = response.get_data(as_text=True)
     assert response.status_code == 200
-    row = re.search(rf'<template>\s*<tr id="row-{ref}"[^>]*hx-swap-oob="true".*?</tr>\s*</template>',
-                    html, re.S).group(0)
+    # The request's <tbody>: its new row, the editor closed, focus back on Edit.
+    entry = re.search(rf'<tbody id="entry-{ref}" class="queue-entry" data-focus="edit">.*?</tbody>',
+                      html, re.S).group(0)
+    row = re.search(rf'<tr id="row-{ref}".*?</tr>', entry, re.S).group(0)
     assert "Accepted" in row and user.name in row
+    assert "editor-row" not in entry and "editor-panel" not in html
+    assert f"{ref} saved." in html
     req = _req(ref)
     assert (req.status, req.assigned_to_id, req.mbp_call_ref, req.imaging_uploaded_by) == (
         S.ACCEPTED, user.id, "NTT-4411", "J Bloggs")
@@ -347,6 +351,112 @@ def test_queue_page_uses_a_fixed_number_of_queries(app, requests_made, analyst):
         db.session.add(clone)
     db.session.commit()
     assert count_queries() == few
+
+
+# --- Needed by, and the requester's reply (issue 13.3) --------------------------------------
+
+
+def _cell(html: str, ref: str, css: str) -> str:
+    row = re.search(rf'<tr id="row-{ref}".*?</tr>', html, re.S).group(0)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.search(rf'<td class="{css}">(.*?)</td>', row, re.S)
+                                      .group(1))).strip()
+
+
+def test_needed_by_shows_the_date_and_says_when_it_is_today_or_past(requests_made, analyst):
+    from app.timeutil import local_today
+
+    _user, browser = analyst
+    refs = requests_made[1]
+    today = local_today()
+    for ref, day in zip(refs, [today - timedelta(days=1), today, None], strict=True):
+        _req(ref).required_by = day
+        db.session.commit()  # before the next _req() expires it
+    html = post_form(browser, "/desk", {"tab_choice": "all"}).get_data(as_text=True)
+    assert ">Needed by</th>" in html
+    assert _cell(html, refs[0], "needed-by") == f"{today - timedelta(days=1):%d/%m/%Y} overdue"
+    assert _cell(html, refs[1], "needed-by") == f"{today:%d/%m/%Y} today"
+    assert _cell(html, refs[2], "needed-by") == "—"
+    # Once the request is closed, its date is only a date.
+    transition(_req(refs[1]), S.CANCELLED, actor_id=None, actor="test")
+    db.session.commit()
+    html = post_form(browser, "/desk", {"tab_choice": "all"}).get_data(as_text=True)
+    assert _cell(html, refs[1], "needed-by") == f"{today:%d/%m/%Y}"
+
+
+DESK, REQUESTER, NOBODY = "desk", "requester", "nobody"
+# Who wrote what, oldest first -> whether the row says the requester replied.
+CONVERSATIONS = {
+    "desk_asked_requester_answered": ([(DESK, "message"), (REQUESTER, "message")], True),
+    "requester_wrote_first_nobody_answered": ([(REQUESTER, "message")], True),
+    "desk_answered_the_reply": ([(DESK, "message"), (REQUESTER, "message"), (DESK, "message")], False),
+    "a_desk_note_is_not_an_answer": ([(DESK, "message"), (REQUESTER, "message"), (DESK, "internal")], True),
+    "a_status_change_with_its_note_answers": ([(REQUESTER, "message"), (DESK, "system")], False),
+    "an_automatic_status_change_does_not": ([(DESK, "message"), (REQUESTER, "message"), (NOBODY, "system")], True),
+    "only_the_desk_wrote": ([(DESK, "message")], False),
+    "nobody_wrote": ([], False),
+}
+
+
+@pytest.mark.parametrize(("said", "replied"), CONVERSATIONS.values(), ids=CONVERSATIONS.keys())
+def test_requester_replied_badge(requests_made, analyst, said, replied):
+    user, browser = analyst
+    requester, refs = requests_made
+    req = _req(refs[1])
+    start = utcnow() - timedelta(hours=len(said) + 1)
+    authors = {DESK: user.id, REQUESTER: requester.id, NOBODY: None}
+    for hours, (who, kind) in enumerate(said):
+        db.session.add(Message(request_id=req.id, author_id=authors[who], kind=kind, body="…",
+                               created_at=start + timedelta(hours=hours)))
+    db.session.commit()
+    html = post_form(browser, "/desk", {"tab_choice": "all"}).get_data(as_text=True)
+    rows = {m.group(1): m.group(0) for m in re.finditer(r'<tr id="row-(IEP-\d{4}-\d{6})".*?</tr>', html, re.S)}
+    assert ("Requester replied" in rows[refs[1]]) is replied
+    assert not any("Requester replied" in rows[ref] for ref in (refs[0], refs[2]))
+
+
+def test_replied_badges_cost_one_query_for_the_whole_page(app, requests_made, analyst):
+    """Ten replied requests are read with the queries of one (no query per row)."""
+    from sqlalchemy import event
+
+    user, browser = analyst
+    requester, refs = requests_made
+
+    def replied_to(req: Request) -> None:
+        db.session.add_all([
+            Message(request_id=req.id, author_id=user.id, kind="message", body="?", created_at=utcnow()
+                    - timedelta(hours=2)),
+            Message(request_id=req.id, author_id=requester.id, kind="message", body="!", created_at=utcnow()
+                    - timedelta(hours=1)),
+        ])
+
+    def queries() -> tuple[int, str]:
+        statements: list[str] = []
+
+        def before(conn, cursor, statement, *args):  # noqa: ANN001
+            statements.append(statement)
+
+        event.listen(db.engine, "before_cursor_execute", before)
+        try:
+            html = post_form(browser, "/desk", {"tab_choice": "all"}).get_data(as_text=True)
+        finally:
+            event.remove(db.engine, "before_cursor_execute", before)
+        return len(statements), html
+
+    replied_to(_req(refs[1]))
+    db.session.commit()
+    few, html = queries()
+    assert html.count("Requester replied") == 1
+    original = _req(refs[1])
+    for i in range(9):
+        clone = Request(call_ref=f"IEP-1999-{i:06d}", kind=original.kind, requester_id=requester.id,
+                        patient_id=original.patient_id, s_number="S1234567", family_name="SMITH",
+                        given_name="M", dob=original.dob, contact_name="x")
+        db.session.add(clone)
+        db.session.flush()
+        replied_to(clone)
+    db.session.commit()
+    many, html = queries()
+    assert many == few and html.count("Requester replied") == 10
 
 
 def test_free_text_in_the_queue_is_escaped(client, analyst, login_as, pas_patients):

@@ -3,8 +3,9 @@
 Headless Chromium (Debian's) through Playwright on the test app served live; each
 analyst in a browser context of their own (own cookies, own session). Analyst A edits a
 row inline: the saved row replaces the old one in A's table without a page load (the
-edit response's out-of-band <tr>). Analyst B touches nothing: B's table polls every 5 s
-(hx-post /desk/table) and shows the change, with B's tab and filters kept.
+edit response is the request's <tbody>: its row, the editor closed). Analyst B touches
+nothing: B's table polls every 5 s (hx-post /desk/table) and shows the change, with B's
+tab and filters kept.
 On a failure each page is saved to test-artifacts/<test>-<analyst>.png.
 """
 
@@ -89,22 +90,22 @@ def _open_all_tab(page: Page, live_url: str, marker: str) -> None:
 
 
 def _accept(page: Page, call_ref: str) -> None:
-    """Edit on the row, status Accepted in the editor, Save."""
+    """Edit on the row, status Accepted in the editor (in a row under it), Save."""
     page.get_by_role("link", name=f"Edit {call_ref}").click()
-    editor = page.locator("#editor")
+    editor = page.locator(f"#editor-row-{call_ref}")
     expect(editor.get_by_role("heading", name=call_ref)).to_be_visible()
-    # Located by name: the filter form's "Status" select owns the id "status" too.
+    # Located by name: the filter form's "Status" select is named "status" too.
     editor.locator("select[name='status']").select_option("Accepted")
     editor.get_by_role("button", name="Save").click()
-    expect(editor).to_contain_text("Saved")
+    expect(page.locator("#queue-status")).to_contain_text(f"{call_ref} saved")
+    expect(editor).to_have_count(0)  # a save closes the editor
 
 
-# The save's answer carries the new row out of band, wrapped in <template> (a bare <tr>
-# after the editor's <section> would be dropped by the HTML parser).
+# The save's answer is the request's <tbody>: its new row, the editor closed.
 def test_saved_edit_updates_the_row_in_place_without_a_page_load(open_page, live_url, make_user, queue):
     target = queue["import-1"]
     page = open_page("analyst-a")
-    sign_in(page, live_url, make_user("analyst").email)
+    sign_in(page, live_url, make_user("analyst").email, lands="/desk")
     _open_all_tab(page, live_url, "a")
     # The table's own 5 s poll would also bring the new status: answer it "nothing
     # changed" so that only the save's response (its out-of-band row) can update the row.
@@ -114,8 +115,8 @@ def test_saved_edit_updates_the_row_in_place_without_a_page_load(open_page, live
 
     expect(page.locator(f"#row-{target} .badge")).to_have_text("Accepted", timeout=2_000)
     expect(page.locator("#desk-table tbody tr[id^='row-']")).to_have_count(4)
-    # The row went to the table, not into the editor as loose text.
-    expect(page.locator("#editor")).not_to_contain_text("Kettering General Hospital")
+    # The row went to the table, not into the status line as loose text.
+    expect(page.locator("#queue-status")).not_to_contain_text("Kettering General Hospital")
     assert page.evaluate("window.__marker") == "a", "saving reloaded the page"
 @pytest.mark.slow
 
@@ -126,8 +127,8 @@ def test_other_analysts_queue_follows_within_the_poll_and_keeps_their_filters(
     target = queue["import-1"]
     imports = sorted([queue["import-1"], queue["import-3"]])
     a_page, b_page = open_page("analyst-a"), open_page("analyst-b")
-    sign_in(a_page, live_url, make_user("analyst").email)
-    sign_in(b_page, live_url, make_user("analyst").email)
+    sign_in(a_page, live_url, make_user("analyst").email, lands="/desk")
+    sign_in(b_page, live_url, make_user("analyst").email, lands="/desk")
 
     # B: the All tab, then Type = Import. Both are view state the poll must keep.
     _open_all_tab(b_page, live_url, "b")

@@ -214,7 +214,7 @@ def test_adding_an_exam_line_answers_htmx_with_the_lines_and_a_browser_with_the_
     assert _varies(fragment) and _varies(page)
 
 
-def test_saving_in_the_editor_answers_htmx_with_the_editor_and_a_browser_with_a_redirect(analyst, import_request):
+def test_saving_in_the_editor_answers_htmx_with_the_row_and_a_browser_with_a_redirect(analyst, import_request):
     url = f"/desk/requests/{import_request.call_ref}/edit"
 
     def save(headers):  # noqa: ANN001, ANN202
@@ -225,7 +225,7 @@ def test_saving_in_the_editor_answers_htmx_with_the_editor_and_a_browser_with_a_
         return analyst.post(url, data=data, headers=headers)
 
     fragment, plain = save(HTMX), save(PLAIN)
-    assert fragment.status_code == 200 and 'class="editor-panel"' in fragment.get_data(as_text=True)
+    assert fragment.status_code == 200 and f'id="entry-{import_request.call_ref}"' in fragment.get_data(as_text=True)
     assert not _is_page(fragment.get_data(as_text=True))
     assert plain.status_code == 302 and plain.headers["Location"] == "/desk"
     assert _varies(fragment) and _varies(plain)

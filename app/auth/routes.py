@@ -12,19 +12,30 @@ from app import audit
 from app.auth import throttle
 from app.auth.forms import LoginForm
 from app.auth.guard import user_by_email
-from app.auth.models import verify_password
+from app.auth.models import Role, User, verify_password
 from app.extensions import db
 
 bp = Blueprint("auth", __name__)
 
 
-def _safe_next(target: str | None) -> str:
+def _safe_next(target: str | None) -> str | None:
     """Only same-site paths: an open redirect would hand a signed-in user to anyone."""
     if target and target.startswith("/") and not target.startswith("//"):
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc:
             return target
-    return url_for("main.home")
+    return None
+
+
+def landing_for(user: User) -> str:
+    """Where a person starts, at the page they work on (issue 13.4; DESIGN "Who uses it"):
+    the desk (analysts, AM radiology, admins) at the queue, the on-call radiologist at the
+    trauma transfer, a requester at their own requests."""
+    if user.is_desk:
+        return url_for("desk.queue")
+    if user.role == Role.RADIOLOGIST:
+        return url_for("trauma.page")
+    return url_for("intake.mine")
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -76,7 +87,7 @@ def login():
         login_user(user)
         audit.record(audit.Action.SIGN_IN, user_id=user.id, actor=user.email)
         db.session.commit()
-        return redirect(_safe_next(request.args.get("next")))
+        return redirect(_safe_next(request.args.get("next")) or landing_for(user))
     return render_template("auth/login.html", form=form)
 
 

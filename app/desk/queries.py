@@ -329,6 +329,33 @@ def active_transfers(request_ids: list[int]) -> dict[int, Any]:
     return {t.request_id: t for t in transfers if t.request_id is not None}  # all are: they matched request_ids
 
 
+def requester_replied(request_ids: list[int]) -> set[int]:
+    """The requests on the page whose requester wrote last (issue 13.3): their latest
+    message is newer than anything the desk said to them (a message, or a status change
+    with its note). One query for the whole page, whatever its length.
+
+    Desk-only notes are not said to the requester, and the desk's automatic status changes
+    (no author) are not an answer, so neither hides a reply."""
+    if not request_ids:
+        return set()
+    by_requester = Message.author_id == Request.requester_id
+    reply = sa.and_(by_requester, Message.kind == MessageKind.MESSAGE.value)
+    desk_said = sa.and_(
+        Message.author_id.is_not(None), sa.not_(by_requester),
+        Message.kind.in_([MessageKind.MESSAGE.value, MessageKind.SYSTEM.value]),
+    )
+    last_reply = sa.func.max(sa.case((reply, Message.created_at)))
+    last_desk = sa.func.max(sa.case((desk_said, Message.created_at)))
+    stmt = (
+        sa.select(Message.request_id)
+        .join(Request, Request.id == Message.request_id)
+        .where(Message.request_id.in_(request_ids))
+        .group_by(Message.request_id)
+        .having(last_reply.is_not(None), sa.or_(last_desk.is_(None), last_reply > last_desk))
+    )
+    return set(db.session.scalars(stmt))
+
+
 def time_left(req: Request) -> timedelta:
     """Time left of the Blue Light 4-hour target (negative once breached)."""
     # SQLite hands back naive datetimes; they were stored as UTC.

@@ -21,6 +21,7 @@ from app.desk.queries import (
     decode_cursor,
     queue_page,
     queue_stamp,
+    requester_replied,
     tab_counts,
     time_left,
     unmatched_arrivals,
@@ -30,6 +31,7 @@ from app.extensions import db
 from app.ids import parse_id
 from app.requests.access import visible_request
 from app.requests.models import Request
+from app.timeutil import local_today
 from app.transfers.quarantine import refused_arrivals
 from app.workflow import mail
 from app.workflow.machine import TransitionRefused, allowed_next
@@ -90,6 +92,7 @@ def _queue_context(form: FilterForm, *, keep_page: bool = False, stamp: str | No
         tab=tab, filters=filters, me=current_user.id, sort=sort, descending=descending,
         cursor=form.cursor.data or None,
     )
+    shown = [r.id for r in page.pinned + page.rows]
     return {
         "form": form,
         "tab": tab,
@@ -102,7 +105,9 @@ def _queue_context(form: FilterForm, *, keep_page: bool = False, stamp: str | No
         "unmatched": unmatched_arrivals() if tab == "action" else 0,
         "refused": refused_arrivals() if tab == "action" else 0,
         "undelivered": mail.undelivered_count() if tab == "action" else 0,
-        "transfers": active_transfers([r.id for r in page.pinned + page.rows]),
+        "transfers": active_transfers(shown),
+        "replied": requester_replied(shown),
+        "today": local_today(),
         "stamp": stamp,
         "time_left": time_left,
     }
@@ -199,14 +204,16 @@ def _edit_form(req: Request, formdata=None) -> EditForm:  # noqa: ANN001
     return form
 
 
-def _editor(req: Request, form: EditForm, status: int = 200, **extra: object) -> Response:
-    context = {"req": req, "form": form, "time_left": time_left, "transfers": active_transfers([req.id]), **extra}
+def _editor(req: Request, form: EditForm, status: int = 200, *, saved: bool = False, **extra: object) -> Response:
+    """For htmx, the request's queue entry (its row, and under it the editor unless
+    `saved`: a save closes it and focus goes back to the row's Edit); a page otherwise."""
+    context = {"req": req, "form": form, "time_left": time_left, **extra}
     if htmx.is_htmx():
-        body = render_template("desk/_editor.html", **context)
-        if extra.get("saved"):
-            # A bare <tr> after a <section> is dropped by the HTML parser; htmx swaps
-            # table rows out of band only inside a <template>.
-            body += "<template>" + render_template("desk/_row.html", oob=True, **context) + "</template>"
+        body = render_template(
+            "desk/_entry.html", **context, editing=not saved, saved=saved,
+            focus="edit" if saved else "editor",
+            transfers=active_transfers([req.id]), replied=requester_replied([req.id]), today=local_today(),
+        )
         return make_response(body, status)
     return make_response(render_template("desk/edit.html", **context), status)
 

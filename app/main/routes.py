@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, jsonify, redirect, url_for
+from flask import Blueprint, jsonify, redirect
 from flask_login import current_user
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
-from app.auth.models import Role
+from app.auth.routes import landing_for
 from app.extensions import db, redis_conn
 
 bp = Blueprint("main", __name__)
@@ -16,11 +16,9 @@ bp = Blueprint("main", __name__)
 
 @bp.route("/")
 def home():
-    """Start page: the on-call radiologist's trauma screen (Appendix 4); for everyone
-    else what they can ask for, and their requests."""
-    if current_user.role == Role.RADIOLOGIST:
-        return redirect(url_for("trauma.page"))
-    return redirect(url_for("intake.mine"))
+    """Start page: where the person works (`landing_for`): the queue for the desk, the
+    trauma screen for the on-call radiologist (Appendix 4), their requests for a requester."""
+    return redirect(landing_for(current_user))
 
 
 @bp.route("/healthz")

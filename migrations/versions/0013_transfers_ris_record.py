@@ -7,7 +7,7 @@ a code they have came from an exam line (the only source until now); an empty on
 flagged missing.
 
 Revision ID: 0013_transfers
-Revises: 0012
+Revises: 0013_life
 Create Date: 2026-12-08 10:00:00
 
 """

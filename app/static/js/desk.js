@@ -81,6 +81,66 @@
     if (!poll && xhr && xhr.status < 400) { startSessionClock(); }
   });
 
+  // The queue's editor, in a row under the request's own (issue 13.1). Edit swaps the
+  // request's <tbody> for the row and its editor; Close, Escape or a save closes it and
+  // focus goes back to that row's Edit. One editor at a time (its fields have fixed ids).
+  function editLink(entry) { return entry.querySelector("a.edit-link"); }
+  function closeEditor(entry, focusEdit) {
+    var row = entry.querySelector("tr.editor-row");
+    if (row) { row.remove(); }
+    var link = editLink(entry);
+    if (link) {
+      link.setAttribute("aria-expanded", "false");
+      link.removeAttribute("aria-controls");
+      if (focusEdit) { link.focus(); }
+    }
+  }
+  function firstField(entry) {
+    return entry.querySelector(".editor-row .error-summary, .editor-row [aria-invalid='true']") ||
+      entry.querySelector(".editor-row select, .editor-row input:not([type='hidden']), .editor-row textarea");
+  }
+  document.addEventListener("click", function (event) {
+    var close = event.target.closest && event.target.closest(".editor-close");
+    if (close) { closeEditor(close.closest("tbody.queue-entry"), true); }
+  });
+  document.addEventListener("keydown", function (event) {
+    if (event.key !== "Escape" || !event.target.closest) { return; }
+    var row = event.target.closest("tr.editor-row");
+    if (row) {
+      event.preventDefault();
+      closeEditor(row.closest("tbody.queue-entry"), true);
+    }
+  });
+  document.addEventListener("htmx:confirm", function (event) {
+    var elt = event.detail.elt;
+    if (!elt || !elt.closest) { return; }
+    // The 5 s refresh would replace the table, the open editor and what is typed in it.
+    if (elt.id === "desk-table" && elt.querySelector("tr.editor-row")) {
+      event.preventDefault();
+      return;
+    }
+    if (elt.classList.contains("edit-link")) {
+      var entry = elt.closest("tbody.queue-entry");
+      if (entry && entry.querySelector("tr.editor-row")) {  // already open: go to it, keep the typing
+        event.preventDefault();
+        var field = firstField(entry);
+        if (field) { field.focus(); }
+        return;
+      }
+      document.querySelectorAll("tbody.queue-entry").forEach(function (other) {
+        if (other !== entry && other.querySelector("tr.editor-row")) { closeEditor(other, false); }
+      });
+    }
+  });
+  document.addEventListener("htmx:afterSettle", function () {
+    document.querySelectorAll("tbody.queue-entry[data-focus]").forEach(function (entry) {
+      var what = entry.dataset.focus;
+      entry.removeAttribute("data-focus");
+      var target = what === "edit" ? editLink(entry) : firstField(entry);
+      if (target) { target.focus(); }
+    });
+  });
+
   // HTMX does not swap 4xx/5xx answers: show them, never drop them silently.
   document.addEventListener("htmx:responseError", function (event) {
     var box = document.getElementById("htmx-error");
