@@ -193,6 +193,7 @@ DESK_FILTERS = ("tab_choice", "sort_choice", "page_cursor")
 SURFACES: tuple[Surface, ...] = (
     Surface("main.home", "requester", "/"),
     Surface("main.healthz", None, "/healthz"),
+    Surface("admin.home", "admin", "/admin/"),
     Surface("static", None, "/static/{filename}", path={"filename": "css/site.css"}),
     Surface("auth.login", None, "/login", form=LoginForm, query=("next",),
             base=lambda s: {"email": "nobody@test.uhl", "password": "wrong-horse"}, base_status=401,
