@@ -29,5 +29,8 @@ SECTIONS: list[Section] = [
     Section("transfers.nodes", "DICOM nodes",
             "The PACS, the gateway and the other hospitals' nodes; test each with C-ECHO."),
 ]
+SECTIONS.append(Section("admin.pas", "PAS register",
+                        "Upload a PatientCentre/HISS extract, see what it would change, then apply it."))
 
+import app.admin.pasup  # noqa: E402,F401  (issue 14.3: the PAS register upload)
 from app.admin import routes  # noqa: E402,F401  (the views register themselves on bp)
