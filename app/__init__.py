@@ -42,6 +42,7 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
 
     # Import every model so that Alembic and relationships see the whole schema.
     from app import audit  # noqa: F401
+    from app.admin import bp as admin_bp
     from app.auth import models as _auth_models  # noqa: F401
     from app.auth.guard import install_guard
     from app.auth.routes import bp as auth_bp
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
     from app.workflow.routes import bp as workflow_bp
 
     app.register_blueprint(main_bp)
+    app.register_blueprint(admin_bp)
     app.register_blueprint(auth_bp)
     app.register_blueprint(intake_bp)
     app.register_blueprint(autofill_bp)

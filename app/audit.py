@@ -58,6 +58,8 @@ class Action(enum.StrEnum):
     CD_SCAN = "cd_scan"  # a worker scanned a CD: what it found, in counts
     CD_SEND = "cd_send"  # the desk confirmed a CD's studies for PACS
     CD_COLLECTED = "cd_collected"  # a CD was collected from a Radiology Reception
+    PAS_PREVIEW = "pas_preview"  # a PAS extract uploaded, then checked: counts only (issue 14.3)
+    PAS_REFUSED = "pas_refused"  # a PAS extract or its Apply refused: the kind of refusal, no values
 
 
 # Who made a change when no person did (issue 11.9: every status change names someone).

@@ -45,7 +45,7 @@ def test_open_redirect_after_sign_in_is_refused(client, make_user):
     assert response.headers["Location"] == "/requests"  # where a requester starts, not the other site
 
 
-LANDINGS = [("requester", "/requests"), ("analyst", "/desk"), ("am_radiology", "/desk"), ("admin", "/desk"),
+LANDINGS = [("requester", "/requests"), ("analyst", "/desk"), ("am_radiology", "/desk"), ("admin", "/admin/"),
             ("radiologist", "/trauma")]
 
 

@@ -193,6 +193,7 @@ DESK_FILTERS = ("tab_choice", "sort_choice", "page_cursor")
 SURFACES: tuple[Surface, ...] = (
     Surface("main.home", "requester", "/"),
     Surface("main.healthz", None, "/healthz"),
+    Surface("admin.home", "admin", "/admin/"),
     Surface("static", None, "/static/{filename}", path={"filename": "css/site.css"}),
     Surface("auth.login", None, "/login", form=LoginForm, query=("next",),
             base=lambda s: {"email": "nobody@test.uhl", "password": "wrong-horse"}, base_status=401,
@@ -293,6 +294,15 @@ SURFACES: tuple[Surface, ...] = (
             path={**CD_REF, "upload_id": "cd_upload"}, needs=frozenset({"cd_upload"})),
     Surface("cds.progress", "requester", "/requests/{call_ref}/cd-upload/{upload_id}/progress",
             path={**CD_REF, "upload_id": "cd_upload"}, needs=frozenset({"cd_upload"})),
+    # The PAS register upload (issue 14.3): the file is multipart, so a field posted as text
+    # is "no file" (422); tests/test_admin_pasup.py sends the hostile files themselves. Apply
+    # with no upload of this session's is refused (409) whatever the token and the box say.
+    Surface("admin.pas", "admin", "/admin/pas"),
+    Surface("admin.pas_upload", "admin", "/admin/pas/upload", fields=("extract",),
+            base=lambda s: {"extract": "not a file"}, base_status=422),
+    Surface("admin.pas_extract", "admin", "/admin/pas/extract", htmx=True),
+    Surface("admin.pas_apply", "admin", "/admin/pas/apply", fields=("token", "confirm"),
+            base=lambda s: {"token": "", "confirm": "yes"}, base_status=409),
 )
 
 

@@ -211,7 +211,7 @@ def test_the_queue_uses_the_width_and_call_references_stay_on_one_line(page, liv
     ("requester", "/requests", "My requests"),
     ("analyst", "/desk", "Queue"),
     ("am_radiology", "/desk", "Queue"),
-    ("admin", "/desk", "Queue"),
+    ("admin", "/admin/", "Administration"),
     ("radiologist", "/trauma", "Trauma transfer to Nottingham"),
 ])
 def test_each_role_lands_where_it_works(page, live_url, make_user, role, lands, heading):

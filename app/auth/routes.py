@@ -29,8 +29,10 @@ def _safe_next(target: str | None) -> str | None:
 
 def landing_for(user: User) -> str:
     """Where a person starts, at the page they work on (issue 13.4; DESIGN "Who uses it"):
-    the desk (analysts, AM radiology, admins) at the queue, the on-call radiologist at the
-    trauma transfer, a requester at their own requests."""
+    the desk (analysts, AM radiology) at the queue, an admin at the admin home (issue 14.8),
+    the on-call radiologist at the trauma transfer, a requester at their own requests."""
+    if user.role == Role.ADMIN:
+        return url_for("admin.home")
     if user.is_desk:
         return url_for("desk.queue")
     if user.role == Role.RADIOLOGIST:
