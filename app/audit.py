@@ -58,6 +58,8 @@ class Action(enum.StrEnum):
     CD_SCAN = "cd_scan"  # a worker scanned a CD: what it found, in counts
     CD_SEND = "cd_send"  # the desk confirmed a CD's studies for PACS
     CD_COLLECTED = "cd_collected"  # a CD was collected from a Radiology Reception
+    NODE_CHANGED = "node_changed"  # a DICOM node added, edited, (de/re)activated or deleted (issue 14.4)
+    INSTITUTION_CHANGED = "institution_changed"  # an institution added, edited, (de/re)activated, deleted (14.2)
 
 
 # Who made a change when no person did (issue 11.9: every status change names someone).

@@ -28,6 +28,9 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 SECTIONS: list[Section] = [
     Section("transfers.nodes", "DICOM nodes",
             "The PACS, the gateway and the other hospitals' nodes; test each with C-ECHO."),
+    Section("admin.institutions", "Institutions",
+            "The hospitals we exchange images with: site, contact e-mail, the node that reaches them."),
 ]
 
-from app.admin import routes  # noqa: E402,F401  (the views register themselves on bp)
+from app.admin import routes  # noqa: E402,F401,I001  (the views register themselves on bp; one line per part)
+from app.admin import places  # noqa: E402,F401
