@@ -132,7 +132,7 @@ def test_the_list_is_searched_by_name_site_or_email_and_htmx_gets_the_rows_alone
     for q in ("nottingham", "CITY", "pacs@nuh"):
         html = client.get("/admin/institutions", query_string={"q": q}).get_data(as_text=True)
         assert NUH in html and "Leeds Teaching" not in html, q
-        assert "1 institution match" in html
+        assert "1 institution matches" in html
     html = client.get("/admin/institutions", query_string={"q": "100%_"}).get_data(as_text=True)
     assert "0 institutions match" in html  # % and _ are searched for, not wildcards
     fragment = client.get("/admin/institutions", query_string={"q": "leeds"}, headers={"HX-Request": "true"})
