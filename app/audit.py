@@ -60,6 +60,8 @@ class Action(enum.StrEnum):
     CD_COLLECTED = "cd_collected"  # a CD was collected from a Radiology Reception
     PAS_PREVIEW = "pas_preview"  # a PAS extract uploaded, then checked: counts only (issue 14.3)
     PAS_REFUSED = "pas_refused"  # a PAS extract or its Apply refused: the kind of refusal, no values
+    NODE_CHANGED = "node_changed"  # a DICOM node added, edited, (de/re)activated or deleted (issue 14.4)
+    INSTITUTION_CHANGED = "institution_changed"  # an institution added, edited, (de/re)activated, deleted (14.2)
 
 
 # Who made a change when no person did (issue 11.9: every status change names someone).

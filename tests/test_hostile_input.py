@@ -36,6 +36,7 @@ from wtforms.fields.choices import SelectFieldBase
 from wtforms.fields.core import UnboundField
 from wtforms.validators import Length
 
+from app.admin.places import InstitutionForm
 from app.auth.forms import LoginForm
 from app.cds import uploads as cd_uploads
 from app.cds.collection import CollectForm
@@ -46,7 +47,7 @@ from app.desk.queries import SORTS
 from app.extensions import db
 from app.intake.forms import CDForm, ExamLineForm, ExportForm, ImportForm, PatientLookupForm, RequestForm
 from app.intake.service import RequestValues, create_request
-from app.requests.models import ExamLine, Request
+from app.requests.models import ExamLine, Institution, Request
 from app.requests.statuses import Kind, Priority, Status
 from app.timeutil import local_today
 from app.transfers import service as transfers
@@ -143,7 +144,7 @@ class Surface:
         shared = set(form_fields(self.probed_elsewhere)) if self.probed_elsewhere else set()
         own = [name for name in (form_fields(self.form) if self.form else ()) if name not in shared]
         return (*own, *self.fields)
-    needs: frozenset[str] = frozenset()  # extra rows: nodes, transfer, mail, arrival, cd_upload, cd_scanned
+    needs: frozenset[str] = frozenset()  # extra rows: nodes, transfer, mail, arrival, cd_upload, cd_scanned, ...
 
 
 def _request_form(valid: Callable[[], dict[str, str]]) -> Callable[[Scene], dict[str, str]]:
@@ -194,6 +195,22 @@ SURFACES: tuple[Surface, ...] = (
     Surface("main.home", "requester", "/"),
     Surface("main.healthz", None, "/healthz"),
     Surface("admin.home", "admin", "/admin/"),
+    # The institution register (issue 14.2): the scene's requests name its institution, so
+    # its delete is refused (409).
+    Surface("admin.institutions", "admin", "/admin/institutions", query=("q",)),
+    Surface("admin.new_institution", "admin", "/admin/institutions/new", form=InstitutionForm,
+            base=lambda s: {"name": f"Leeds {uuid.uuid4().hex[:8]}", "site": "St James's",
+                            "email": "imaging@leeds.nhs.uk"}, base_status=302,
+            named=typed_fields(InstitutionForm)),
+    Surface("admin.edit_institution", "admin", "/admin/institutions/{institution_id}", form=InstitutionForm,
+            path={"institution_id": "institution"}, needs=frozenset({"institution", "nodes"}),
+            base=lambda s: {"name": "Leeds", "site": "LGI", "email": "imaging@leeds.nhs.uk",
+                            "nodes": str(s.ids["leeds"])}, base_status=302, named=typed_fields(InstitutionForm)),
+    Surface("admin.institution_active", "admin", "/admin/institutions/{institution_id}/active",
+            path={"institution_id": "institution"}, fields=("active",), needs=frozenset({"institution"}),
+            base=lambda s: {"active": "0"}, base_status=302),
+    Surface("admin.delete_institution", "admin", "/admin/institutions/{institution_id}/delete",
+            path={"institution_id": "institution"}, needs=frozenset({"institution"})),
     Surface("static", None, "/static/{filename}", path={"filename": "css/site.css"}),
     Surface("auth.login", None, "/login", form=LoginForm, query=("next",),
             base=lambda s: {"email": "nobody@test.uhl", "password": "wrong-horse"}, base_status=401,
@@ -239,10 +256,21 @@ SURFACES: tuple[Surface, ...] = (
                              "date_imaging_sent", "assigned_to"})),
     Surface("desk.undelivered_mail", "analyst", "/desk/mail", fields=("mail_id", "to_addr"), needs=frozenset({"mail"}),
             base=lambda s: {"mail_id": str(s.ids["mail"]), "to_addr": "not an address"}, base_status=422),
-    Surface("transfers.nodes", "admin", "/admin/nodes", fields=NODE_FIELDS,
+    Surface("transfers.nodes", "admin", "/admin/nodes", fields=(*NODE_FIELDS, "supports_get"),
             base=lambda s: {"name": "Leeds PACS", "ae_title": "LEEDS", "host": "10.1.2.3", "port": "104",
                             "role": "remote", "institution": "Leeds Teaching Hospitals"}, base_status=302,
             named=frozenset(NODE_FIELDS), error_id="node-{field}-error"),
+    # The node register's edit, (de)activation and delete (issue 14.4); the scene's transfer
+    # refers to Leeds PACS, so its delete is refused (409) and the probes reach past it.
+    Surface("transfers.edit_node", "admin", "/admin/nodes/{node_id}/edit", path={"node_id": "leeds"},
+            fields=(*NODE_FIELDS, "supports_get"), needs=frozenset({"nodes"}),
+            base=lambda s: {"name": "Leeds PACS 2", "ae_title": "LEEDS2", "host": "10.1.2.4", "port": "11112",
+                            "role": "remote", "institution": "Leeds Teaching Hospitals", "supports_get": "1"},
+            base_status=302, named=frozenset(NODE_FIELDS), error_id="node-{field}-error"),
+    Surface("transfers.node_active", "admin", "/admin/nodes/{node_id}/active", path={"node_id": "leeds"},
+            fields=("active",), needs=frozenset({"nodes"}), base=lambda s: {"active": "0"}, base_status=302),
+    Surface("transfers.delete_node", "admin", "/admin/nodes/{node_id}/delete", path={"node_id": "leeds"},
+            needs=frozenset({"transfer"})),
     Surface("transfers.echo", "analyst", "/admin/nodes/{node_id}/echo", path={"node_id": "1"}),  # no node: no C-ECHO
     Surface("transfers.pacs_search", "analyst", "/requests/{call_ref}/pacs-search", path=EXPORT_REF,
             fields=("node_id", "date_from", "date_to", "description", "modality", "accession"),
@@ -356,11 +384,17 @@ def build_scene(app: Flask, make_user, pas_patients, surface: Surface) -> Scene:
     analyst_id = user.id if user is not None and surface.role == "analyst" else make_user("analyst").id
     patient = pas_patients[0]
     exams = ((date(2026, 1, 2), "CT head", "CHEAD"),)
+    if "institution" in surface.needs:  # registered first: the requests below name it
+        institution = Institution(name="Leeds", email="imaging@leeds.nhs.uk")
+        db.session.add(institution)
+        db.session.commit()
     reqs = {kind.value: create_request(RequestValues(kind=kind, patient=patient, answers=_answers(patient),
                                                      exams=exams), requester)
             for kind in (Kind.IMPORT, Kind.EXPORT, Kind.CD)}
     db.session.commit()
     ids = {name: req.id for name, req in reqs.items()}
+    if "institution" in surface.needs:
+        ids["institution"] = institution.id
     if surface.needs & {"nodes", "transfer"}:
         # Closed ports: nothing here may wait on a DICOM peer.
         pacs = upsert_node("UHLPACSWFM01", "UHLPACS", "127.0.0.1", 9, "local_pacs")
@@ -570,7 +604,7 @@ def test_every_route_form_and_parameter_is_probed(app):
 # Form -> the model its fields are saved to (same names). The 10,000-character probes above
 # catch a field with no bound at all; this catches a bound larger than the column.
 SAVED_IN = {ImportForm: Request, ExportForm: Request, CDForm: Request, ExamLineForm: ExamLine, EditForm: Request,
-            TraumaForm: Request, MessageForm: Message}
+            TraumaForm: Request, MessageForm: Message, InstitutionForm: Institution}
 # Fields checked by a rule that leaves them shorter than the raw input may be.
 CLEANED = {
     "s_number": "clean_s_number keeps S and 7 digits",

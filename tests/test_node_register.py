@@ -28,10 +28,15 @@ def test_a_good_node_is_saved_and_audited_and_the_caller_commits(app):
     assert _count(DicomNode) == 0 and _count(AuditEvent) == 0
 
 
-def test_saving_the_same_name_again_updates_that_node(app):
+def test_adding_a_name_again_is_refused_and_editing_is_by_id(app):
+    """Issue 14.4: the add form no longer updates a node of the same name; Edit does, by id."""
     register_node(GOOD)
-    register_node(NodeValues(**{**GOOD.__dict__, "host": "10.9.9.9"}))
-    assert [n.host for n in db.session.scalars(sa.select(DicomNode))] == ["10.9.9.9"]
+    errors = register_node(NodeValues(**{**GOOD.__dict__, "host": "10.9.9.9"}))
+    assert errors == {"name": "A node named Leeds PACS is already registered: use its Edit button to change it."}
+    node = db.session.scalars(sa.select(DicomNode)).one()
+    assert register_node(NodeValues(**{**GOOD.__dict__, "name": "Leeds PACS 2", "host": "10.9.9.9"}), node) == {}
+    assert [(n.id, n.name, n.host) for n in db.session.scalars(sa.select(DicomNode))] == [
+        (node.id, "Leeds PACS 2", "10.9.9.9")]
 
 
 @pytest.mark.parametrize(("change", "field"), [

@@ -28,9 +28,12 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 SECTIONS: list[Section] = [
     Section("transfers.nodes", "DICOM nodes",
             "The PACS, the gateway and the other hospitals' nodes; test each with C-ECHO."),
+    Section("admin.institutions", "Institutions",
+            "The hospitals we exchange images with: site, contact e-mail, the node that reaches them."),
 ]
 SECTIONS.append(Section("admin.pas", "PAS register",
                         "Upload a PatientCentre/HISS extract, see what it would change, then apply it."))
 
-import app.admin.pasup  # noqa: E402,F401  (issue 14.3: the PAS register upload)
-from app.admin import routes  # noqa: E402,F401  (the views register themselves on bp)
+from app.admin import routes  # noqa: E402,F401,I001  (the views register themselves on bp; one line per part)
+from app.admin import pasup  # noqa: E402,F401  (issue 14.3: the PAS register upload)
+from app.admin import places  # noqa: E402,F401  (issue 14.2: institutions)

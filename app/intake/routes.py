@@ -19,9 +19,9 @@ from app.ids import MAX_ID, whole_number
 from app.intake import changes
 from app.intake.duplicates import find_duplicate
 from app.intake.forms import CDForm, ExportForm, ImportForm, RequestForm, shown_from_register
-from app.intake.service import RequestValues, already_submitted, create_request
+from app.intake.service import RequestValues, already_submitted, create_request, offered_institutions
 from app.requests.access import visible_request
-from app.requests.models import Institution, Request
+from app.requests.models import Request
 from app.requests.statuses import Kind
 from app.timeutil import utcnow
 from app.transfers.panel import panel_for
@@ -134,7 +134,7 @@ def _form_page(kind: Kind):  # noqa: ANN202
             return redirect(url_for("intake.show", call_ref=earlier.call_ref))
         flash(f"Request {req.call_ref} submitted.", "success")
         return redirect(url_for("intake.show", call_ref=req.call_ref, submitted=1))
-    institutions = db.session.scalars(sa.select(Institution.name).order_by(Institution.name)).all()
+    institutions = offered_institutions()
     return (
         render_template(
             f"intake/new_{kind.value}.html",
@@ -282,8 +282,7 @@ def correct(call_ref: str):
                 return redirect(url_for("intake.show", call_ref=req.call_ref))
             status, unchanged = 422, True
     response = render_template("intake/correct.html", req=req, form=form, kind=req.kind, unchanged=unchanged,
-                               institutions=db.session.scalars(sa.select(Institution.name)
-                                                               .order_by(Institution.name)).all())
+                               institutions=offered_institutions())
     if request.method == "GET":
         # After rendering: a page that fails leaves no row. It shows the patient's details.
         audit.record(audit.Action.VIEW, request_id=req.id, detail=f"{req.call_ref} correction form")

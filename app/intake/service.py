@@ -118,8 +118,17 @@ def clean_answer(name: str, value: object) -> object:
 
 
 def institution_named(name: str) -> Institution | None:
-    """The registered institution of that name (any case), if there is one."""
-    return db.session.scalar(sa.select(Institution).where(sa.func.lower(Institution.name) == name.lower()))
+    """The registered, active institution of that name (any case), if there is one. A
+    deactivated one is not linked to new answers: its name is kept as typed, as for a
+    hospital the register does not know (guideline Appendix 3: "organisation name in full")."""
+    return db.session.scalar(sa.select(Institution).where(sa.func.lower(Institution.name) == name.lower(),
+                                                          Institution.active))
+
+
+def offered_institutions() -> list[Institution]:
+    """The register's active institutions, by name: what the forms offer to pick from
+    (a datalist: the requester may still type a hospital the register does not know)."""
+    return list(db.session.scalars(sa.select(Institution).where(Institution.active).order_by(Institution.name)))
 
 
 def already_submitted(key: str | None, requester: User) -> Request | None:

@@ -33,13 +33,22 @@ def str_enum(enum_cls: type, name: str, length: int = 20) -> sa.Enum:
 
 
 class Institution(Model):
-    """An NHS or private hospital we exchange images with."""
+    """An NHS or private hospital we exchange images with.
+
+    The DICOM node(s) it is reached by point here (`DicomNode.institution_id`): the one
+    link, set from either page of the admin (issue 14.2, 14.4)."""
 
     __tablename__ = "institutions"
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     name: so.Mapped[str] = so.mapped_column(sa.String(160), unique=True)
+    # Which of its hospitals, in its own words (e.g. "Glenfield", "Royal Infirmary").
+    site: so.Mapped[str] = so.mapped_column(sa.String(120), default="")
+    # The contact the desk's notices go to (an export's receiving institution, 2.6 b).
     email: so.Mapped[str] = so.mapped_column(sa.String(254), default="")
+    # A deactivated institution is no longer offered on the forms; the requests that name
+    # it keep it (a referenced institution is deactivated, never deleted).
+    active: so.Mapped[bool] = so.mapped_column(default=True)
 
     def __repr__(self) -> str:
         return f"<Institution {self.id}>"

@@ -20,13 +20,14 @@ from app.dicom.errors import DicomFailure
 from app.extensions import db
 from app.ids import parse_id
 from app.requests.access import visible_request
-from app.requests.models import Request
+from app.requests.models import Institution, Request
 from app.requests.statuses import Kind
 from app.timeutil import as_local, utcnow
 from app.transfers import service
 from app.transfers.inbound import settle
 from app.transfers.models import DicomNode, Direction, InboundStudy, NodeRole, Transfer, TransferState
-from app.transfers.nodes import NODE_FIELDS, NodeValues, register_node
+from app.transfers.nodes import NODE_FIELDS, NodeValues, register_node, set_node_active, transfers_using
+from app.transfers.nodes import delete_node as delete_unused_node
 from app.transfers.panel import search_applies
 from app.transfers.quarantine import refused_arrivals, refused_files
 from app.transfers.search import StudyFilters, find_patient_studies, propose
@@ -49,18 +50,102 @@ def _nodes(*roles: NodeRole) -> list[DicomNode]:
 # --- Node register ---------------------------------------------------------------------------
 
 
+def _node_values() -> NodeValues:
+    """The register form as posted (an unticked box is not posted: no C-GET)."""
+    typed = {k: (request.form.get(k) or "").strip() for k in NODE_FIELDS}
+    return NodeValues(**typed, supports_get=bool(request.form.get("supports_get")))
+
+
+def _institution_names() -> list[str]:
+    """The register's active institutions, for the node form's list."""
+    return list(db.session.scalars(sa.select(Institution.name).where(Institution.active).order_by(Institution.name)))
+
+
+def _local_pacs_warning(was_local_pacs: bool) -> None:
+    """Say so when a change leaves LOCAL_PACS_NODE naming no active node: imports cannot be
+    downloaded to PACS until one does."""
+    if was_local_pacs and service.local_pacs() is None:
+        flash(f"No active node is now named (or has the AE title) {service.settings().local_pacs_node}, the "
+              "LOCAL_PACS_NODE setting: imports cannot be downloaded to PACS until one is.", "error")
+
+
 @bp.route("/admin/nodes", methods=["GET", "POST"])
 @roles_required(*NODE_ADMINS)
 def nodes():
-    """The DICOM node register, with a form to add one."""
-    values = {k: (request.form.get(k) or "").strip() for k in NODE_FIELDS}
-    errors = register_node(NodeValues(**values)) if request.method == "POST" else {}
+    """The DICOM node register, active and deactivated, with a form to add one."""
+    values = _node_values() if request.method == "POST" else NodeValues(role=NodeRole.REMOTE.value)
+    errors = register_node(values) if request.method == "POST" else {}
     if request.method == "POST" and not errors:
         db.session.commit()
-        flash(f"Node {values['name']} saved.", "success")
+        flash(f"Node {values.name} saved.", "success")
         return redirect(url_for("transfers.nodes"))
-    return render_template("transfers/nodes.html", nodes=_nodes(), roles=list(NodeRole), errors=errors,
-                           values=values), (422 if errors else 200)
+    everyone = list(db.session.scalars(sa.select(DicomNode).order_by(DicomNode.active.desc(), DicomNode.name)))
+    return render_template("transfers/nodes.html", nodes=everyone, roles=list(NodeRole), errors=errors,
+                           values=values, institutions=_institution_names()), (422 if errors else 200)
+
+
+def _node(node_id: int) -> DicomNode:
+    """The node with that id; aborts 404 when there is none."""
+    return db.session.get(DicomNode, node_id) or abort(404)
+
+
+@bp.route("/admin/nodes/<int:node_id>/edit", methods=["GET", "POST"])
+@roles_required(*NODE_ADMINS)
+def edit_node(node_id: int):
+    """One node's settings, prefilled, its name included."""
+    node = _node(node_id)
+    errors: dict[str, str] = {}
+    if request.method == "POST":
+        was_local_pacs = service.local_pacs() is node
+        values = _node_values()
+        errors = register_node(values, node)
+        if not errors:
+            db.session.commit()
+            flash(f"Node {node.name} saved.", "success")
+            _local_pacs_warning(was_local_pacs)
+            return redirect(url_for("transfers.nodes"))
+    else:
+        values = NodeValues(name=node.name, ae_title=node.ae_title, host=node.host, port=str(node.port),
+                            role=node.role, institution=node.institution.name if node.institution else "",
+                            supports_get=node.supports_get)
+    return render_template("transfers/node_edit.html", node=node, roles=list(NodeRole), errors=errors,
+                           values=values, institutions=_institution_names(),
+                           using=transfers_using(node)), (422 if errors else 200)
+
+
+@bp.route("/admin/nodes/<int:node_id>/active", methods=["POST"])
+@roles_required(*NODE_ADMINS)
+def node_active(node_id: int):
+    """Deactivate a node (no longer offered for new transfers) or reactivate it."""
+    node = _node(node_id)
+    wanted = request.form.get("active")
+    if wanted not in ("0", "1"):
+        abort(400, description="Say whether the node is to be active (1) or not (0).")
+    was_local_pacs = service.local_pacs() is node
+    set_node_active(node, wanted == "1")
+    db.session.commit()
+    flash(f"Node {node.name} reactivated." if node.active else f"Node {node.name} deactivated: it is no longer "
+          "offered for new transfers; past transfers still show it.", "success")
+    _local_pacs_warning(was_local_pacs)
+    return redirect(url_for("transfers.nodes"))
+
+
+@bp.route("/admin/nodes/<int:node_id>/delete", methods=["GET", "POST"])
+@roles_required(*NODE_ADMINS)
+def delete_node(node_id: int):
+    """Delete a node nothing refers to, after a confirmation page; one transfers refer to
+    is refused (deactivate it instead)."""
+    node = _node(node_id)
+    using = transfers_using(node)
+    if request.method == "POST" and not using:
+        name, was_local_pacs = node.name, service.local_pacs() is node
+        delete_unused_node(node)
+        db.session.commit()
+        flash(f"Node {name} deleted.", "success")
+        _local_pacs_warning(was_local_pacs)
+        return redirect(url_for("transfers.nodes"))
+    return render_template("transfers/node_delete.html", node=node, using=using), (
+        409 if using and request.method == "POST" else 200)
 
 
 @bp.route("/admin/nodes/<int:node_id>/echo", methods=["POST"])

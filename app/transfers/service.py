@@ -254,6 +254,9 @@ def plan_start(request: Request, values: StartValues) -> StartPlan:
         dest = db.session.get(DicomNode, values.dest_id or 0)
         if dest is None:
             raise StartRefused("Choose the destination node.")
+    for node in (source, dest):  # issue 14.4: no longer offered, and not taken when posted either
+        if node is not None and not node.active:
+            raise StartRefused(f"{node.name} is deactivated in the node register: choose another node.")
     report_path = ""
     if values.report_pdf is not None:
         data = values.report_pdf
