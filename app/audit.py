@@ -58,6 +58,9 @@ class Action(enum.StrEnum):
     CD_SCAN = "cd_scan"  # a worker scanned a CD: what it found, in counts
     CD_SEND = "cd_send"  # the desk confirmed a CD's studies for PACS
     CD_COLLECTED = "cd_collected"  # a CD was collected from a Radiology Reception
+    PASSWORD_CHANGED = "password_changed"  # noqa: S105 - an action's name; a user chose a new password (issue 14.1)
+    TRAINING_RECORDED = "training_recorded"  # a training register entry added (issue 14.7)
+    TRAINING_DELETED = "training_deleted"  # a wrongly entered one removed; the detail keeps what it said
 
 
 # Who made a change when no person did (issue 11.9: every status change names someone).

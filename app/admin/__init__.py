@@ -28,6 +28,14 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 SECTIONS: list[Section] = [
     Section("transfers.nodes", "DICOM nodes",
             "The PACS, the gateway and the other hospitals' nodes; test each with C-ECHO."),
+    Section("admin.users", "Users",
+            "Find and add desk accounts; change a role, deactivate, unlock sign-in, ask for a new password."),
+    Section("admin.training", "Training register",
+            "Who was trained on the desk, by whom and when; staff with a desk role and no training record."),
 ]
 
-from app.admin import routes  # noqa: E402,F401  (the views register themselves on bp)
+from app.admin import (  # noqa: E402,F401  (the views register themselves on bp)
+    routes,
+    training,  # issue 14.7
+    users,  # issue 14.1
+)
