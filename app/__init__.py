@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
     from app import audit  # noqa: F401
     from app.admin import bp as admin_bp
     from app.auth import models as _auth_models  # noqa: F401
+    from app.auth import training as _training_models  # noqa: F401
     from app.auth.guard import install_guard
     from app.auth.routes import bp as auth_bp
     from app.cds import models as _cd_models  # noqa: F401

@@ -62,6 +62,9 @@ class Action(enum.StrEnum):
     PAS_REFUSED = "pas_refused"  # a PAS extract or its Apply refused: the kind of refusal, no values
     NODE_CHANGED = "node_changed"  # a DICOM node added, edited, (de/re)activated or deleted (issue 14.4)
     INSTITUTION_CHANGED = "institution_changed"  # an institution added, edited, (de/re)activated, deleted (14.2)
+    PASSWORD_CHANGED = "password_changed"  # noqa: S105 - an action's name; a user chose a new password (issue 14.1)
+    TRAINING_RECORDED = "training_recorded"  # a training register entry added (issue 14.7)
+    TRAINING_DELETED = "training_deleted"  # a wrongly entered one removed; the detail keeps what it said
 
 
 # Who made a change when no person did (issue 11.9: every status change names someone).

@@ -97,6 +97,9 @@ class Settings:
     trauma_node: str = "NUH Radiology PACS"
     # PAS register look-ups from the request forms, per user: (at most, in seconds) pairs.
     pas_lookup_windows: tuple[tuple[int, int], ...] = parse_windows("PAS_LOOKUP_WINDOWS", DEFAULT_PAS_LOOKUP_WINDOWS)
+    # Guideline section 3 (issue 14.7): the desk roles (analyst, AM radiology) are given only
+    # to someone with a record in the training register.
+    desk_requires_training: bool = False
 
     @property
     def storage_root(self) -> Path:
@@ -159,6 +162,7 @@ class Settings:
             trauma_node=os.environ.get("TRAUMA_NODE") or "NUH Radiology PACS",
             pas_lookup_windows=parse_windows(
                 "PAS_LOOKUP_WINDOWS", os.environ.get("PAS_LOOKUP_WINDOWS") or DEFAULT_PAS_LOOKUP_WINDOWS),
+            desk_requires_training=os.environ.get("DESK_REQUIRES_TRAINING", "0").lower() in {"1", "true", "yes"},
         )
 
     def engine_options(self) -> dict[str, object]:

@@ -37,7 +37,11 @@ from wtforms.fields.core import UnboundField
 from wtforms.validators import Length
 
 from app.admin.places import InstitutionForm
-from app.auth.forms import LoginForm
+from app.admin.training import TrainingForm
+from app.admin.users import RoleForm, UserForm
+from app.auth.forms import LoginForm, PasswordChangeForm
+from app.auth.models import User
+from app.auth.training import TrainingRecord
 from app.cds import uploads as cd_uploads
 from app.cds.collection import CollectForm
 from app.cds.models import CdUpload, CdUploadState
@@ -189,6 +193,7 @@ CALL_REF = {"call_ref": "import"}
 EXPORT_REF = {"call_ref": "export"}
 CD_SCANNED = {"call_ref": "cd", "upload_id": "cd_scanned"}
 CD_REF = {"call_ref": "cd"}
+USER = {"user_id": "analyst"}
 DESK_FILTERS = ("tab_choice", "sort_choice", "page_cursor")
 
 SURFACES: tuple[Surface, ...] = (
@@ -331,6 +336,36 @@ SURFACES: tuple[Surface, ...] = (
     Surface("admin.pas_extract", "admin", "/admin/pas/extract", htmx=True),
     Surface("admin.pas_apply", "admin", "/admin/pas/apply", fields=("token", "confirm"),
             base=lambda s: {"token": "", "confirm": "yes"}, base_status=409),
+    # Users and the training register (issue 14.1, 14.7); the scene's analyst is the user changed.
+    Surface("admin.users", "admin", "/admin/users", query=("q", "role", "page")),
+    Surface("admin.user_new", "admin", "/admin/users/new", form=UserForm,
+            base=lambda s: {"name": "Nadia Okafor", "email": f"n.{uuid.uuid4().hex[:8]}@test.uhl", "role": "requester",
+                            "phone": "x4411", "department": "Ward 7", "password": "copper-meadow-violin",
+                            "must_change_password": "y"}, base_status=302, named=typed_fields(UserForm)),
+    Surface("admin.user", "admin", "/admin/users/{user_id}", path=USER),
+    Surface("admin.user_role", "admin", "/admin/users/{user_id}/role", path=USER, form=RoleForm,
+            base=lambda s: {"role": "analyst"}, base_status=302, named=frozenset({"role"})),
+    Surface("admin.user_deactivate", "admin", "/admin/users/{user_id}/deactivate", path=USER,
+            base=lambda s: {}, base_status=302),
+    Surface("admin.user_reactivate", "admin", "/admin/users/{user_id}/reactivate", path=USER,
+            base=lambda s: {}, base_status=302),
+    Surface("admin.user_unlock", "admin", "/admin/users/{user_id}/unlock", path=USER, base=lambda s: {},
+            base_status=302),
+    Surface("admin.user_force_reset", "admin", "/admin/users/{user_id}/reset-password", path=USER,
+            base=lambda s: {}, base_status=302),
+    Surface("admin.training", "admin", "/admin/training", form=TrainingForm, query=("q", "page", "trainee"),
+            base=lambda s: {"trainee": db.session.get_one(User, s.analyst_id).email, "trainer": "Sam Lead",
+                            "trained_on": "05/01/2026", "topic": "IEP desk induction"},
+            base_status=302, named=typed_fields(TrainingForm)),
+    Surface("admin.training_delete", "admin", "/admin/training/{record_id}/delete", path={"record_id": "training"},
+            needs=frozenset({"training"}), base=lambda s: {}, base_status=302),
+    Surface("admin.training_untrained_csv", "admin", "/admin/training/untrained.csv"),
+    # After the valid change the password differs: the probes meet "not your current password"
+    # and then the sign-in lock; an over-long value is refused naming its field before either.
+    Surface("auth.change_password", "requester", "/account/password", form=PasswordChangeForm,
+            base=lambda s: {"current_password": "correct-horse-9", "new_password": "copper-meadow-violin",
+                            "confirm_password": "copper-meadow-violin"}, base_status=302,
+            named=typed_fields(PasswordChangeForm)),
 )
 
 
@@ -395,6 +430,7 @@ def build_scene(app: Flask, make_user, pas_patients, surface: Surface) -> Scene:
     ids = {name: req.id for name, req in reqs.items()}
     if "institution" in surface.needs:
         ids["institution"] = institution.id
+    ids["analyst"] = analyst_id  # the user the admin's user pages change (issue 14.1)
     if surface.needs & {"nodes", "transfer"}:
         # Closed ports: nothing here may wait on a DICOM peer.
         pacs = upsert_node("UHLPACSWFM01", "UHLPACS", "127.0.0.1", 9, "local_pacs")
@@ -421,6 +457,12 @@ def build_scene(app: Flask, make_user, pas_patients, surface: Surface) -> Scene:
         db.session.add(arrival)
         db.session.commit()
         ids["arrival"] = arrival.id
+    if "training" in surface.needs:
+        record = TrainingRecord(user_id=analyst_id, trainer_name="Sam Lead", trained_on=date(2026, 1, 5),
+                                topic="IEP desk induction")
+        db.session.add(record)
+        db.session.commit()
+        ids["training"] = record.id
     if "cd_scanned" in surface.needs:
         upload = CdUpload(request_id=ids["cd"], state=CdUploadState.SCANNED,
                           scan_json=ScanResult([], [], 0, False).to_json())
@@ -604,7 +646,8 @@ def test_every_route_form_and_parameter_is_probed(app):
 # Form -> the model its fields are saved to (same names). The 10,000-character probes above
 # catch a field with no bound at all; this catches a bound larger than the column.
 SAVED_IN = {ImportForm: Request, ExportForm: Request, CDForm: Request, ExamLineForm: ExamLine, EditForm: Request,
-            TraumaForm: Request, MessageForm: Message, InstitutionForm: Institution}
+            TraumaForm: Request, MessageForm: Message, InstitutionForm: Institution,
+            UserForm: User, RoleForm: User, PasswordChangeForm: User, TrainingForm: TrainingRecord}
 # Fields checked by a rule that leaves them shorter than the raw input may be.
 CLEANED = {
     "s_number": "clean_s_number keeps S and 7 digits",

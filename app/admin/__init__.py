@@ -28,12 +28,20 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 SECTIONS: list[Section] = [
     Section("transfers.nodes", "DICOM nodes",
             "The PACS, the gateway and the other hospitals' nodes; test each with C-ECHO."),
+    Section("admin.users", "Users",
+            "Find and add desk accounts; change a role, deactivate, unlock sign-in, ask for a new password."),
+    Section("admin.training", "Training register",
+            "Who was trained on the desk, by whom and when; staff with a desk role and no training record."),
     Section("admin.institutions", "Institutions",
             "The hospitals we exchange images with: site, contact e-mail, the node that reaches them."),
 ]
 SECTIONS.append(Section("admin.pas", "PAS register",
                         "Upload a PatientCentre/HISS extract, see what it would change, then apply it."))
 
-from app.admin import routes  # noqa: E402,F401,I001  (the views register themselves on bp; one line per part)
-from app.admin import pasup  # noqa: E402,F401  (issue 14.3: the PAS register upload)
-from app.admin import places  # noqa: E402,F401  (issue 14.2: institutions)
+from app.admin import (  # noqa: E402,F401  (the views register themselves on bp)
+    pasup,  # issue 14.3
+    places,  # issue 14.2, institutions
+    routes,
+    training,  # issue 14.7
+    users,  # issue 14.1
+)

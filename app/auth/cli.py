@@ -11,6 +11,7 @@ from app.auth import throttle
 from app.auth.guard import user_by_email
 from app.auth.models import Role, User
 from app.auth.passwords import WeakPassword, check_password
+from app.auth.training import training_refusal
 from app.extensions import db
 
 users_cli = AppGroup("users", help="Manage desk users.")
@@ -35,6 +36,9 @@ def create_user(email: str, name: str, role: str, password: str, phone: str, dep
         raise click.BadParameter(str(exc), param_hint="--password") from exc
     if user_by_email(email) is not None:
         raise click.ClickException(f"a user with e-mail {email} already exists")
+    refusal = training_refusal(None, Role(role))
+    if refusal is not None:
+        raise click.BadParameter(refusal, param_hint="--role")
     user = User(email=email, name=name.strip(), role=Role(role), phone=phone, department=department)
     user.set_password(password)
     db.session.add(user)
@@ -59,6 +63,9 @@ def set_role(email: str, role: str) -> None:
     user = user_by_email(email)
     if user is None:
         raise click.ClickException(f"no user with e-mail {email}")
+    refusal = training_refusal(user.id, Role(role))
+    if refusal is not None and user.role != Role(role):
+        raise click.BadParameter(refusal, param_hint="--role")
     user.role = Role(role)
     user.revoke_sessions()
     audit.record(audit.Action.USER_CHANGED, actor="cli", detail=f"user {user.id} role -> {role}")

@@ -18,6 +18,8 @@ from app.extensions import db, login_manager
 PUBLIC_ENDPOINTS = frozenset({"auth.login", "static", "main.healthz"})
 # Answered without touching the session: a client that has none gets no cookie from them.
 SESSIONLESS_ENDPOINTS = frozenset({"static", "main.healthz"})
+# All a user whose password an administrator reset may reach until they choose a new one.
+PASSWORD_CHANGE_ENDPOINTS = frozenset({"auth.change_password", "auth.logout", "auth.stay_signed_in"})
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -65,6 +67,9 @@ def install_guard(app: Flask) -> None:
         if request.endpoint in PUBLIC_ENDPOINTS or request.endpoint is None:
             return None
         if current_user.is_authenticated:
+            if current_user.must_change_password and request.endpoint not in PASSWORD_CHANGE_ENDPOINTS:
+                # An administrator's forced reset (issue 14.1): nowhere else until it is done.
+                return htmx.redirect_to(url_for("auth.change_password"))
             return None
         # A session cookie that no longer signs anyone in: it expired or was revoked.
         # A poll comes only from a page that was signed in; its cookie may be gone already

@@ -86,6 +86,9 @@ class User(UserMixin, Model):
     created_at: so.Mapped[datetime] = so.mapped_column(
         sa.DateTime(timezone=True), default=utcnow
     )
+    # Set by an administrator (issue 14.1): the guard sends this user to choose a new
+    # password before anything else; choosing one clears it.
+    must_change_password: so.Mapped[bool] = so.mapped_column(default=False)
 
     def set_password(self, password: str) -> None:
         self.password_hash = generate_password_hash(password, method=PASSWORD_METHOD)

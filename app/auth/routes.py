@@ -10,9 +10,10 @@ from redis.exceptions import RedisError
 
 from app import audit
 from app.auth import throttle
-from app.auth.forms import LoginForm
+from app.auth.forms import LoginForm, PasswordChangeForm
 from app.auth.guard import user_by_email
 from app.auth.models import Role, User, verify_password
+from app.auth.passwords import WeakPassword, check_password
 from app.extensions import db
 
 bp = Blueprint("auth", __name__)
@@ -118,3 +119,56 @@ def logout():
 def stay_signed_in():
     """The warning's "Stay signed in" button: a person's own action, so it renews the session (204)."""
     return Response(status=204)
+
+
+@bp.route("/account/password", methods=["GET", "POST"])
+def change_password():
+    """Choose a new password (the page an administrator's forced reset sends a user to)."""
+    user: User = current_user._get_current_object()
+    forced = user.must_change_password
+    form = PasswordChangeForm()
+
+    def again(status: int) -> tuple[str, int]:
+        return render_template("auth/password.html", form=form, forced=forced), status
+
+    if not form.validate_on_submit():
+        return again(422 if form.errors else 200)
+    address = request.remote_addr or ""
+    try:
+        # The current password is a password guess like any other: the sign-in throttle
+        # counts the wrong ones, and its lock stops them here too.
+        refusal = throttle.check(user.email, address)
+        if refusal is None and not user.check_password(form.current_password.data):
+            for limit in throttle.record_failure(user.email, address):
+                audit.record(audit.Action.SIGN_IN_LOCKED, user_id=user.id if limit is throttle.ACCOUNT else None,
+                             detail=f"{limit.kind} locked for {limit.lock_seconds // 60} min after {limit.lock_at} "
+                             "failed attempts (a wrong current password on the password page)")
+            db.session.commit()
+            form.current_password.errors = ["This is not your current password."]
+            return again(422)
+    except RedisError:
+        current_app.logger.exception("sign-in throttle unavailable (Redis)")
+        form.current_password.errors = ["Passwords cannot be changed for a moment. Try again shortly."]
+        return again(503)
+    if refusal is not None:
+        form.current_password.errors = [refusal.message]
+        return again(429)
+    try:
+        check_password(form.new_password.data, name=user.name, email=user.email)
+    except WeakPassword as exc:
+        form.new_password.errors = [str(exc)]
+        return again(422)
+    if user.check_password(form.new_password.data):
+        form.new_password.errors = ["Choose a password different from your current one."]
+        return again(422)
+    user.set_password(form.new_password.data)
+    user.must_change_password = False
+    user.revoke_sessions()  # every other session of this account ends; this one starts afresh below
+    audit.record(audit.Action.PASSWORD_CHANGED,
+                 detail="by the user" + (", as an administrator asked" if forced else ""))
+    db.session.commit()
+    # The same person in the same browser: the session (and its CSRF token, so other open
+    # tabs' forms still work) carries on under the account's new token.
+    login_user(user)
+    flash("Your password has been changed. Any other session of your account has ended.", "success")
+    return redirect(landing_for(user))

@@ -168,3 +168,19 @@ def unlock_address(address: str) -> bool:
     """Lift the lock and forget the failures from `address`; True if there was anything."""
     key = _key(ADDRESS, address)
     return bool(redis_conn().delete(key, key + ":refused"))
+
+
+@dataclass(frozen=True)
+class AccountState:
+    """What the throttle holds against one account, for the admin's user page (issue 14.1)."""
+
+    failures: int
+    locked_for: int  # seconds the lock still lasts; 0 when not locked
+
+
+def account_state(email: str) -> AccountState:
+    """The failed sign-ins counted against `email` and how long its lock still lasts."""
+    state = redis_conn().hgetall(_key(ACCOUNT, email.strip().lower()))
+    remaining = float(state.get(b"until", 0)) - now() if state else 0.0
+    return AccountState(failures=int(state.get(b"n", 0)) if state else 0,
+                        locked_for=max(0, math.ceil(remaining)))
