@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import re
-import statistics
 import time
 
 import pytest
@@ -238,7 +237,7 @@ def test_signed_in_pages_carry_the_warning_and_the_lifetime(client, login_as):
 def test_an_unknown_email_takes_as_long_as_a_known_one(app, make_user, monkeypatch):
     # The real cost (scrypt), not the suite's cheap hash: timing is what is tested here.
     monkeypatch.setattr(auth_models, "PASSWORD_METHOD", "scrypt")
-    known = [make_user("requester") for _ in range(5)]
+    known = [make_user("requester") for _ in range(7)]
 
     addresses = iter(range(1, 100))
 
@@ -255,12 +254,13 @@ def test_an_unknown_email_takes_as_long_as_a_known_one(app, make_user, monkeypat
         return elapsed
 
     timed("warm-up@test.uhl")  # the dummy hash is made on first use
-    # Interleaved, so a busy machine (the suite runs in parallel) slows both sides alike.
+    # Interleaved, so a busy machine (the suite runs in parallel) slows both sides alike; the
+    # fastest of each side is its own cost, the others that cost plus whatever else ran.
     known_times, unknown_times = [], []
     for n, user in enumerate(known):
         known_times.append(timed(user.email))
         unknown_times.append(timed(f"nobody{n}@test.uhl"))
-    ratio = statistics.median(unknown_times) / statistics.median(known_times)
+    ratio = min(unknown_times) / min(known_times)
     assert 0.6 < ratio < 1.6, (known_times, unknown_times)
 
 
