@@ -28,6 +28,9 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 SECTIONS: list[Section] = [
     Section("transfers.nodes", "DICOM nodes",
             "The PACS, the gateway and the other hospitals' nodes; test each with C-ECHO."),
+    Section("admin.audit_trail", "Audit trail",
+            "Who did what and when, filtered and exported as CSV; who has looked at a patient (guideline 2.7 a)."),
 ]
 
-from app.admin import routes  # noqa: E402,F401  (the views register themselves on bp)
+from app.admin import routes  # noqa: E402,F401,I001  (the views register themselves on bp; one line per part)
+from app.admin import auditview  # noqa: E402,F401
