@@ -11,7 +11,9 @@ references, ids and field names, never the values of patient fields, with two ex
 a search row keeps the search criteria (`criteria`), because "who looked for this
 patient" is the question information governance asks of this table (guideline 2.7 a;
 issue 11.9). A requester's correction of their request keeps each field's old and new
-value for the same reason (app/intake/changes.py; issue 13.7).
+value for the same reason (app/intake/changes.py; issue 13.7). Viewing this table is audited
+too (`AUDIT_VIEWED`, app/admin/auditview.py): such a row keeps the viewer's filters, patient
+identifiers included, as a search row keeps its criteria.
 The table is access-controlled; the application log is not, and patient
 data never goes there (app/logs.py).
 """
@@ -65,6 +67,7 @@ class Action(enum.StrEnum):
     PASSWORD_CHANGED = "password_changed"  # noqa: S105 - an action's name; a user chose a new password (issue 14.1)
     TRAINING_RECORDED = "training_recorded"  # a training register entry added (issue 14.7)
     TRAINING_DELETED = "training_deleted"  # a wrongly entered one removed; the detail keeps what it said
+    AUDIT_VIEWED = "audit_viewed"  # the audit viewer (issue 14.5): the detail keeps its filters
 
 
 # Who made a change when no person did (issue 11.9: every status change names someone).
@@ -85,18 +88,24 @@ class AuditEvent(Model):
     __tablename__ = "audit_events"
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
-    at: so.Mapped[datetime] = so.mapped_column(
-        sa.DateTime(timezone=True), default=utcnow, index=True
-    )
-    user_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("users.id"), index=True)
+    at: so.Mapped[datetime] = so.mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    user_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("users.id"))
     # For failed sign-ins there is no user: the name that was tried is kept here.
     actor: so.Mapped[str] = so.mapped_column(sa.String(254), default="")
-    action: so.Mapped[str] = so.mapped_column(sa.String(40), index=True)
-    request_id: so.Mapped[int | None] = so.mapped_column(
-        sa.ForeignKey("requests.id"), index=True
-    )
+    action: so.Mapped[str] = so.mapped_column(sa.String(40))
+    request_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("requests.id"))
     detail: so.Mapped[str] = so.mapped_column(sa.String(500), default="")
     remote_addr: so.Mapped[str] = so.mapped_column(sa.String(64), default="")
+
+    # The audit viewer reads newest first, filtered by one of these, a page at a time
+    # (keyset on (at, id)): each index ends with the order it is read in (migration 0014).
+    __table_args__ = (
+        sa.Index("ix_audit_events_at_id", "at", "id"),
+        sa.Index("ix_audit_events_user_at_id", "user_id", "at", "id"),
+        sa.Index("ix_audit_events_request_at_id", "request_id", "at", "id"),
+        sa.Index("ix_audit_events_action_at_id", "action", "at", "id"),
+        sa.Index("ix_audit_events_actor", "actor"),  # rows with no user: failed sign-ins, the system
+    )
 
 
 @sa.event.listens_for(AuditEvent, "before_update")

@@ -36,6 +36,7 @@ from wtforms.fields.choices import SelectFieldBase
 from wtforms.fields.core import UnboundField
 from wtforms.validators import Length
 
+from app.admin.auditview import AuditFilterForm, PatientForm
 from app.admin.places import InstitutionForm
 from app.admin.training import TrainingForm
 from app.admin.users import RoleForm, UserForm
@@ -216,6 +217,15 @@ SURFACES: tuple[Surface, ...] = (
             base=lambda s: {"active": "0"}, base_status=302),
     Surface("admin.delete_institution", "admin", "/admin/institutions/{institution_id}/delete",
             path={"institution_id": "institution"}, needs=frozenset({"institution"})),
+    # The audit viewer (issue 14.5): the patient filter is posted (never in a URL), so the
+    # valid submission names one and is answered, not redirected.
+    Surface("admin.audit_trail", "admin", "/admin/audit", form=AuditFilterForm,
+            query=("user", "call_ref", "action", "date_from", "date_to", "after"),
+            base=lambda s: {"patient": "S1234567"}, base_status=200, named=typed_fields(AuditFilterForm)),
+    Surface("admin.audit_csv", "admin", "/admin/audit.csv", form=AuditFilterForm,
+            base=lambda s: {"patient": "S1234567"}, base_status=200, named=typed_fields(AuditFilterForm)),
+    Surface("admin.audit_patient", "admin", "/admin/audit/patient", form=PatientForm,
+            base=lambda s: {"patient": "S1234567"}, base_status=200, named=frozenset({"patient"})),
     Surface("static", None, "/static/{filename}", path={"filename": "css/site.css"}),
     Surface("auth.login", None, "/login", form=LoginForm, query=("next",),
             base=lambda s: {"email": "nobody@test.uhl", "password": "wrong-horse"}, base_status=401,
@@ -657,9 +667,10 @@ CLEANED = {
 
 def test_every_saved_text_field_is_bounded_by_its_column():
     # These only look things up (CollectForm: a call reference; its site is one of a list;
-    # PatientLookupForm: an S number in the PAS register).
+    # PatientLookupForm: an S number in the PAS register; AuditFilterForm, PatientForm: the audit).
     assert set(SAVED_IN) >= {f for f in _leaf_forms()
-                             if f not in (LoginForm, FilterForm, CollectForm, PatientLookupForm)}, (
+                             if f not in (LoginForm, FilterForm, CollectForm, PatientLookupForm, AuditFilterForm,
+                                          PatientForm)}, (
         "a form that saves what is typed: say in SAVED_IN which model it saves to")
     too_long = []
     for form_class, model in SAVED_IN.items():

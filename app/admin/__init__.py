@@ -23,22 +23,25 @@ class Section:
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
-# The admin home lists these in order. The node register predates this package and lives
-# with the transfers (transfers.nodes, /admin/nodes).
+# The admin home lists these in order: people, places, the register, then what is reported.
+# The node register predates this package and lives with the transfers (transfers.nodes).
 SECTIONS: list[Section] = [
-    Section("transfers.nodes", "DICOM nodes",
-            "The PACS, the gateway and the other hospitals' nodes; test each with C-ECHO."),
     Section("admin.users", "Users",
             "Find and add desk accounts; change a role, deactivate, unlock sign-in, ask for a new password."),
     Section("admin.training", "Training register",
             "Who was trained on the desk, by whom and when; staff with a desk role and no training record."),
     Section("admin.institutions", "Institutions",
             "The hospitals we exchange images with: site, contact e-mail, the node that reaches them."),
+    Section("transfers.nodes", "DICOM nodes",
+            "The PACS, the gateway and the other hospitals' nodes; test each with C-ECHO."),
+    Section("admin.pas", "PAS register",
+            "Upload a PatientCentre/HISS extract, see what it would change, then apply it."),
+    Section("admin.audit_trail", "Audit trail",
+            "Who did what and when, filtered and exported as CSV; who has looked at a patient (guideline 2.7 a)."),
 ]
-SECTIONS.append(Section("admin.pas", "PAS register",
-                        "Upload a PatientCentre/HISS extract, see what it would change, then apply it."))
 
 from app.admin import (  # noqa: E402,F401  (the views register themselves on bp)
+    auditview,  # issue 14.5
     pasup,  # issue 14.3
     places,  # issue 14.2, institutions
     routes,
