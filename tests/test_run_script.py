@@ -16,6 +16,7 @@ process found by its name alone, never the shared Redis on 127.0.0.1:6379.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -76,7 +77,23 @@ def shared_redis_answers() -> bool:
 
 
 def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-    return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    """Those still running: a process may end (or be a zombie) between two looks at it."""
+    living = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                living.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return living
+
+
+def command_of(p: psutil.Process) -> str:
+    """Its command line, or "" for one that ended while the tree was being read."""
+    try:
+        return " ".join(p.cmdline())
+    except psutil.NoSuchProcess:  # ZombieProcess included
+        return ""
 
 
 @dataclass
@@ -107,7 +124,7 @@ class Run:
     def tree(self) -> list[psutil.Process]:
         """The script and every process under it (the pool's workers, the demo nodes, the site)."""
         root = psutil.Process(self.proc.pid)
-        procs = [root, *root.children(recursive=True)]
+        procs = alive([root, *root.children(recursive=True)])  # a short-lived helper may have just ended
         self.seen.extend(p for p in procs if p not in self.seen)
         return procs
 
@@ -134,7 +151,8 @@ def run(checkout: Path, tmp_path: Path) -> Iterator[Run]:
             started.tree()
         leftovers = alive(started.seen) + redis_servers_of(started.instance)
         for leftover in leftovers:
-            leftover.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftover.kill()
         proc.wait(timeout=30)
 
 
@@ -146,7 +164,7 @@ def test_run_stops_the_site_the_pool_the_demo_nodes_and_the_embedded_redis(run: 
     shared_before = shared_redis_answers()
     run.wait_until_serving()
     tree = run.tree()
-    commands = [" ".join(p.cmdline()) for p in tree]
+    commands = [command_of(p) for p in tree]
     assert any("worker.py" in c for c in commands), commands
     assert any("demo_nodes.py" in c for c in commands), commands
     assert any(" run --host 127.0.0.1" in c for c in commands), commands
@@ -166,7 +184,7 @@ def test_run_stops_the_site_the_pool_the_demo_nodes_and_the_embedded_redis(run: 
         pytest.fail(f"scripts/run did not stop within 120 s of {signum.name}:\n{run.output()}")
     assert code == status, run.output()
     _gone, left = psutil.wait_procs(tree, timeout=10)
-    assert alive(left) == [], [" ".join(p.cmdline()) for p in alive(left)]
+    assert alive(left) == [], [command_of(p) for p in alive(left)]
     assert redis_servers_of(run.instance) == [], "the embedded Redis outlived scripts/run"
     assert not (run.instance / "redis" / "redis.sock").exists()
     assert "run: embedded Redis stopped" in run.output()
