@@ -28,6 +28,13 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 SECTIONS: list[Section] = [
     Section("transfers.nodes", "DICOM nodes",
             "The PACS, the gateway and the other hospitals' nodes; test each with C-ECHO."),
+    Section("admin.reports", "Compliance reports",
+            "A month, half-year or year of requests, turnaround, the 4-hour target, transfers and CDs: "
+            "on screen, as CSV and as a PDF for the IM&T newsletter (guideline section 4)."),
 ]
 
-from app.admin import routes  # noqa: E402,F401  (the views register themselves on bp)
+# The views register themselves on bp; each part is a module of its own, a name each here.
+from app.admin import (  # noqa: E402
+    reports,  # noqa: F401  (the compliance reports, issue 14.6)
+    routes,  # noqa: F401
+)
