@@ -91,6 +91,9 @@ class AuditEvent(Model):
     detail: so.Mapped[str] = so.mapped_column(sa.String(500), default="")
     remote_addr: so.Mapped[str] = so.mapped_column(sa.String(64), default="")
 
+    # The compliance report reads a request's status changes (app/admin/report_figures.py).
+    __table_args__ = (sa.Index("ix_audit_events_request_action", "request_id", "action"),)
+
 
 @sa.event.listens_for(AuditEvent, "before_update")
 @sa.event.listens_for(AuditEvent, "before_delete")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import random
 import re
 import statistics
@@ -34,6 +35,7 @@ from tests.report_history import AUTO, FAILURES, Planned, PlannedTransfer, plan_
 
 S = Status
 FOUR_HOURS = timedelta(hours=4)
+MINUTE = timedelta(minutes=1)
 MARCH = Period("month", 2026, 3)
 # London: GMT until 29 March 2026 01:00 UTC, then BST (UTC+1).
 MARCH_START, MARCH_END = utc(2026, 3, 1, 0, 0), utc(2026, 3, 31, 23, 0)
@@ -55,8 +57,13 @@ def med(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def whole(moment: datetime) -> int:
+    """A moment to the second, as the report measures (truncated, seconds since 1970)."""
+    return math.floor(moment.timestamp())
+
+
 def seconds(later: datetime | None, earlier: datetime) -> float | None:
-    return None if later is None else (later - earlier).total_seconds()
+    return None if later is None else float(whole(later) - whole(earlier))
 
 
 def spread(values: list[float]) -> tuple[int, float | None, float | None]:
@@ -143,8 +150,8 @@ def test_the_report_matches_a_generated_history(history):
     for target in report.targets:
         group = groups[target.group]
         ended = [p for p in group if p.final in (S.CANCELLED, S.DECLINED)]
-        took = [p.reached(S.DELIVERED) - p.created for p in group if p.reached(S.DELIVERED)]
-        within = sum(t <= FOUR_HOURS for t in took)
+        took = [seconds(p.reached(S.DELIVERED), p.created) for p in group if p.reached(S.DELIVERED)]
+        within = sum(t <= FOUR_HOURS.total_seconds() for t in took)
         counted = len(group) - len(ended)
         assert (target.submitted, target.cancelled_or_declined, target.within, target.later) == (
             len(group), len(ended), within, len(took) - within)
@@ -164,7 +171,7 @@ def test_the_report_matches_a_generated_history(history):
                     spells += 1
                     since = step.at
                 elif since is not None:
-                    lengths.append((step.at - since).total_seconds())
+                    lengths.append(seconds(step.at, since))
                     since = None
             waiting += since is not None
         row = awaiting[label]
@@ -269,6 +276,24 @@ def test_out_of_hours_follows_the_desks_hours(app, make_user, pas_patients):
     write(plan, [], make_user("requester").id, make_user("analyst").id, pas_patients[0])
     report = build_report(Period("half", 2026, 1), now=utc(2026, 12, 1))
     assert report.out_of_hours[-1].out_of_hours == sum(moments.values()) == 4
+
+
+def test_four_hours_to_the_second_is_within_the_target(app, make_user, pas_patients):
+    from tests.report_history import Step
+
+    created = utc(2026, 3, 3, 2, 0, 0)
+    plan = []
+    for took in (timedelta(hours=4), timedelta(hours=4, seconds=1), timedelta(minutes=50)):
+        plan.append(Planned(Kind.TRAUMA, Priority.BLUE_LIGHT, created, steps=[
+            Step(S.ACCEPTED, created + timedelta(minutes=1)), Step(S.UPLOADING, created + timedelta(minutes=2)),
+            Step(S.DELIVERED, created + took)]))
+    plan.append(Planned(Kind.TRAUMA, Priority.BLUE_LIGHT, created, steps=[Step(S.CANCELLED, created + MINUTE)]))
+    plan.append(Planned(Kind.TRAUMA, Priority.BLUE_LIGHT, created))  # not delivered yet: counted, a miss
+    write(plan, [], make_user("requester").id, make_user("analyst").id, pas_patients[0])
+    trauma = build_report(MARCH, now=utc(2026, 12, 1)).targets[1]
+    assert (trauma.submitted, trauma.cancelled_or_declined, trauma.within, trauma.later, trauma.not_delivered) == (
+        5, 1, 2, 1, 1)
+    assert trauma.share == 0.5
 
 
 def test_an_empty_period_says_so(client, login_as):
