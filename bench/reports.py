@@ -230,13 +230,13 @@ def cases(client, chosen: dict[str, Period]) -> list[Case]:  # noqa: ANN001
     ]
 
 
-def explain(app: Flask, client, year: Period) -> None:  # noqa: ANN001
-    """Each query of the year's report page, timed alone, with its plan."""
+def explain(app: Flask, client, period: Period) -> None:  # noqa: ANN001
+    """Each query of the period's report page, timed alone, with its plan."""
     with app.app_context():
         engine = db.engine
     postgres = engine.dialect.name == "postgresql"
     with counting(engine) as seen:
-        client.get("/admin/reports", query_string=year.query())
+        client.get("/admin/reports", query_string=period.query())
     for statement, params in seen:
         text = " ".join(statement.split())
         if "FROM users" in text and "requests" not in text and "transfers" not in text:
@@ -292,8 +292,9 @@ def run_one(name: str, url: str, instance: Path, redis_url: str, args: argparse.
             print(f"   {r.label:<{width}}  median {r.median:8.1f} ms  p95 {r.p95:8.1f} ms{ratio}"
                   f"  {r.queries} queries{slow}")
         how = 'EXPLAIN QUERY PLAN' if engine.dialect.name == 'sqlite' else 'EXPLAIN ANALYZE'
-        print(f"\n   The year's queries ({how}):")
-        explain(app, client, chosen["year"])
+        for label in ("month", "year"):
+            print(f"\n   The {label}'s queries ({chosen[label].label}; {how}):")
+            explain(app, client, chosen[label])
         return results
     finally:
         with app.app_context():

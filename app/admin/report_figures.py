@@ -30,7 +30,6 @@ interpolation between the closest ranks).
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -625,34 +624,42 @@ def _cds(cohort: sa.ColumnElement[bool], milestones: list[_Milestones]) -> tuple
     return (*per_site, row("All sites", "", sites)) if per_site else ()
 
 
-def _opening_bounds(period: Period) -> list[int]:
-    """The desk's open windows in the period (app/workflow/hours.py: one a day, none on a
-    bank holiday) as a sorted flat list [opens, closes, opens, closes, ...] of epoch seconds."""
-    bounds: list[int] = []
+def _opening_windows(period: Period) -> list[tuple[datetime, datetime]]:
+    """The service desk's open windows in the period (app/workflow/hours.py: one a day,
+    none on a bank holiday), in UTC: SQLite compares the stored text, which is UTC."""
+    windows = []
     day = period.first_day
     while day < period.next_first_day:
         window = hours.opening_hours(day)
         if window is not None:
-            bounds.extend((int(window[0].timestamp()), int(window[1].timestamp())))
+            windows.append((window[0].astimezone(UTC), window[1].astimezone(UTC)))
         day += timedelta(days=1)
-    return bounds
+    return windows
 
 
-def _out_of_hours(cohort: sa.ColumnElement[bool], period: Period) -> tuple[OutOfHours, ...]:
-    """Submissions outside the service desk's hours (guideline 2.9), per kind. London's
-    clocks and the bank holidays are not SQLite's to know: the moments come as integers
-    and each is placed among the period's open windows (opening inclusive, closing not,
-    as hours.is_open says; the windows start on whole minutes, so a moment truncated to
-    its second falls on the same side)."""
-    bounds = _opening_bounds(period)
-    submitted: Counter[Kind] = Counter()
-    outside: Counter[Kind] = Counter()
-    for kind, moment in _core(sa.select(Request.kind, epoch(Request.created_at)).where(cohort)):
-        submitted[kind] += 1
-        if bisect.bisect_right(bounds, moment) % 2 == 0:  # before an opening, or at/after a closing
-            outside[kind] += 1
-    rows = [OutOfHours(k.label, submitted[k], outside[k]) for k in Kind if submitted[k]]
-    return (*rows, OutOfHours(ALL_KINDS, sum(submitted.values()), sum(outside.values())))
+def _out_of_hours(submitted: Mapping[Kind, int], period: Period) -> tuple[OutOfHours, ...]:
+    """Submissions outside the service desk's hours (guideline 2.9), per kind: those not in
+    one of the period's open windows (opening inclusive, closing not, as hours.is_open).
+    London's clocks and the bank holidays are not SQLite's to know, so the windows are
+    computed here and handed to the database as a VALUES list, which counts the requests
+    in each (an index range a window) without sending a row back."""
+    in_hours: Counter[Kind] = Counter()
+    windows = _opening_windows(period)
+    if windows:
+        opens = sa.column("opens", sa.DateTime(timezone=True))
+        closes = sa.column("closes", sa.DateTime(timezone=True))
+        table = sa.values(opens, closes, name="windows").data(windows).cte("windows")
+        rows = db.session.execute(
+            sa.select(Request.kind, sa.func.count())
+            .select_from(table)
+            .join(Request, sa.and_(Request.created_at >= table.c.opens, Request.created_at < table.c.closes))
+            .group_by(Request.kind)
+        )
+        in_hours.update({kind: int(n) for kind, n in rows})
+    kinds = [k for k in Kind if submitted.get(k)]
+    rows_out = [OutOfHours(k.label, submitted[k], submitted[k] - in_hours[k]) for k in kinds]
+    total = sum(submitted.values())
+    return (*rows_out, OutOfHours(ALL_KINDS, total, total - sum(in_hours.values())))
 
 
 def build_report(period: Period, now: datetime | None = None) -> Report:
@@ -691,7 +698,7 @@ def build_report(period: Period, now: datetime | None = None) -> Report:
                             tuple(tuple(by_kp[(k, p)] for p in Priority) for k in Kind)),
         status_kind=Table(tuple(s.value for s in statuses), tuple(k.label for k in Kind),
                           tuple(tuple(by_status[(s, k)] for k in Kind) for s in statuses)),
-        out_of_hours=_out_of_hours(cohort, period) if total else (),
+        out_of_hours=_out_of_hours(by_kind, period) if total else (),
         turnaround=_turnaround(by_kp, milestones),
         targets=_targets(counts, milestones),
         awaiting=_awaiting(cohort, by_kind) if total else (),
