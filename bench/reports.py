@@ -15,8 +15,8 @@ spread over the three drop-off sites. An admin signed in through the Flask test 
 then asks for the report of a month, a half-year and a year, as a page, a CSV and a PDF.
 Each case runs --runs times after a warm-up; the report gives median and p95 in ms and
 the ratio to a baseline measured in the same process: GET /requests, the admin's own
-(empty) "My requests" page. Then each query of the year's report, timed alone, with its
-plan (EXPLAIN QUERY PLAN on SQLite, EXPLAIN ANALYZE on PostgreSQL).
+(empty) "My requests" page. Then each query of the month's and the year's report, timed
+alone, with its plan (EXPLAIN QUERY PLAN on SQLite, EXPLAIN ANALYZE on PostgreSQL).
 """
 
 from __future__ import annotations
