@@ -105,6 +105,8 @@ class AuditEvent(Model):
         sa.Index("ix_audit_events_request_at_id", "request_id", "at", "id"),
         sa.Index("ix_audit_events_action_at_id", "action", "at", "id"),
         sa.Index("ix_audit_events_actor", "actor"),  # rows with no user: failed sign-ins, the system
+        # The compliance report reads a request's status changes (app/admin/report_figures.py).
+        sa.Index("ix_audit_events_request_action", "request_id", "action"),
     )
 
 

@@ -196,6 +196,7 @@ CD_SCANNED = {"call_ref": "cd", "upload_id": "cd_scanned"}
 CD_REF = {"call_ref": "cd"}
 USER = {"user_id": "analyst"}
 DESK_FILTERS = ("tab_choice", "sort_choice", "page_cursor")
+REPORT_PERIOD = ("period", "year", "month", "half")
 
 SURFACES: tuple[Surface, ...] = (
     Surface("main.home", "requester", "/"),
@@ -226,6 +227,10 @@ SURFACES: tuple[Surface, ...] = (
             base=lambda s: {"patient": "S1234567"}, base_status=200, named=typed_fields(AuditFilterForm)),
     Surface("admin.audit_patient", "admin", "/admin/audit/patient", form=PatientForm,
             base=lambda s: {"patient": "S1234567"}, base_status=200, named=frozenset({"patient"})),
+    # The compliance reports (issue 14.6): a GET form of four choices, the same for the files.
+    Surface("admin.reports", "admin", "/admin/reports", query=REPORT_PERIOD),
+    Surface("admin.reports_csv", "admin", "/admin/reports.csv", query=REPORT_PERIOD),
+    Surface("admin.reports_pdf", "admin", "/admin/reports.pdf", query=REPORT_PERIOD),
     Surface("static", None, "/static/{filename}", path={"filename": "css/site.css"}),
     Surface("auth.login", None, "/login", form=LoginForm, query=("next",),
             base=lambda s: {"email": "nobody@test.uhl", "password": "wrong-horse"}, base_status=401,

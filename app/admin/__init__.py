@@ -38,12 +38,16 @@ SECTIONS: list[Section] = [
             "Upload a PatientCentre/HISS extract, see what it would change, then apply it."),
     Section("admin.audit_trail", "Audit trail",
             "Who did what and when, filtered and exported as CSV; who has looked at a patient (guideline 2.7 a)."),
+    Section("admin.reports", "Compliance reports",
+            "A month, half-year or year of requests, turnaround, the 4-hour target, transfers and CDs: "
+            "on screen, as CSV and as a PDF for the IM&T newsletter (guideline section 4)."),
 ]
 
 from app.admin import (  # noqa: E402,F401  (the views register themselves on bp)
     auditview,  # issue 14.5
     pasup,  # issue 14.3
     places,  # issue 14.2, institutions
+    reports,  # issue 14.6
     routes,
     training,  # issue 14.7
     users,  # issue 14.1

@@ -113,7 +113,8 @@ class Transfer(Model):
     cancel_requested: so.Mapped[bool] = so.mapped_column(default=False)
     not_before: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True))
     created_by_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("users.id"))
-    created_at: so.Mapped[datetime] = so.mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    # Indexed: the compliance report counts the transfers started in a period.
+    created_at: so.Mapped[datetime] = so.mapped_column(sa.DateTime(timezone=True), default=utcnow, index=True)
     started_at: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True))
     # Heartbeat: moved on every instance; the watchdog flags a transfer that stops moving.
     progressed_at: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True), index=True)
