@@ -501,3 +501,27 @@ def test_the_report_runs_a_fixed_number_of_queries(app, history):
 def test_a_failed_transfer_is_grouped_by_its_reason(outcome, group):
     failure = to_failure(outcome, operation="move")
     assert failure_reason(f"{failure.plain} (gave up after 5 attempts)") == group
+
+
+def test_the_report_lists_desk_staff_with_no_training_record(client, login_as, make_user):
+    """Issue 14.7: "the report lists staff with desk roles and no training record" — the
+    compliance report, on screen, in the CSV and in the PDF; active desk roles only."""
+    from app.auth.training import TrainingRecord
+
+    untrained, trained, gone = make_user("analyst"), make_user("am_radiology"), make_user("analyst")
+    untrained.name, trained.name, gone.name = "Una Trainee", "Tom Trained", "Gail Gone"
+    gone.active = False
+    make_user("requester")  # not a desk role: never listed
+    db.session.add(TrainingRecord(user_id=trained.id, trainer_name="Sam Lead", trained_on=date(2026, 1, 5),
+                                  topic="IEP desk induction"))
+    db.session.commit()
+    login_as("admin")
+    url = "?period=month&year=2026&month=3"
+    html = client.get("/admin/reports" + url).get_data(as_text=True)
+    section = " ".join(html[html.index('id="report-training"'):].split())
+    assert "2 active people hold a desk role" in section and "1 of them has no training record" in section
+    assert "Una Trainee" in section and "Tom Trained" not in section and "Gail Gone" not in section
+    rows = list(csv.reader(io.StringIO(client.get("/admin/reports.csv" + url).text)))
+    assert ["2026-03", "Training", "Desk roles", "with no training record", "1", "people"] in rows
+    assert ["2026-03", "Training", "No training record", "Una Trainee", "", "person"] in rows
+    assert "Una Trainee" in " ".join(_pdf_text(client.get("/admin/reports.pdf" + url).data))

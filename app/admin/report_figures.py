@@ -42,6 +42,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from app import audit
+from app.auth.models import User
+from app.auth.training import TRAINED_ROLES, untrained_desk_staff
 from app.extensions import db
 from app.printing.collections import DROP_OFF_SITES
 from app.requests.models import Request
@@ -345,6 +347,10 @@ class Report:
     failures: tuple[Count, ...]
     cds: tuple[CdSite, ...]  # per site, then "All sites"
     notes: tuple[str, ...] = field(default=())
+    # Training (guideline section 3), as it stands when the report is made, not per period:
+    # how many active staff hold a desk role, and the names of those with no training record.
+    desk_staff: int = 0
+    untrained: tuple[str, ...] = field(default=())
 
     @property
     def empty(self) -> bool:
@@ -707,7 +713,15 @@ def build_report(period: Period, now: datetime | None = None) -> Report:
         failures=failures,
         cds=_cds(cohort, milestones) if total else (),
         notes=tuple(notes),
+        desk_staff=_desk_staff(),
+        untrained=tuple(user.name for user in untrained_desk_staff()),
     )
+
+
+def _desk_staff() -> int:
+    """Active users with a desk role (the ones the training register is about)."""
+    return db.session.scalar(
+        sa.select(sa.func.count()).select_from(User).where(User.active, User.role.in_(TRAINED_ROLES))) or 0
 
 
 # --- Duration words -----------------------------------------------------------------------------

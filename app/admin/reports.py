@@ -179,6 +179,10 @@ def _figures(report: Report) -> Iterator[tuple[str, str, str, object, str]]:
         yield "CDs", _safe(c.site), "CDs", c.cds, "CDs"
         yield "CDs", _safe(c.site), "delivered to PACS", c.delivered, "requests"
         yield from _spread("CDs", _safe(c.site), "drop-off to PACS", c.to_pacs)
+    yield "Training", "Desk roles", "active staff", report.desk_staff, "people"
+    yield "Training", "Desk roles", "with no training record", len(report.untrained), "people"
+    for name in report.untrained:
+        yield "Training", "No training record", _safe(name), "", "person"
 
 
 def csv_lines(report: Report) -> Iterator[str]:
