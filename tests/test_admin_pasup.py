@@ -112,7 +112,7 @@ def test_the_preview_counts_each_kind_of_row_and_names_every_bad_line(client, lo
     assert figures(html) == {
         "Rows in the file": "9", "Patients added": "1", "Patients updated": "1", "Unchanged": "1",
         "Bad lines, left out": "6",
-        "Removed": "none: 1 registered patient is not in this file and stays as it is",
+        "Removed": "none: 1 registered patient is not in this file and stays on the register unchanged",
     }
     shown = bad_lines_shown(html)
     assert set(shown) == set(BAD_LINES)
