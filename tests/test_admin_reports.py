@@ -559,7 +559,7 @@ def test_both_ways_of_reading_the_trail_give_the_same_report(history, monkeypatc
 def test_a_months_report_looks_its_requests_up_in_the_audit_trail(history):
     """On PostgreSQL a month's status changes are read through the (request_id, action)
     index once per request of the month, never by scanning the audit trail, whatever the
-    planner would make of the whole trail (the 100,000-request bench: 290 ms -> 30 ms);
+    planner would make of the whole trail (the 100,000-request bench: 160-250 ms -> 24 ms);
     SQLite reads them through the index for any period."""
     if db.engine.dialect.name == "postgresql":
         with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
