@@ -498,20 +498,25 @@ def _stop(pid: int) -> None:
         time.sleep(0.05)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_common_arguments(parser: argparse.ArgumentParser, runs: int) -> None:
+    """The arguments every desk-side bench takes (bench/desk.py, bench/reports.py)."""
     parser.add_argument("--rows", type=int, default=100_000, help="requests to insert (default 100000)")
-    parser.add_argument("--runs", type=int, default=30, help="timed runs per case (default 30)")
+    parser.add_argument("--runs", type=int, default=runs, help=f"timed runs per case (default {runs})")
     parser.add_argument("--skip-postgres", action="store_true", help="SQLite only")
     parser.add_argument("--skip-sqlite", action="store_true", help="PostgreSQL only")
     parser.add_argument("--postgres-url", default=os.environ.get(
         "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
         help="a server where a scratch database may be created and dropped")
     parser.add_argument("--seed", type=int, default=2026, help="random seed for the data (default 2026)")
-    parser.add_argument("--exam-lines", action="store_true", help="also insert 1-3 exam lines per request")
-    args = parser.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="iep-bench-"))
+
+RunOne = Callable[[str, str, Path, str, argparse.Namespace], list[Result]]
+
+
+def on_each_database(args: argparse.Namespace, run_one: RunOne, prefix: str) -> dict[str, list[Result]]:
+    """`run_one` on a scratch SQLite file and a scratch PostgreSQL database (each unless
+    skipped), beside one embedded Redis; everything made is removed at the end."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     redis_url = ensure_embedded_redis(work)
     summary: dict[str, list[Result]] = {}
     try:
@@ -542,20 +547,31 @@ def main(argv: list[str] | None = None) -> int:
         if pid_file.exists():
             _stop(int(pid_file.read_text().strip()))
         shutil.rmtree(work, ignore_errors=True)
+    return summary
 
+
+def print_summary(summary: dict[str, list[Result]], args: argparse.Namespace, column: int = 24) -> None:
+    """Median / p95 per case and database, with the ratio to each database's first case."""
     print(f"\n== Summary: median / p95 ms ({args.rows:,} requests, {args.runs} runs)")
     names = list(summary)
     labels = [r.label for r in next(iter(summary.values()))] if summary else []
     width = max((len(label) for label in labels), default=0)
-    print("   " + " " * width + "".join(f"  {n:>24}" for n in names))
+    print("   " + " " * width + "".join(f"  {n:>{column}}" for n in names))
     for i, label in enumerate(labels):
         cells = []
         for name in names:
             r, base = summary[name][i], summary[name][0].median
-            cells.append(f"  {r.median:6.1f} / {r.p95:6.1f} ({r.median / base:4.1f}×)")
-        print(f"   {label:<{width}}" + "".join(f"{c:>26}" for c in cells))
-    return 0
+            cells.append(f"  {r.median:7.1f} / {r.p95:7.1f} ({r.median / base:5.1f}×)")
+        print(f"   {label:<{width}}" + "".join(f"{c:>{column + 2}}" for c in cells))
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_arguments(parser, runs=30)
+    parser.add_argument("--exam-lines", action="store_true", help="also insert 1-3 exam lines per request")
+    args = parser.parse_args(argv)
+    print_summary(on_each_database(args, run_one, "iep-bench-"), args)
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

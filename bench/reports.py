@@ -22,11 +22,8 @@ alone, with its plan (EXPLAIN QUERY PLAN on SQLite, EXPLAIN ANALYZE on PostgreSQ
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -43,7 +40,6 @@ from app import audit, create_app  # noqa: E402
 from app.admin.report_figures import Period, last_complete_month  # noqa: E402
 from app.auth.models import Role, User  # noqa: E402
 from app.config import Settings  # noqa: E402
-from app.embedded_redis import ensure_embedded_redis  # noqa: E402
 from app.extensions import db  # noqa: E402
 from app.requests.models import Request  # noqa: E402
 from app.requests.statuses import Kind, Priority, Status  # noqa: E402
@@ -59,10 +55,12 @@ from bench.desk import (  # noqa: E402 - after the repository is on sys.path
     _batches,
     _depth,
     _statement_ms,
-    _stop,
+    add_common_arguments,
     counting,
     fill,
     measure,
+    on_each_database,
+    print_summary,
 )
 
 BASELINE = "GET /requests"
@@ -304,59 +302,10 @@ def run_one(name: str, url: str, instance: Path, redis_url: str, args: argparse.
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=100_000, help="requests to insert (default 100000)")
-    parser.add_argument("--runs", type=int, default=10, help="timed runs per case (default 10)")
-    parser.add_argument("--skip-postgres", action="store_true", help="SQLite only")
-    parser.add_argument("--skip-sqlite", action="store_true", help="PostgreSQL only")
-    parser.add_argument("--postgres-url", default=os.environ.get(
-        "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
-        help="a server where a scratch database may be created and dropped")
-    parser.add_argument("--seed", type=int, default=2026, help="random seed for the data (default 2026)")
+    add_common_arguments(parser, runs=10)
     args = parser.parse_args(argv)
-
-    work = Path(tempfile.mkdtemp(prefix="iep-bench-reports-"))
-    redis_url = ensure_embedded_redis(work)
-    summary: dict[str, list[Result]] = {}
-    try:
-        if not args.skip_sqlite:
-            (work / "sqlite").mkdir()
-            summary["SQLite"] = run_one("SQLite", f"sqlite:///{work / 'bench.sqlite3'}", work / "sqlite",
-                                        redis_url, args)
-        if not args.skip_postgres:
-            admin = sa.create_engine(args.postgres_url, isolation_level="AUTOCOMMIT")
-            scratch = f"iep_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'CREATE DATABASE "{scratch}"'))
-            try:
-                (work / "postgresql").mkdir()
-                url = admin.url.set(database=scratch).render_as_string(hide_password=False)
-                with admin.connect() as conn:
-                    version = conn.scalar(sa.text("SHOW server_version")).split()[0]
-                summary[f"PostgreSQL {version}"] = run_one(f"PostgreSQL {version}", url, work / "postgresql",
-                                                           redis_url, args)
-            finally:
-                with admin.connect() as conn:
-                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)'))
-                admin.dispose()
-    finally:
-        pid_file = work / "redis" / "redis.pid"
-        if pid_file.exists():
-            _stop(int(pid_file.read_text().strip()))
-        shutil.rmtree(work, ignore_errors=True)
-
-    print(f"\n== Summary: median / p95 ms ({args.rows:,} requests, {args.runs} runs)")
-    names = list(summary)
-    labels = [r.label for r in next(iter(summary.values()))] if summary else []
-    width = max((len(label) for label in labels), default=0)
-    print("   " + " " * width + "".join(f"  {n:>28}" for n in names))
-    for i, label in enumerate(labels):
-        cells = []
-        for name in names:
-            r, base = summary[name][i], summary[name][0].median
-            cells.append(f"  {r.median:7.1f} / {r.p95:7.1f} ({r.median / base:5.1f}×)")
-        print(f"   {label:<{width}}" + "".join(f"{c:>30}" for c in cells))
+    print_summary(on_each_database(args, run_one, "iep-bench-reports-"), args, column=28)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
