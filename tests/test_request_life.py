@@ -205,7 +205,7 @@ def test_a_desk_message_is_emailed_to_the_requester_with_the_call_reference(
     assert "Derby will send the CT today" in html  # the thread, with the new message
     # The box comes back empty, out of band, and the line under it says where the message went.
     assert re.search(r'<textarea id="body"[^>]*hx-swap-oob="true"[^>]*></textarea>', html)
-    assert f"Sent, and e-mailed to {REQUESTER_MAIL}." in html
+    assert f"Sent. An e-mail to {REQUESTER_MAIL} is queued; Mail not delivered lists it if it cannot be sent." in html
 
     run_jobs(maintenance)
     [envelope] = smtp.inbox.envelopes

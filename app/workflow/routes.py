@@ -77,7 +77,7 @@ def post_message(call_ref: str):
         link = url_for("intake.show", call_ref=req.call_ref, _external=True) + "#messages"
         to = notices.on_desk_message(req, message, link)
         detail += " e-mailed to the requester" if to else " not e-mailed (no valid address)"
-        sent_note = (f"Sent, and e-mailed to {to}." if to else
+        sent_note = (f"Sent. An e-mail to {to} is queued; Mail not delivered lists it if it cannot be sent." if to else
                      "Sent. Not e-mailed: the request has no valid e-mail address; the requester sees it here.")
     audit.record(audit.Action.MESSAGE, request_id=req.id, detail=detail)
     db.session.commit()
