@@ -3,7 +3,8 @@
 ae.py      nodes, timeouts, our AE, presentation contexts, associations (TCP_NODELAY)
 errors.py  pynetdicom outcomes -> DicomFailure(code, plain, retryable)
 scu.py     echo, find_studies, find_instances, send_files, retrieve_study (C-GET / C-MOVE)
-store_link.py  StoreLink: the sender's own single-threaded association (C-STORE from files)
+wire.py    Wire: PDUs, P-DATA framing, command sets, data sets streamed (the desk's own associations)
+store_link.py  Link, StoreLink: the associations we request (C-STORE from files)
 scp.py     GatewaySCP: the Storage SCP that receives inbound studies, with quarantine
 fixup.py   fix_up (Patient ID := S number), compare_with_register
 synth.py   synthetic studies for tests, demos and benchmarks

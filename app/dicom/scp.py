@@ -23,6 +23,7 @@ with an Error Comment, and the SCP keeps serving.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -37,8 +38,14 @@ from typing import Any, BinaryIO, cast
 
 from pydicom import dcmread
 from pydicom.datadict import dictionary_VR
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID
+from pynetdicom import (
+    PYNETDICOM_IMPLEMENTATION_UID as IMPLEMENTATION_CLASS_UID,
+)
+from pynetdicom import (
+    PYNETDICOM_IMPLEMENTATION_VERSION as IMPLEMENTATION_VERSION,
+)
 from pynetdicom import AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
@@ -423,50 +430,105 @@ def quarantine(
     return target
 
 
-def receive_instance(
-    event: evt.Event,
-    *,
-    storage_dir: Path,
-    quarantine_dir: Path,
-    study_folders: bool = True,
-    fsync: bool = False,
-) -> Received:
-    """Store one C-STORE request's data set (see the module docstring). Never raises."""
-    request_sop = ""
-    temp: Path | None = None
-    details: dict[str, object] = {}
-    try:
-        request = cast(C_STORE, event.request)  # an EVT_C_STORE handler: the request is a C-STORE
-        request_sop = str(request.AffectedSOPInstanceUID or "")
-        request_class = str(request.AffectedSOPClassUID or "")
-        calling = str(getattr(event.assoc.requestor, "ae_title", "") or "").strip()
-        details = {
-            "calling_ae": calling,
-            "peer": getattr(event.assoc.requestor, "address", ""),
-            "affected_sop_class_uid": request_class,
-            "affected_sop_instance_uid": request_sop,
-            "received_at": datetime.now(UTC).isoformat(),
-        }
-        incoming = storage_dir / ".incoming"
-        incoming.mkdir(parents=True, exist_ok=True)
-        temp = incoming / f"{uuid.uuid4().hex}.part"
-        syntax = UID(str(event.context.transfer_syntax))
-        details["transfer_syntax"] = str(syntax)
-        data = event.encoded_dataset(include_meta=False)
+class Incoming:
+    """One instance arriving: its data set written behind File Meta Information to a
+    temporary file in `storage_dir/.incoming` a piece at a time, as the network hands it
+    over (nothing decoded, nothing held), then settled by `finish`.
+
+    A write that fails (disk full) is remembered and the rest of the data set is dropped:
+    the caller keeps reading it off the association, and `finish` answers 0xA700.
+    """
+
+    def __init__(self, storage_dir: Path, *, sop_class: str, sop_uid: str, syntax: str,
+                 details: dict[str, object], fsync: bool = False) -> None:
+        self.sop_class = sop_class
+        self.sop_uid = sop_uid
+        self.syntax = UID(syntax)
+        self.details = details
+        self.fsync = fsync
+        self.size = 0
+        self.error: OSError | None = None
+        self.header = b""
+        self.temp: Path | None = None
+        self._out: BinaryIO | None = None
         try:
-            header = b"\x00" * 128 + b"DICM" + encode_file_meta(event.file_meta)
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = UID(sop_class)
+            meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+            meta.TransferSyntaxUID = self.syntax
+            meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+            meta.ImplementationVersionName = IMPLEMENTATION_VERSION
+            self.header = b"\x00" * 128 + b"DICM" + encode_file_meta(meta)
         except Exception:  # noqa: BLE001 - a garbage request UID can break the meta
-            header = b""
-        with temp.open("wb") as out:
-            out.write(header)
-            out.write(data)
-            if fsync:
-                out.flush()
-                os.fsync(out.fileno())
-        del data
-        if not header:
+            self.header = b""
+        try:
+            incoming = storage_dir / ".incoming"
+            incoming.mkdir(parents=True, exist_ok=True)
+            self.temp = incoming / f"{uuid.uuid4().hex}.part"
+            self._out = self.temp.open("wb", buffering=0)
+            self._out.write(self.header)
+        except OSError as exc:
+            self.error = exc
+            self._close()
+
+    def write(self, piece: memoryview | bytes) -> None:
+        """Append a piece of the data set; never raises (a failure is kept for `finish`)."""
+        self.size += len(piece)
+        if self._out is None:
+            return
+        try:
+            self._out.write(piece)
+        except OSError as exc:
+            self.error = exc
+            self._close()
+
+    def _close(self) -> None:
+        if self._out is not None:
+            with contextlib.suppress(OSError):
+                self._out.close()
+            self._out = None
+
+    def discard(self) -> None:
+        """The association ended under this instance: nothing of it is kept. Never raises."""
+        self._close()
+        if self.temp is not None:
+            with contextlib.suppress(OSError):
+                self.temp.unlink(missing_ok=True)
+            self.temp = None
+
+    def finish(self, *, storage_dir: Path, quarantine_dir: Path, study_folders: bool = True) -> Received:
+        """Check the instance and rename it into place, or quarantine it with its reason.
+        Never raises."""
+        if self._out is not None and self.fsync and self.error is None:
+            try:
+                os.fsync(self._out.fileno())
+            except OSError as exc:
+                self.error = exc
+        self._close()
+        if self.error is not None:
+            self.discard()
+            log.error("C-STORE could not be written: %s", self.error)
+            return Received(STATUS_OUT_OF_RESOURCES, f"cannot write: {self.error.strerror or self.error}",
+                            request_sop_uid=self.sop_uid)
+        return settle(self.temp, len(self.header), self.syntax, request_sop=self.sop_uid,
+                      request_class=self.sop_class, details=self.details, storage_dir=storage_dir,
+                      quarantine_dir=quarantine_dir, study_folders=study_folders)
+
+
+def settle(temp: Path | None, header_size: int, syntax: UID, *, request_sop: str, request_class: str,
+           details: dict[str, object], storage_dir: Path, quarantine_dir: Path,
+           study_folders: bool = True) -> Received:
+    """Check a received instance written to `temp` (File Meta of `header_size` bytes, then
+    the data set as received) and rename it into `<storage>/<study uid>/<sop uid>.dcm`, or
+    quarantine it (see the module docstring). Never raises."""
+    calling = str(details.get("calling_ae", ""))
+    details.setdefault("transfer_syntax", str(syntax))
+    try:
+        if temp is None:
+            raise OSError("no temporary file")
+        if not header_size:
             raise _Reject(STATUS_INVALID_UID, "request UIDs cannot be encoded")
-        meta = _validate(temp, len(header), syntax, request_sop, request_class)
+        meta = _validate(temp, header_size, syntax, request_sop, request_class)
         meta = InstanceMeta(**{**meta.as_dict(), "calling_ae": calling,
                                "size_bytes": temp.stat().st_size,
                                "other_patient_ids": meta.other_patient_ids})
@@ -499,6 +561,36 @@ def receive_instance(
         info = _quarantine_info(STATUS_INTERNAL, reason, details, where, None, False)
         return Received(STATUS_INTERNAL, reason, where, quarantined=where is not None,
                         request_sop_uid=request_sop, info=info)
+
+
+def receive_instance(
+    event: evt.Event,
+    *,
+    storage_dir: Path,
+    quarantine_dir: Path,
+    study_folders: bool = True,
+    fsync: bool = False,
+) -> Received:
+    """Store one C-STORE request's data set, from a pynetdicom event (see the module
+    docstring). Never raises."""
+    try:
+        request = cast(C_STORE, event.request)  # an EVT_C_STORE handler: the request is a C-STORE
+        request_sop = str(request.AffectedSOPInstanceUID or "")
+        request_class = str(request.AffectedSOPClassUID or "")
+        details: dict[str, object] = {
+            "calling_ae": str(getattr(event.assoc.requestor, "ae_title", "") or "").strip(),
+            "peer": getattr(event.assoc.requestor, "address", ""),
+            "affected_sop_class_uid": request_class,
+            "affected_sop_instance_uid": request_sop,
+            "received_at": datetime.now(UTC).isoformat(),
+        }
+        incoming = Incoming(storage_dir, sop_class=request_class, sop_uid=request_sop,
+                            syntax=str(event.context.transfer_syntax), details=details, fsync=fsync)
+        incoming.write(event.encoded_dataset(include_meta=False))
+    except Exception as exc:  # noqa: BLE001 - the SCP must keep serving
+        log.exception("C-STORE failed unexpectedly")
+        return Received(STATUS_INTERNAL, f"internal error: {type(exc).__name__}")
+    return incoming.finish(storage_dir=storage_dir, quarantine_dir=quarantine_dir, study_folders=study_folders)
 
 
 def _quarantine_quietly(quarantine_dir: Path, temp: Path | None, reason: str,
