@@ -24,6 +24,7 @@ with an Error Comment, and the SCP keeps serving.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -37,8 +38,10 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 from pydicom import dcmread
-from pydicom.datadict import dictionary_VR
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pynetdicom import (
     PYNETDICOM_IMPLEMENTATION_UID as IMPLEMENTATION_CLASS_UID,
@@ -46,19 +49,11 @@ from pynetdicom import (
 from pynetdicom import (
     PYNETDICOM_IMPLEMENTATION_VERSION as IMPLEMENTATION_VERSION,
 )
-from pynetdicom import AllStoragePresentationContexts, evt
+from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode_file_meta
-from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
 
-from app.dicom.ae import (
-    DEFAULT_CONFIG,
-    RECEIVE_TRANSFER_SYNTAXES,
-    AEConfig,
-    make_ae,
-    set_tcp_nodelay,
-)
+from app.dicom.acceptor import Sink, StorageServer, StoreOutcome, StoreRequest
+from app.dicom.ae import DEFAULT_CONFIG, AEConfig
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +109,8 @@ _UNDEFINED = 0xFFFFFFFF
 _PIXEL_TAGS = {0x7FE00008, 0x7FE00009, 0x7FE00010}  # Float, Double Float, Pixel Data
 
 
-def check_structure(fp: BinaryIO, start: int, end: int, *, implicit: bool, little: bool) -> bool:
+def check_structure(fp: BinaryIO, start: int, end: int, *, implicit: bool, little: bool,
+                    top: dict[int, tuple[int, int, bytes | None]] | None = None) -> bool:
     """Walk the data set between byte offsets start and end without reading values;
     return whether it has (float) pixel data at the top level.
 
@@ -124,13 +120,13 @@ def check_structure(fp: BinaryIO, start: int, end: int, *, implicit: bool, littl
     catches the usual case (an image cut before its pixel data) with the return value.
     """
     fp.seek(start)
-    top: set[int] = set()
-    _walk_dataset(fp, end, implicit, "<" if little else ">", 0, in_undefined_item=False, top=top)
-    return bool(top & _PIXEL_TAGS)
+    found: dict[int, tuple[int, int, bytes | None]] = {} if top is None else top
+    _walk_dataset(fp, end, implicit, "<" if little else ">", 0, in_undefined_item=False, top=found)
+    return not found.keys().isdisjoint(_PIXEL_TAGS)
 
 
 def _walk_dataset(fp: BinaryIO, end: int, implicit: bool, endian: str, depth: int,
-                  in_undefined_item: bool, top: set[int] | None = None,
+                  in_undefined_item: bool, top: dict[int, tuple[int, int, bytes | None]] | None = None,
                   in_defined_item: bool = False) -> None:
     while True:
         pos = fp.tell()
@@ -147,8 +143,6 @@ def _walk_dataset(fp: BinaryIO, end: int, implicit: bool, endian: str, depth: in
                 return  # (a redundant delimiter closing a defined-length item is tolerated, as pydicom does)
             raise Malformed(f"unexpected delimiter ({group:04X},{elem:04X}) at byte {pos}")
         tag = group << 16 | elem
-        if top is not None:
-            top.add(tag)
         vr: bytes | None = None
         if implicit:
             (length,) = struct.unpack(endian + "I", head[4:8])
@@ -163,6 +157,8 @@ def _walk_dataset(fp: BinaryIO, end: int, implicit: bool, endian: str, depth: in
                 (length,) = struct.unpack(endian + "I", more)
             else:
                 (length,) = struct.unpack(endian + "H", head[6:8])
+        if top is not None:
+            top[tag] = (fp.tell(), length, vr)  # (where the value starts, its length, VR if explicit)
         if length == _UNDEFINED:
             if vr is not None and vr not in (b"SQ", b"UN", b"OB", b"OW"):
                 raise Malformed(f"undefined length on VR {vr!r} at byte {pos}")
@@ -289,7 +285,9 @@ class InstanceMeta:
         return asdict(self)
 
 
-def _text(ds: Dataset, keyword: str) -> str:
+def _text(ds: Dataset, keyword: str, plain: Mapping[str, str] | None = None) -> str:
+    if plain is not None and keyword in plain:
+        return plain[keyword]
     try:
         value = ds.get(keyword, "")
         return "" if value is None else str(value).strip()
@@ -297,8 +295,13 @@ def _text(ds: Dataset, keyword: str) -> str:
         return ""
 
 
-def read_meta(ds: Dataset, **extra: Any) -> InstanceMeta:
-    """InstanceMeta from a data set read with stop_before_pixels."""
+def read_meta(ds: Dataset, plain: Mapping[str, str] | None = None, **extra: Any) -> InstanceMeta:
+    """InstanceMeta from a data set read with stop_before_pixels (and, from the gateway,
+    the `plain` text values it decoded itself, by keyword)."""
+
+    def text(keyword: str) -> str:
+        return _text(ds, keyword, plain)
+
     others: list[tuple[str, str]] = []
     try:
         for item in ds.get("OtherPatientIDsSequence", None) or []:
@@ -306,19 +309,19 @@ def read_meta(ds: Dataset, **extra: Any) -> InstanceMeta:
     except Exception:  # noqa: BLE001 - an odd sequence must not stop a receive
         log.warning("unreadable Other Patient IDs Sequence; ignored")
     return InstanceMeta(
-        patient_id=_text(ds, "PatientID"),
-        patient_name=_text(ds, "PatientName"),
-        birth_date=_text(ds, "PatientBirthDate"),
-        accession=_text(ds, "AccessionNumber"),
-        study_uid=_text(ds, "StudyInstanceUID"),
-        series_uid=_text(ds, "SeriesInstanceUID"),
-        sop_uid=_text(ds, "SOPInstanceUID"),
-        sop_class_uid=_text(ds, "SOPClassUID"),
-        study_date=_text(ds, "StudyDate"),
-        modality=_text(ds, "Modality"),
-        acquisition_date=_text(ds, "AcquisitionDate"),
-        study_description=_text(ds, "StudyDescription"),
-        issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
+        patient_id=text("PatientID"),
+        patient_name=text("PatientName"),
+        birth_date=text("PatientBirthDate"),
+        accession=text("AccessionNumber"),
+        study_uid=text("StudyInstanceUID"),
+        series_uid=text("SeriesInstanceUID"),
+        sop_uid=text("SOPInstanceUID"),
+        sop_class_uid=text("SOPClassUID"),
+        study_date=text("StudyDate"),
+        modality=text("Modality"),
+        acquisition_date=text("AcquisitionDate"),
+        study_description=text("StudyDescription"),
+        issuer_of_patient_id=text("IssuerOfPatientID"),
         other_patient_ids=tuple(others),
         **extra,
     )
@@ -430,6 +433,37 @@ def quarantine(
     return target
 
 
+_META_ELEMENT = struct.Struct("<HH2sH")  # Explicit VR LE, short form: group, element, VR, length
+
+
+def file_meta_header(sop_class: str, sop_uid: str, syntax: str) -> bytes:
+    """Preamble, "DICM" and the File Meta Information group (PS3.10 7.1) for a received
+    data set; b"" when a request's UID cannot be one (the instance is then refused).
+    Encoded by hand: pydicom's writer cost more than the rest of a receive together."""
+
+    def uid(text: str) -> bytes | None:
+        try:
+            raw = text.encode("ascii")
+        except UnicodeEncodeError:
+            return None
+        if not raw or len(raw) > 64 or not raw.isascii() or not all(32 < ch < 127 for ch in raw):
+            return None  # (a printable one that breaks the UID grammar is refused later, by name)
+        return raw + b"\x00" if len(raw) % 2 else raw
+
+    values = (uid(sop_class), uid(sop_uid), uid(syntax), uid(IMPLEMENTATION_CLASS_UID))
+    if any(value is None for value in values):
+        return b""
+    version = IMPLEMENTATION_VERSION.encode("ascii")
+    version += b" " if len(version) % 2 else b""
+    body = b"\x02\x00\x01\x00OB\x00\x00" + struct.pack("<I", 2) + b"\x00\x01"  # (0002,0001) version
+    for element, vr, value in ((0x0002, b"UI", values[0]), (0x0003, b"UI", values[1]), (0x0010, b"UI", values[2]),
+                               (0x0012, b"UI", values[3]), (0x0013, b"SH", version)):
+        assert value is not None  # noqa: S101 - checked above; narrows the type
+        body += _META_ELEMENT.pack(0x0002, element, vr, len(value)) + value
+    length = _META_ELEMENT.pack(0x0002, 0x0000, b"UL", 4) + struct.pack("<I", len(body))
+    return b"\x00" * 128 + b"DICM" + length + body
+
+
 class Incoming:
     """One instance arriving: its data set written behind File Meta Information to a
     temporary file in `storage_dir/.incoming` a piece at a time, as the network hands it
@@ -451,21 +485,13 @@ class Incoming:
         self.header = b""
         self.temp: Path | None = None
         self._out: BinaryIO | None = None
-        try:
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = UID(sop_class)
-            meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-            meta.TransferSyntaxUID = self.syntax
-            meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-            meta.ImplementationVersionName = IMPLEMENTATION_VERSION
-            self.header = b"\x00" * 128 + b"DICM" + encode_file_meta(meta)
-        except Exception:  # noqa: BLE001 - a garbage request UID can break the meta
-            self.header = b""
+        self.header = file_meta_header(sop_class, sop_uid, str(syntax))
         try:
             incoming = storage_dir / ".incoming"
             incoming.mkdir(parents=True, exist_ok=True)
             self.temp = incoming / f"{uuid.uuid4().hex}.part"
-            self._out = self.temp.open("wb", buffering=0)
+            # Read back by the checks in `finish`, on the same descriptor.
+            self._out = self.temp.open("w+b")
             self._out.write(self.header)
         except OSError as exc:
             self.error = exc
@@ -499,28 +525,34 @@ class Incoming:
     def finish(self, *, storage_dir: Path, quarantine_dir: Path, study_folders: bool = True) -> Received:
         """Check the instance and rename it into place, or quarantine it with its reason.
         Never raises."""
-        if self._out is not None and self.fsync and self.error is None:
+        if self._out is not None and self.error is None:
             try:
-                os.fsync(self._out.fileno())
+                self._out.flush()
+                if self.fsync:
+                    os.fsync(self._out.fileno())
             except OSError as exc:
                 self.error = exc
-        self._close()
         if self.error is not None:
             self.discard()
             log.error("C-STORE could not be written: %s", self.error)
             return Received(STATUS_OUT_OF_RESOURCES, f"cannot write: {self.error.strerror or self.error}",
                             request_sop_uid=self.sop_uid)
-        return settle(self.temp, len(self.header), self.syntax, request_sop=self.sop_uid,
-                      request_class=self.sop_class, details=self.details, storage_dir=storage_dir,
-                      quarantine_dir=quarantine_dir, study_folders=study_folders)
+        try:
+            return settle(self.temp, len(self.header), self.syntax, request_sop=self.sop_uid,
+                          request_class=self.sop_class, details=self.details, storage_dir=storage_dir,
+                          quarantine_dir=quarantine_dir, study_folders=study_folders, opened=self._out,
+                          size=len(self.header) + self.size)
+        finally:
+            self._close()
 
 
 def settle(temp: Path | None, header_size: int, syntax: UID, *, request_sop: str, request_class: str,
            details: dict[str, object], storage_dir: Path, quarantine_dir: Path,
-           study_folders: bool = True) -> Received:
+           study_folders: bool = True, opened: BinaryIO | None = None, size: int | None = None) -> Received:
     """Check a received instance written to `temp` (File Meta of `header_size` bytes, then
     the data set as received) and rename it into `<storage>/<study uid>/<sop uid>.dcm`, or
-    quarantine it (see the module docstring). Never raises."""
+    quarantine it (see the module docstring). `opened`: the file, still open for reading
+    (it is read there and closed before the rename), and its `size`. Never raises."""
     calling = str(details.get("calling_ae", ""))
     details.setdefault("transfer_syntax", str(syntax))
     try:
@@ -528,14 +560,18 @@ def settle(temp: Path | None, header_size: int, syntax: UID, *, request_sop: str
             raise OSError("no temporary file")
         if not header_size:
             raise _Reject(STATUS_INVALID_UID, "request UIDs cannot be encoded")
-        meta = _validate(temp, header_size, syntax, request_sop, request_class)
-        meta = InstanceMeta(**{**meta.as_dict(), "calling_ae": calling,
-                               "size_bytes": temp.stat().st_size,
-                               "other_patient_ids": meta.other_patient_ids})
+        if opened is None or size is None:
+            with temp.open("rb") as fp:
+                size = os.fstat(fp.fileno()).st_size
+                meta = _validate(fp, size, header_size, syntax, request_sop, request_class)
+        else:
+            meta = _validate(opened, size, header_size, syntax, request_sop, request_class)
+            opened.close()
+        meta = dataclasses.replace(meta, calling_ae=calling, size_bytes=size)
         folder = storage_dir / meta.study_uid if study_folders else storage_dir
         final = folder / f"{meta.sop_uid}.dcm"
         # Belt and braces: the UID grammar already rules out separators and '..'.
-        if final.resolve().parent != folder.resolve():
+        if os.path.dirname(os.path.normpath(final)) != os.path.normpath(folder):
             raise _Reject(STATUS_INVALID_UID, "UID would leave the storage directory")
         folder.mkdir(parents=True, exist_ok=True)
         os.replace(temp, final)
@@ -604,28 +640,84 @@ def _quarantine_quietly(quarantine_dir: Path, temp: Path | None, reason: str,
         return None
 
 
-def _validate(path: Path, offset: int, syntax: UID, request_sop: str, request_class: str) -> InstanceMeta:
-    """Raise _Reject with a status and reason unless the file at `path` is a sound instance."""
-    with path.open("rb") as fp:
-        size = os.fstat(fp.fileno()).st_size
-        if size == offset:
-            raise _Reject(STATUS_MALFORMED, "empty data set")
-        has_pixels: bool | None = None
-        if not syntax.is_deflated:  # a deflated data set cannot be walked without inflating
-            try:
-                has_pixels = check_structure(fp, offset, size, implicit=syntax.is_implicit_VR,
-                                             little=syntax.is_little_endian)
-            except Malformed as exc:
-                raise _Reject(STATUS_MALFORMED, f"malformed data set: {exc}",
-                              readable=not isinstance(exc, TooDeep)) from None
+# The top-level attributes `read_meta` and `_validate` look at (PS3.6 tags).
+_HEADER_TAGS = frozenset({
+    0x00080005,  # Specific Character Set: how the text below is encoded
+    0x00080016, 0x00080018, 0x00080020, 0x00080022, 0x00080050, 0x00080060, 0x00081030,  # SOP, dates...
+    0x00100010, 0x00100020, 0x00100021, 0x00100030, 0x00101002,  # patient (Other Patient IDs Sequence)
+    0x0020000D, 0x0020000E, 0x00280010, 0x00280011,  # study, series, rows, columns
+})
+_HEADER_VALUE_LIMIT = 1024 * 1024  # an attribute of ours this long is not one we read
+
+
+# Character sets in which a byte below 0x80 is the ASCII character (PS3.3 C.12.1.1.2,
+# without code extensions): a value of such bytes alone is its own text.
+_ASCII_SAFE_CHARSETS = frozenset({
+    "", "ISO_IR 6", "ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110", "ISO_IR 144", "ISO_IR 127",
+    "ISO_IR 126", "ISO_IR 138", "ISO_IR 148", "ISO_IR 203", "ISO_IR 166", "ISO_IR 192", "GB18030", "GBK",
+})
+_TEXT_VRS = frozenset({b"AE", b"CS", b"DA", b"LO", b"PN", b"SH", b"UI"})
+
+
+def _header(fp: BinaryIO, top: Mapping[int, tuple[int, int, bytes | None]], *, implicit: bool,
+            little: bool) -> tuple[dict[str, str], Dataset]:
+    """The attributes the gateway reads, from where the structure walk found them (it has
+    proven the structure, so nothing is parsed twice): plain ASCII text values decoded
+    here, by keyword; anything else (another character set, several values, a sequence)
+    left to pydicom in a Dataset of just those elements."""
+    raw: dict[int, tuple[bytes, int, bytes | None]] = {}
+    for tag in _HEADER_TAGS.intersection(top):
+        where, length, vr = top[tag]
+        if length == _UNDEFINED or length > _HEADER_VALUE_LIMIT:
+            fp.seek(0)  # an undefined-length sequence among them: let pydicom read it all
+            return {}, dcmread(fp, stop_before_pixels=True)
+        fp.seek(where)
+        raw[tag] = (fp.read(length), where, vr)
+    charset = raw.get(0x00080005, (b"", 0, None))[0].strip(b" \x00")
+    ascii_safe = charset.decode("ascii", "replace") in _ASCII_SAFE_CHARSETS
+    plain: dict[str, str] = {}
+    elements: dict[BaseTag, DataElement | RawDataElement] = {}
+    for tag, (value, where, vr) in raw.items():
+        vr_name = vr or dictionary_VR(tag).encode("ascii")
+        if ascii_safe and vr_name in _TEXT_VRS and value.isascii() and not any(b in value for b in b"\\\x1b"):
+            plain[keyword_for_tag(tag)] = value.decode("ascii").strip(" \x00")
+            if tag != 0x00080005:
+                continue
+        key = BaseTag(tag)
+        elements[key] = RawDataElement(key, vr.decode("ascii") if vr else None, len(value), value, where,
+                                       implicit, little)
+    return plain, Dataset(elements)
+
+
+def _validate(fp: BinaryIO, size: int, offset: int, syntax: UID, request_sop: str,
+              request_class: str) -> InstanceMeta:
+    """Raise _Reject with a status and reason unless the file open as `fp` (`size` bytes,
+    the data set from `offset`) is a sound instance."""
+    if size == offset:
+        raise _Reject(STATUS_MALFORMED, "empty data set")
+    has_pixels: bool | None = None
+    top: dict[int, tuple[int, int, bytes | None]] = {}
+    if not syntax.is_deflated:  # a deflated data set cannot be walked without inflating
         try:
+            has_pixels = check_structure(fp, offset, size, implicit=syntax.is_implicit_VR,
+                                         little=syntax.is_little_endian, top=top)
+        except Malformed as exc:
+            raise _Reject(STATUS_MALFORMED, f"malformed data set: {exc}",
+                          readable=not isinstance(exc, TooDeep)) from None
+    try:
+        ds: Dataset
+        plain: dict[str, str] = {}
+        if has_pixels is None:
             fp.seek(0)
             ds = dcmread(fp, stop_before_pixels=True)
-        except Exception as exc:  # noqa: BLE001 - includes RecursionError (pydicom#2330)
-            raise _Reject(STATUS_MALFORMED, f"unparseable data set: {type(exc).__name__}",
-                          readable=False) from None
-    meta = read_meta(ds, transfer_syntax=str(syntax))
-    if has_pixels is False and "Rows" in ds and "Columns" in ds:
+        else:
+            plain, ds = _header(fp, top, implicit=syntax.is_implicit_VR, little=syntax.is_little_endian)
+    except Exception as exc:  # noqa: BLE001 - includes RecursionError (pydicom#2330)
+        raise _Reject(STATUS_MALFORMED, f"unparseable data set: {type(exc).__name__}",
+                      readable=False) from None
+    meta = read_meta(ds, plain, transfer_syntax=str(syntax))
+    rows_and_columns = {0x00280010, 0x00280011} <= top.keys() if top else "Rows" in ds and "Columns" in ds
+    if has_pixels is False and rows_and_columns:
         raise _Reject(STATUS_MALFORMED, "image without pixel data (truncated?)", meta=meta)
     missing = [name for name, value in (
         ("SOP Instance UID", meta.sop_uid),
@@ -657,6 +749,10 @@ OnSenderDone = Callable[[set[str], bool], None]
 class GatewaySCP:
     """The Storage SCP for the exchange gateway. `start()` returns at once; `stop()` ends it.
 
+    The associations are the desk's own (app.dicom.acceptor: each sender on a thread, each
+    data set written to disk as it arrives); this class is the policy: where instances go,
+    what is checked (`Incoming.finish`), and whom to tell.
+
     `on_stored(path, meta)` runs in the association's thread after each instance is safely
     on disk; it must be thread-safe and idempotent (a sender may re-send an instance). If it
     raises, the peer gets 0xA700 (out of resources) and will normally retry later.
@@ -682,11 +778,10 @@ class GatewaySCP:
     config: AEConfig = DEFAULT_CONFIG
     max_associations: int = 10
     fsync: bool = False
-    _server: ThreadedAssociationServer | None = field(default=None, init=False, repr=False)
+    _server: StorageServer | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-    # Per live association (by id): the studies it stored into, and whether it was released.
+    # Per live association (by its serial number): the studies it stored into.
     _stored_into: dict[int, set[str]] = field(default_factory=dict, init=False, repr=False)
-    _released: set[int] = field(default_factory=set, init=False, repr=False)
 
     def start(self) -> GatewaySCP:
         with self._lock:
@@ -698,24 +793,11 @@ class GatewaySCP:
             self.quarantine_dir.mkdir(parents=True, exist_ok=True)
             for stale in (self.storage_dir / ".incoming").glob("*.part"):
                 stale.unlink(missing_ok=True)  # left by a crash mid-receive
-            ae = make_ae(AEConfig(ae_title=self.ae_title, timeouts=self.config.timeouts,
-                                  max_pdu=self.config.max_pdu))
-            ae.require_called_aet = True  # reject a wrong Called AE (PS3.8 Table 9-21, reason 7)
-            ae.maximum_associations = self.max_associations
-            ae.add_supported_context(Verification)
-            for cx in AllStoragePresentationContexts:
-                if cx.abstract_syntax is not None:  # each of pynetdicom's storage contexts names one
-                    ae.add_supported_context(cx.abstract_syntax, RECEIVE_TRANSFER_SYNTAXES)
-            handlers: list[Any] = [(evt.EVT_C_STORE, self._handle_store),
-                                   (evt.EVT_RELEASED, self._handle_released),
-                                   (evt.EVT_CONN_CLOSE, self._handle_closed)]
-            if self.config.tcp_nodelay:
-                handlers.append((evt.EVT_CONN_OPEN, set_tcp_nodelay))
-            server = ae.start_server((self.bind, self.port), block=False, evt_handlers=handlers)
-            if server is None:  # pynetdicom returns None only from a blocking server, once it stops
-                raise RuntimeError("pynetdicom returned no server for a non-blocking start")
+            server = StorageServer(ae_title=self.ae_title, bind=self.bind, port=self.port, handler=self,
+                                   config=self.config, max_associations=self.max_associations)
+            server.start()
             self._server = server
-            self.port = server.server_address[1]
+            self.port = server.port
             log.info("gateway SCP %s listening on %s:%s", self.ae_title, self.bind, self.port)
             return self
 
@@ -724,8 +806,7 @@ class GatewaySCP:
             if self._server is None:
                 return
             server, self._server = self._server, None
-        server.shutdown()
-        server.server_close()
+        server.stop()
 
     @property
     def running(self) -> bool:
@@ -742,14 +823,26 @@ class GatewaySCP:
             raise ValueError("not a valid Study Instance UID")
         return Path(self.storage_dir) / study_uid
 
-    def _handle_store(self, event: evt.Event) -> Dataset:
-        """EVT_C_STORE: store or quarantine; answer with a status. Never raises."""
+    # -- acceptor.StoreHandler ---------------------------------------------------------------
+
+    def begin(self, request: StoreRequest) -> Incoming:
+        details: dict[str, object] = {
+            "calling_ae": request.calling_ae,
+            "peer": request.peer,
+            "affected_sop_class_uid": request.sop_class,
+            "affected_sop_instance_uid": request.sop_uid,
+            "received_at": datetime.now(UTC).isoformat(),
+        }
+        return Incoming(self.storage_dir, sop_class=request.sop_class, sop_uid=request.sop_uid,
+                        syntax=request.syntax, details=details, fsync=self.fsync)
+
+    def finish(self, request: StoreRequest, sink: Sink) -> StoreOutcome:
+        """Settle the instance, then tell the desk. Never raises."""
         try:
-            result = receive_instance(event, storage_dir=self.storage_dir,
-                                      quarantine_dir=self.quarantine_dir, fsync=self.fsync)
+            result = cast(Incoming, sink).finish(storage_dir=self.storage_dir, quarantine_dir=self.quarantine_dir)
             if result.ok and result.meta:
                 with self._lock:
-                    self._stored_into.setdefault(id(event.assoc), set()).add(result.meta.study_uid)
+                    self._stored_into.setdefault(request.association, set()).add(result.meta.study_uid)
             if result.ok and self.on_stored is not None and result.path and result.meta:
                 try:
                     self.on_stored(result.path, result.meta)
@@ -762,24 +855,16 @@ class GatewaySCP:
                     self.on_quarantined(result.path, result.info)
                 except Exception:  # noqa: BLE001 - the refusal stands; the reason file remains
                     log.exception("on_quarantined failed for a refused instance")
-            return result.status_dataset()
+            return StoreOutcome(result.status, result.reason)
         except Exception:  # noqa: BLE001 - last line of defence
             log.exception("C-STORE handler failed")
-            return Received(STATUS_INTERNAL, "internal error").status_dataset()
+            return StoreOutcome(STATUS_INTERNAL, "internal error")
 
-    def _handle_released(self, event: evt.Event) -> None:
-        """EVT_RELEASED: the sender said it has finished (A-RELEASE)."""
+    def association_ended(self, association: int, released: bool) -> None:
+        """The association is over; tell the desk which studies it brought and whether it
+        ended by a release. Never raises."""
         with self._lock:
-            self._released.add(id(event.assoc))
-
-    def _handle_closed(self, event: evt.Event) -> None:
-        """EVT_CONN_CLOSE: the association is over; tell the desk which studies it
-        brought and whether it ended by a release. Never raises."""
-        key = id(event.assoc)
-        with self._lock:
-            studies = self._stored_into.pop(key, set())
-            released = key in self._released
-            self._released.discard(key)
+            studies = self._stored_into.pop(association, set())
         if not studies or self.on_sender_done is None:
             return
         try:
