@@ -136,8 +136,8 @@ def run_gateway(name: str) -> None:
 
     from app.dicom.scp import GatewaySCP
     from app.transfers import service
-    from app.transfers.gateway import on_stored
-    from app.transfers.inbound import in_app_context, record_quarantined, record_sender_done
+    from app.transfers.gateway import ArrivalRecorder
+    from app.transfers.inbound import in_app_context, record_quarantined
 
     app = create_app()
     with app.app_context():
@@ -146,10 +146,11 @@ def run_gateway(name: str) -> None:
         store, quarantine = service.gateway_store(), service.gateway_quarantine()
 
     # Called from the SCP's association threads, each in an app context of its own.
+    recorder = ArrivalRecorder(app)
     scp = GatewaySCP(ae_title=settings.gateway_ae_title, port=settings.gateway_port, storage_dir=store,
-                     quarantine_dir=quarantine, on_stored=in_app_context(app, on_stored),
+                     quarantine_dir=quarantine, on_stored=recorder.on_stored,
                      on_quarantined=in_app_context(app, record_quarantined),
-                     on_sender_done=in_app_context(app, record_sender_done), config=service_config(app),
+                     on_sender_done=recorder.on_sender_done, config=service_config(app),
                      bind=settings.gateway_bind)
     stop = _StopFlag()
     scp.start()
@@ -157,7 +158,9 @@ def run_gateway(name: str) -> None:
              settings.gateway_port)
     while not stop:
         time.sleep(0.5)
+        recorder.flush()  # arrivals not yet noted in the database (at most RECORD_EVERY old)
     scp.stop()
+    recorder.flush()
 
 
 DISPATCH_EVERY = 1.0  # seconds: a retry or a Batch window starts at most this late

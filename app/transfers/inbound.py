@@ -8,7 +8,9 @@ since a sender may send an instance twice. What the gateway refuses is recorded 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from app.extensions import db
 from app.patients.models import Patient
 from app.requests.models import ExamLine, Request
 from app.requests.statuses import Kind, Status
-from app.timeutil import utcnow
+from app.timeutil import aware, utcnow
 from app.transfers.models import InboundStudy
 from app.transfers.quarantine import QuarantinedFile
 from app.workflow.machine import advance
@@ -79,8 +81,10 @@ def match_request(meta: InstanceMeta) -> Request | None:
     return candidates[0] if len(candidates) == 1 else None
 
 
-def record_arrival(path: Path, meta: InstanceMeta) -> InboundStudy:
-    """Note an instance the gateway stored; match its study on first sight. Commits."""
+def record_arrival(path: Path, meta: InstanceMeta, *, modalities: Iterable[str] = ()) -> InboundStudy:
+    """Note an instance the gateway stored (with the `modalities` of others of its study
+    stored since the last note); match its study on first sight; count what its folder
+    holds. Commits."""
     for _ in range(3):
         study = db.session.scalar(sa.select(InboundStudy).where(InboundStudy.study_uid == meta.study_uid))
         if study is None:
@@ -101,12 +105,10 @@ def record_arrival(path: Path, meta: InstanceMeta) -> InboundStudy:
             if req is not None:
                 study.request = req
             db.session.add(study)
-        modalities = set(filter(None, (study.modalities or "").split(",")))
-        modalities |= {meta.modality} if meta.modality else set()
-        study.modalities = ",".join(sorted(modalities))[:64]
-        files = list(path.parent.glob("*.dcm"))
-        study.instances = len(files)
-        study.bytes = sum(f.stat().st_size for f in files)
+        seen = set(filter(None, (study.modalities or "").split(",")))
+        seen |= {meta.modality, *modalities} - {""}
+        study.modalities = ",".join(sorted(seen))[:64]
+        count_folder(study, path.parent)
         study.last_received_at = utcnow()
         try:
             db.session.commit()
@@ -115,6 +117,20 @@ def record_arrival(path: Path, meta: InstanceMeta) -> InboundStudy:
         except IntegrityError:
             db.session.rollback()  # the same study's first instance came in on another association
     raise RuntimeError("could not record the arrival")
+
+
+def count_folder(study: InboundStudy, folder: Path) -> datetime | None:
+    """Set the study's instances and bytes to what its folder on the gateway holds;
+    return when the newest of them was written (None for an empty folder)."""
+    sizes, newest = [], 0.0
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.endswith(".dcm") and entry.is_file():
+                info = entry.stat()
+                sizes.append(info.st_size)
+                newest = max(newest, info.st_mtime)
+    study.instances, study.bytes = len(sizes), sum(sizes)
+    return datetime.fromtimestamp(newest, UTC) if sizes else None
 
 
 def record_quarantined(path: Path, info: QuarantineInfo) -> QuarantinedFile:
@@ -168,7 +184,13 @@ def record_sender_done(study_uids: set[str], released: bool) -> None:
     now = utcnow()
     studies = db.session.scalars(sa.select(InboundStudy).where(InboundStudy.study_uid.in_(sorted(study_uids)))).all()
     for study in studies:
-        study.sender_done_at = now
+        try:
+            newest = count_folder(study, Path(study.folder))
+        except OSError:
+            newest = None  # a purged or moved folder keeps its last counts
+        if newest is not None and newest > aware(study.last_received_at):
+            study.last_received_at = newest  # the gateway notes arrivals at most once a second
+        study.sender_done_at = max(now, aware(study.last_received_at))
         study.sender_released = released
     for study in studies:
         settle(study, commit=False)  # one commit: never "complete" without its On IEP
