@@ -1,4 +1,4 @@
-"""The C-STORE sender's own association: one thread, straight from the file to the socket.
+"""The associations the desk requests itself: `Link`, and `StoreLink` that sends files.
 
 Why the desk does not send studies through pynetdicom's `Association`: its reactor hands
 every PDU between two threads and builds each command set through pydicom, so on this
@@ -8,13 +8,12 @@ StoreLink speaks the same protocol on the calling thread: it reads each file's d
 in PDU-sized pieces into one reused buffer and writes each piece with its P-DATA header
 in a single `sendall`; nothing is decoded, nothing is held beyond one PDU.
 
-What is ours and what is pynetdicom's: the association PDUs (A-ASSOCIATE-RQ/AC/RJ,
-A-ABORT) are encoded and decoded by pynetdicom's `pdu` classes. Written here, because
-they are small and fixed: P-DATA-TF framing (PS3.8 9.3.5), the C-STORE-RQ command set
-and the three fields of the response we act on (PS3.7 9.3.1, Implicit VR Little
-Endian), the release handshake, and reading group 0002 of a Part 10 file to find where
-its data set starts (PS3.10 7.1). Everything else the desk does over DICOM (C-ECHO,
-C-FIND, C-GET/C-MOVE, the storage SCP) stays on pynetdicom.
+`Link` is the association itself (A-ASSOCIATE-RQ with our contexts and, for a C-GET, the
+SCP role items; the AC or RJ read back; release and abort), spoken through a
+`app.dicom.wire.Wire`; `app.dicom.get_link.GetLink` retrieves over one. The association
+PDUs are encoded and decoded by pynetdicom's `pdu` classes; P-DATA framing and command
+sets are `wire`'s; reading group 0002 of a Part 10 file to find where its data set starts
+(PS3.10 7.1) is here. C-ECHO, C-FIND and C-MOVE stay on pynetdicom.
 
 Failures come back as `DicomFailure`s made by `app.dicom.errors.to_failure` from an
 `AssociationOutcome`, so the words are the same as for every other operation.
