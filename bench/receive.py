@@ -45,10 +45,12 @@ sides of every hop have the same), and two Orthancs of the bench's own (the loca
    storescu of storescp's files to the PACS. Checked after every run, desk and DCMTK
    alike: the destination Orthanc holds every instance (REST /studies/<id>/instances);
    the study is then deleted there.
-4. **memory**: the peak RSS (the kernel's VmHWM) of the receiving process at --small and
-   --instances: the gateway process of a fresh gateway-only pool after storescu pushed the
-   study (first --small files, then all), and the interpreter that ran the desk's C-GET of
-   a --small and an --instances study from the PACS.
+4. **memory**: the peak RSS of the receiving process at --small and --instances: the
+   gateway process of a fresh gateway-only pool while storescu pushes the study (first
+   --small files, then all), and the interpreter running the desk's C-GET of a --small and
+   an --instances study from the PACS. The peak is the kernel's VmHWM, reset to the
+   present RSS just before the receive (`clear_refs`), so that the start-up's own peak
+   (importing the app) cannot hide what the receive costs.
 
 Bars (the issue's): every receive path (1a, 2a) and each end-to-end case at least 0.5 x
 DCMTK's MB/s (so at most twice its seconds); peak RSS at --instances within 10 % of that
@@ -65,7 +67,6 @@ import contextlib
 import json
 import logging
 import os
-import resource
 import shutil
 import signal
 import subprocess
@@ -85,6 +86,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `app` is the rep
 from bench.support import (  # noqa: E402 - after the repository is on sys.path
     Orthanc,
     free_port,
+    reset_peak,
     start_orthanc,
     stop_family,
     stop_process,
@@ -140,7 +142,8 @@ def empty(folder: Path) -> None:
 def retrieve_child() -> None:
     """Run by `python -c` in a fresh interpreter with the pool's environment: one C-GET of a
     study with the desk's AE settings, as the engine calls it; prints JSON with the time of
-    the call, the result and the process's peak RSS (ru_maxrss: the kernel's VmHWM)."""
+    the call, the result and the process's peak RSS during the call (the kernel's VmHWM,
+    reset just before it) and its RSS then."""
     port, study_uid, dest = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     from app import create_app
@@ -151,13 +154,14 @@ def retrieve_child() -> None:
     app = create_app()
     with app.app_context():
         config = service.ae_config()
-    at_rest = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    reset_peak()  # the peak that counts is the C-GET's, not create_app's
+    at_rest = vm_hwm("self")
     started = time.perf_counter()
     result = retrieve_study(Node(PACS_AE, "127.0.0.1", port), study_uid, dest, method="get", config=config)
     seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "ok": result.ok, "files": len(result.files),
                       "bytes": result.bytes_received, "outcome": result.plain_outcome(),
-                      "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "at_rest": at_rest}))
+                      "peak_rss": vm_hwm("self"), "at_rest": at_rest}))
 
 
 # --- figures -------------------------------------------------------------------------------------------
@@ -769,6 +773,7 @@ class Bench:
                 children = psutil.Process(pool.pid).children()
                 if len(children) != 1:
                     raise CheckFailed(f"a gateway-only pool has {len(children)} child processes, expected 1")
+                reset_peak(children[0].pid)  # the push's peak, not the start-up's
                 at_rest = vm_hwm(children[0].pid)
                 since = datetime.now(UTC)
                 seconds = self.storescu(files, OUR_AE, self.gateway_port)
@@ -835,7 +840,7 @@ def report(cases: list[Case], failures: list[str], args: argparse.Namespace) -> 
             small, large = case.desk
             growth = large.peak_rss / small.peak_rss - 1
             print(f"  {small.instances:,} instances {small.peak_rss / 2**20:.1f} MiB, {large.instances:,} instances "
-                  f"{large.peak_rss / 2**20:.1f} MiB ({growth:+.1%}); before receiving anything "
+                  f"{large.peak_rss / 2**20:.1f} MiB ({growth:+.1%}); at rest before (RSS) "
                   f"{small.at_rest / 2**20:.1f} and {large.at_rest / 2**20:.1f} MiB")
             bars.append((growth <= BAR_RSS_GROWTH, f"{case.title.split(' (')[0]}: at {large.instances:,} within "
                                                   f"10 % of {small.instances:,}: {growth:+.1%}"))
@@ -892,6 +897,8 @@ def main(argv: list[str] | None = None) -> int:
     if (free := shutil.disk_usage(args.tmp_dir).free) < need:
         fail(f"{args.tmp_dir} has {free / 1e9:.1f} GB free; the run needs about {need / 1e9:.1f} GB")
 
+    # SIGTERM as Ctrl+C: unwind through the finally below, which stops every process by pid.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="iep-bench-receive-", dir=args.tmp_dir))
     bench = Bench(args, tmp)
     cases: list[Case] = []
@@ -915,6 +922,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n(whole run {time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.1f} on "
               f"{os.cpu_count()} CPUs at the end)")
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
         bench.close()
         if args.keep:
             print(f"kept {tmp}")

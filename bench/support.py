@@ -29,7 +29,14 @@ def tail(path: Path, lines: int = 30) -> str:
         return "(no log)"
 
 
-def vm_hwm(pid: int) -> int:
+def reset_peak(pid: int | str = "self") -> None:
+    """Reset a process's VmHWM to its present RSS (Linux >= 4.0: "5" into clear_refs), so
+    that the peak read later is that of what it did since, not of its start-up (importing
+    the app peaks above what a receive costs). OSError if the kernel does not allow it."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def vm_hwm(pid: int | str) -> int:
     """The kernel's peak RSS of a process (VmHWM), in bytes; 0 if unreadable."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
