@@ -916,7 +916,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 cases += runners[part]()
             except CheckFailed as exc:
-                failures.append(f"{part}: {exc}")
+                failures.append(f"part {part}: {exc}")
                 print(f"  FAIL: {exc}", flush=True)
         ok = report(cases, failures, args)
         print(f"\n(whole run {time.monotonic() - started:.0f} s; load average {os.getloadavg()[0]:.1f} on "
