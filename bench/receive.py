@@ -556,8 +556,7 @@ class Bench:
                                                priority=Priority.STANDARD, source=pacs, dest=remote,
                                                study_uids=[study.uid], user_id=self.analyst_id)
             session.commit()
-            if not service.enqueue(transfer, seen_job_id=""):
-                raise CheckFailed(f"export transfer {transfer.id} was not queued")
+            queue_it(session, transfer)
             transfer_id = transfer.id
         t = self.wait_transfer(transfer_id, "desk export")
         seconds = (aware(t.finished_at) - wall).total_seconds()
@@ -652,8 +651,7 @@ class Bench:
             plan = service.plan_download(req, again=False, partial=False)
             transfer = service.start_download(req, plan, self.analyst_id)
             session.commit()
-            if not service.enqueue(transfer, seen_job_id=""):
-                raise CheckFailed(f"import transfer {transfer.id} was not queued")
+            queue_it(session, transfer)
             transfer_id = transfer.id
         pressed = time.monotonic() - started
         t = self.wait_transfer(transfer_id, "desk import")
@@ -822,6 +820,17 @@ class Bench:
         if self.redis_pid_file is not None and self.redis_pid_file.exists():
             with contextlib.suppress(OSError, ValueError):
                 os.kill(int(self.redis_pid_file.read_text().strip()), signal.SIGTERM)
+
+
+def queue_it(session: Any, transfer: Any) -> None:  # noqa: ANN401 - a session and a Transfer
+    """`service.enqueue` as a Send calls it; None is fine when the pool's dispatcher queued
+    the new row first (it picks up jobless queued transfers every second)."""
+    from app.transfers import service
+
+    if not service.enqueue(transfer, seen_job_id=""):
+        session.refresh(transfer)
+        if not transfer.job_id:
+            raise CheckFailed(f"transfer {transfer.id} was not queued")
 
 
 # --- the report ------------------------------------------------------------------------------------------
