@@ -22,11 +22,9 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
 
@@ -39,14 +37,14 @@ from app.dicom.ae import (
     Watch,
     failure_after_empty_status,
     find_contexts,
-    get_contexts,
     move_contexts,
     open_association,
     verification_contexts,
 )
 from app.dicom.convert import UNCOMPRESSED
 from app.dicom.errors import DicomFailure, status_category, to_failure
-from app.dicom.scp import receive_instance, valid_uid
+from app.dicom.get_link import Cancelled, GetLink
+from app.dicom.scp import Received, valid_uid
 from app.dicom.store_link import (
     PRIORITY_MEDIUM,
     AssociationLost,
@@ -636,20 +634,18 @@ def _study_sop_classes(assoc: Association, watch: Watch, study_uid: str) -> set[
 
 
 def _responses(
-    assoc: Association,
-    watch: Watch,
     responses: Iterator[tuple[Dataset, Dataset | None]],
     result: RetrieveResult,
     operation: str,
     should_cancel: CancelCallback | None,
+    no_status: Callable[[float], DicomFailure],
 ) -> None:
-    """Follow C-GET/C-MOVE responses to the final one; fill `result`; raise on failure."""
+    """Follow C-GET/C-MOVE responses to the final one; fill `result`; raise on failure.
+    `no_status(seconds since the last response)` says why a response came without a Status."""
     started = time.monotonic()
     for status, identifier in responses:
         if "Status" not in status:
-            raise failure_after_empty_status(
-                assoc, watch, elapsed=time.monotonic() - started, operation=operation
-            )
+            raise no_status(time.monotonic() - started)
         code = int(status.Status)
         category = status_category(code, operation)
         # Each response carries the running counts; the final one's are the truth (and
@@ -732,12 +728,9 @@ def retrieve_study(
                 classes = _study_sop_classes(assoc, watch, study_uid)
         except DicomFailure:
             classes = set()  # no C-FIND there: propose the common classes; the C-GET says the rest
-        contexts, roles = get_contexts(classes)
 
-        def on_store(event: evt.Event) -> Dataset:
-            """EVT_C_STORE for the C-GET sub-operations. Never raises."""
-            received = receive_instance(event, storage_dir=dest, quarantine_dir=dest / "quarantine",
-                                        study_folders=False)
+        def on_store(received: Received) -> None:
+            """Each C-GET sub-operation, once settled (stored, or quarantined)."""
             if received.ok and received.path is not None:
                 result.files.append(received.path)
                 result.bytes_received += received.meta.size_bytes if received.meta else 0
@@ -746,16 +739,15 @@ def retrieve_study(
                         on_progress(len(result.files), result.bytes_received)
                     except Exception:  # noqa: BLE001
                         log.exception("on_progress failed")
-            return received.status_dataset()
 
         try:
-            with open_association(node, contexts, config=config, roles=roles,
-                                  handlers=[(evt.EVT_C_STORE, on_store)]) as (assoc, watch):
-                responses = assoc.send_c_get(query,
-                                             StudyRootQueryRetrieveInformationModelGet)
-                _responses(assoc, watch, responses, result, "get", should_cancel)
-        except _Cancelled:
-            pass
+            with GetLink(node, classes, config=config) as link:
+                responses = link.get(query, storage_dir=dest, quarantine_dir=dest / "quarantine",
+                                     on_store=on_store, should_cancel=should_cancel)
+                _responses(responses, result, "get", should_cancel,
+                           lambda _elapsed: to_failure(None, operation="get"))
+        except (_Cancelled, Cancelled):
+            result.cancelled = True
         return result
 
     if method != "move":
@@ -778,7 +770,9 @@ def retrieve_study(
         with open_association(node, move_contexts(), config=config) as (assoc, watch):
             responses = assoc.send_c_move(query, our_node.ae_title,
                                           StudyRootQueryRetrieveInformationModelMove)
-            _responses(assoc, watch, responses, result, "move", cancel_or_progress)
+            _responses(responses, result, "move", cancel_or_progress,
+                       lambda elapsed: failure_after_empty_status(assoc, watch, elapsed=elapsed,
+                                                                  operation="move"))
     except _Cancelled:
         pass
     if dest_dir is not None and Path(dest_dir).is_dir():
