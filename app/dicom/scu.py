@@ -1,11 +1,12 @@
 """The desk as an SCU: C-ECHO, C-FIND, C-STORE (send), C-GET / C-MOVE (retrieve).
 
 Each call opens one association of its own and closes it before returning (pynetdicom's,
-through `app.dicom.ae.open_association`; for sending, `app.dicom.store_link.StoreLink`);
-failures come back as `DicomFailure` with the reason in plain words. Studies are streamed
-instance by instance: `send_files` sends each file from disk in PDU-sized pieces without
-decoding it, and a C-GET writes each arriving instance straight to a file, so a worker's
-memory does not grow with the size of a study.
+through `app.dicom.ae.open_association`; for sending, `app.dicom.store_link.StoreLink`; for
+a C-GET, `app.dicom.get_link.GetLink`); failures come back as `DicomFailure` with the reason
+in plain words. Studies are streamed instance by instance: `send_files` sends each file from
+disk in PDU-sized pieces without decoding it, and a C-GET writes each arriving instance to
+its file a PDU at a time as it arrives, so a worker's memory does not grow with the size of
+a study.
 """
 
 from __future__ import annotations
