@@ -23,11 +23,13 @@ reported as received.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import config
 from pydicom.dataelem import DataElement
@@ -39,7 +41,7 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 from app.dicom import wire
 from app.dicom.ae import AEConfig, Node, get_plan
 from app.dicom.errors import DicomFailure, to_failure
-from app.dicom.scp import STATUS_INTERNAL, Incoming, Received
+from app.dicom.scp import STATUS_INTERNAL, Incoming, Received, open_temp
 from app.dicom.store_link import PRIORITY_MEDIUM, Link
 from app.dicom.wire import Closed, ProtocolError, ReleaseRequested, encode_command, uid_value, us_value
 
@@ -72,6 +74,7 @@ class GetLink(Link):
                                                                str(ImplicitVRLittleEndian)])]
         proposals += [(uid, list(syntaxes)) for uid, syntaxes in plan]
         super().__init__(node, proposals, config=config, scp_roles=[uid for uid, _ in plan])
+        self._spare: tuple[Path, BinaryIO] | None = None  # the next instance's file, made while waiting
 
     def _associate_rq(self) -> bytes:
         """The A-ASSOCIATE-RQ, kept per process: with 128 contexts of several syntaxes each,
@@ -131,8 +134,11 @@ class GetLink(Link):
                     raise ProtocolError("a C-GET response to another request")
                 status = _status(fields)
                 found = self._identifier(cid, implicit) if fields.has_data_set else None
+                final = "Status" not in status or status.Status not in (0xFF00, 0xFF01)
+                if final:
+                    self._drop_spare()
                 yield status, found
-                if "Status" not in status or status.Status not in (0xFF00, 0xFF01):
+                if final:
                     return
         except TimeoutError:
             self.abort()
@@ -141,7 +147,7 @@ class GetLink(Link):
             # The PACS ends the association before its final response: answer, and say so.
             assert self.wire is not None  # noqa: S101 - narrows the type; set until _close
             self.wire.release_as_acceptor()
-            self.wire = None
+            self._close()
             raise to_failure(self._outcome(closed_by_peer=True)) from None
         except (Closed, OSError) as error:
             outcome = self._outcome(closed_by_peer=True, abort_received=getattr(error, "abort", None))
@@ -174,8 +180,9 @@ class GetLink(Link):
             "affected_sop_instance_uid": request_sop,
             "received_at": datetime.now(UTC).isoformat(),
         }
+        spare, self._spare = self._spare, None
         incoming = Incoming(storage_dir, sop_class=request_class, sop_uid=request_sop, syntax=kind[1],
-                            details=details)
+                            details=details, spare=spare)
         try:
             self.wire.read_data_set(context_id, incoming.write)
         except BaseException:
@@ -188,6 +195,25 @@ class GetLink(Link):
             except Exception:  # noqa: BLE001 - the instance is settled; only the caller's note is lost
                 log.exception("on_store failed for a retrieved instance")
         self.wire.send_message(context_id, _store_response(fields, received))
+        # While the PACS answers and reads its next instance, the file for that one is made.
+        try:
+            self._spare = open_temp(storage_dir)
+        except OSError:
+            self._spare = None  # Incoming tries again, and answers 0xA700 if it cannot
+
+    def _drop_spare(self) -> None:
+        """Remove the file made for an instance that will not come. Never raises."""
+        if self._spare is not None:
+            temp, out = self._spare
+            self._spare = None
+            with contextlib.suppress(OSError):
+                out.close()
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        self._drop_spare()
+        super()._close()
 
     def _identifier(self, context_id: int, implicit: bool) -> Dataset | None:
         """A C-GET-RSP's identifier (small), decoded; None if it does not decode (the status

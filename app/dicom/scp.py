@@ -464,17 +464,32 @@ def file_meta_header(sop_class: str, sop_uid: str, syntax: str) -> bytes:
     return b"\x00" * 128 + b"DICM" + length + body
 
 
+def open_temp(storage_dir: Path) -> tuple[Path, BinaryIO]:
+    """A new, empty temporary file in `storage_dir/.incoming` for an instance to arrive in,
+    open for writing and, by the checks in `Incoming.finish`, reading back.
+
+    Creating a file costs 0.2-0.3 ms on this machine's disk, a tenth of a C-GET's time per
+    0.5 MB instance: a receiver that waits on the network can make the next one while it
+    waits and hand it to `Incoming` as `spare`."""
+    incoming = storage_dir / ".incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    temp = incoming / f"{uuid.uuid4().hex}.part"
+    return temp, temp.open("w+b")
+
+
 class Incoming:
     """One instance arriving: its data set written behind File Meta Information to a
-    temporary file in `storage_dir/.incoming` a piece at a time, as the network hands it
-    over (nothing decoded, nothing held), then settled by `finish`.
+    temporary file in `storage_dir/.incoming` (made here, or `spare` from `open_temp`) a
+    piece at a time, as the network hands it over (nothing decoded, nothing held), then
+    settled by `finish`.
 
     A write that fails (disk full) is remembered and the rest of the data set is dropped:
     the caller keeps reading it off the association, and `finish` answers 0xA700.
     """
 
     def __init__(self, storage_dir: Path, *, sop_class: str, sop_uid: str, syntax: str,
-                 details: dict[str, object], fsync: bool = False) -> None:
+                 details: dict[str, object], fsync: bool = False,
+                 spare: tuple[Path, BinaryIO] | None = None) -> None:
         self.sop_class = sop_class
         self.sop_uid = sop_uid
         self.syntax = UID(syntax)
@@ -487,11 +502,7 @@ class Incoming:
         self._out: BinaryIO | None = None
         self.header = file_meta_header(sop_class, sop_uid, str(syntax))
         try:
-            incoming = storage_dir / ".incoming"
-            incoming.mkdir(parents=True, exist_ok=True)
-            self.temp = incoming / f"{uuid.uuid4().hex}.part"
-            # Read back by the checks in `finish`, on the same descriptor.
-            self._out = self.temp.open("w+b")
+            self.temp, self._out = spare if spare is not None else open_temp(storage_dir)
             self._out.write(self.header)
         except OSError as exc:
             self.error = exc
