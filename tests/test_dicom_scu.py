@@ -351,7 +351,8 @@ def test_tcp_nodelay_is_set_on_our_sockets_both_ways(tmp_path: Path) -> None:
             with open_association(node, verification_contexts(), config=config) as (assoc, _):
                 ours = assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
                 assert bool(ours) is wanted
-                (theirs,) = [a.dul.socket.socket for a in gateway._server.active_associations]
+                assert gateway._server is not None
+                (theirs,) = gateway._server.live_sockets()
                 assert theirs.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 

@@ -311,6 +311,8 @@ class ScriptedPeer:
         )))
 
     def close(self) -> None:
+        """Let the script finish what it reads (the desk's A-ABORT), then close."""
+        self.thread.join(10)
         if self.wire is not None:
             self.wire.close()
         self.listener.close()

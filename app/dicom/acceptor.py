@@ -172,6 +172,11 @@ class StorageServer:
         for thread, _ in live:
             thread.join(timeout)
 
+    def live_sockets(self) -> list[socket.socket]:
+        """The sockets of the associations being served now (for diagnostics and tests)."""
+        with self._lock:
+            return [sock for _, sock in self._live.values()]
+
     def _accept_loop(self) -> None:
         assert self._listener is not None  # noqa: S101 - narrows the type; set by start()
         while not self._stopping.is_set():

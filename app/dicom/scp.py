@@ -1,24 +1,25 @@
 """The gateway's Storage SCP: receive instances to disk, quarantine what is malformed.
 
-`GatewaySCP` accepts C-ECHO and C-STORE for the storage SOP classes in every transfer
-syntax pynetdicom knows (we never decode pixel data, so compressed syntaxes are fine).
-Each instance is handled by `receive_instance`, which C-GET retrieval reuses:
+`GatewaySCP` accepts C-ECHO and C-STORE for the storage SOP classes in the transfer
+syntaxes of `ae.RECEIVE_TRANSFER_SYNTAXES` (we never decode pixel data, so compressed
+syntaxes are fine), on the desk's own associations (app.dicom.acceptor). Each instance
+is an `Incoming`, which C-GET retrieval (app.dicom.get_link) uses too:
 
-1. the encoded data set, as received, is written behind File Meta Information to a
-   temporary file beside its destination (no decoding);
+1. the encoded data set is written behind File Meta Information to a temporary file
+   beside its destination a PDU at a time, as it arrives (no decoding, nothing held);
 2. its structure is walked element by element — tags and lengths only, values skipped,
    sequences entered whatever their length encoding — so a truncated or inconsistent
    data set, or one nested deeper than MAX_SEQUENCE_DEPTH, is caught (pydicom silently
    stops at a truncation, and parses defined-length sequences only when first used);
-3. the header is read with `stop_before_pixels` for the attributes we need;
+3. the attributes we need are read where the walk found them (`_header`);
 4. UIDs are checked against the UID grammar before they name a directory or a file;
 5. a good instance is renamed into `<storage>/<study uid>/<sop uid>.dcm` (atomic, and a
    re-sent instance overwrites its earlier copy); anything else goes to the quarantine
    directory under a generated name, with a `.reason.txt` beside it, and
    `GatewaySCP.on_quarantined` hears of it (with the patient, if the header was readable).
 
-The handler never raises: every outcome is a C-STORE status (PS3.4 B.2.3, Table B.2-1)
-with an Error Comment, and the SCP keeps serving.
+Nothing here raises into the association: every outcome is a C-STORE status (PS3.4
+B.2.3, Table B.2-1) with an Error Comment, and the SCP keeps serving.
 """
 
 from __future__ import annotations
@@ -49,8 +50,6 @@ from pynetdicom import (
 from pynetdicom import (
     PYNETDICOM_IMPLEMENTATION_VERSION as IMPLEMENTATION_VERSION,
 )
-from pynetdicom import evt
-from pynetdicom.dimse_primitives import C_STORE
 
 from app.dicom.acceptor import Sink, StorageServer, StoreOutcome, StoreRequest
 from app.dicom.ae import DEFAULT_CONFIG, AEConfig
@@ -608,36 +607,6 @@ def settle(temp: Path | None, header_size: int, syntax: UID, *, request_sop: str
         info = _quarantine_info(STATUS_INTERNAL, reason, details, where, None, False)
         return Received(STATUS_INTERNAL, reason, where, quarantined=where is not None,
                         request_sop_uid=request_sop, info=info)
-
-
-def receive_instance(
-    event: evt.Event,
-    *,
-    storage_dir: Path,
-    quarantine_dir: Path,
-    study_folders: bool = True,
-    fsync: bool = False,
-) -> Received:
-    """Store one C-STORE request's data set, from a pynetdicom event (see the module
-    docstring). Never raises."""
-    try:
-        request = cast(C_STORE, event.request)  # an EVT_C_STORE handler: the request is a C-STORE
-        request_sop = str(request.AffectedSOPInstanceUID or "")
-        request_class = str(request.AffectedSOPClassUID or "")
-        details: dict[str, object] = {
-            "calling_ae": str(getattr(event.assoc.requestor, "ae_title", "") or "").strip(),
-            "peer": getattr(event.assoc.requestor, "address", ""),
-            "affected_sop_class_uid": request_class,
-            "affected_sop_instance_uid": request_sop,
-            "received_at": datetime.now(UTC).isoformat(),
-        }
-        incoming = Incoming(storage_dir, sop_class=request_class, sop_uid=request_sop,
-                            syntax=str(event.context.transfer_syntax), details=details, fsync=fsync)
-        incoming.write(event.encoded_dataset(include_meta=False))
-    except Exception as exc:  # noqa: BLE001 - the SCP must keep serving
-        log.exception("C-STORE failed unexpectedly")
-        return Received(STATUS_INTERNAL, f"internal error: {type(exc).__name__}")
-    return incoming.finish(storage_dir=storage_dir, quarantine_dir=quarantine_dir, study_folders=study_folders)
 
 
 def _quarantine_quietly(quarantine_dir: Path, temp: Path | None, reason: str,
