@@ -83,14 +83,15 @@ BLUE_LIGHT_WAITING = tuple(s for s in NOT_STARTED if s not in ACTION_ALWAYS)
 # - In Progress when a transfer needs the analyst's eyes.
 
 
-def _action_parts() -> dict[str, sa.ColumnElement[bool]]:
-    """The parts of Action Required, each starting with its statuses (what an index finds)."""
+def _action_parts() -> dict[str, tuple[sa.ColumnElement[bool], sa.ColumnElement[bool] | None]]:
+    """The parts of Action Required: for each, which rows (by status and priority: what an
+    index finds) and what else each of those rows must show (None: nothing else)."""
     return {
-        "always": Request.status.in_(ACTION_ALWAYS),
-        "blue_light": sa.and_(Request.status.in_(BLUE_LIGHT_WAITING), Request.priority == Priority.BLUE_LIGHT),
-        "replied": sa.and_(Request.status == S.AWAITING_DETAILS, Request.priority != Priority.BLUE_LIGHT,
-                           _requester_replied()),
-        "eyes": sa.and_(Request.status.in_(IN_PROGRESS), _transfer_needs_eyes()),
+        "always": (Request.status.in_(ACTION_ALWAYS), None),
+        "blue_light": (sa.and_(Request.status.in_(BLUE_LIGHT_WAITING), Request.priority == Priority.BLUE_LIGHT), None),
+        "replied": (sa.and_(Request.status == S.AWAITING_DETAILS, Request.priority != Priority.BLUE_LIGHT),
+                    _requester_replied()),
+        "eyes": (Request.status.in_(IN_PROGRESS), _transfer_needs_eyes()),
     }
 
 
@@ -339,6 +340,11 @@ def queue_page(
         after_row = sa.tuple_(sa.literal(value, type_=key.type), sa.literal(row_id))
         row = sa.tuple_(key, Request.id)
         stmt = stmt.where(row < after_row if descending else row > after_row)
+        # The same bound on the sort value alone, implied by the row value: SQLite uses a
+        # row value as a range only on an index of exactly (key, id); this one is a range
+        # on any index that starts with the key (page 101 by patient: 0.1 ms, not 10-30).
+        bound = sa.literal(value, type_=key.type)
+        stmt = stmt.where(key <= bound if descending else key >= bound)
     # The page's ids first, then their rows: when a tab or filter has thousands of rows
     # out of order (Action Required, a name search), the planner sorts thousands of ids
     # instead of thousands of whole rows joined to their people (SQLite joins before it
@@ -397,10 +403,13 @@ def tab_counts(filters: Filters, me: int) -> TabCounts:
     def excluded(statuses: tuple[Status, ...]) -> bool:
         return wanted is not None and wanted not in statuses
 
-    def count(condition: sa.ColumnElement[bool], label: str) -> sa.Label:
-        return sa.select(sa.func.count(Request.id)).where(condition, *conds).scalar_subquery().label(label)
+    def count(rows: sa.ColumnElement[bool], label: str, test: sa.ColumnElement[bool] | None = None) -> sa.Label:
+        # A part's own test is counted row by row (CASE), not joined: PostgreSQL would
+        # otherwise hash every message to answer for a thousand rows (7 ms, not 2).
+        counted = sa.func.count(Request.id) if test is None else sa.func.count(sa.case((test, 1)))
+        return sa.select(counted).where(rows, *conds).scalar_subquery().label(label)
 
-    columns = [count(part, f"action_{name}") for name, part in _action_parts().items()
+    columns = [count(rows, f"action_{name}", test) for name, (rows, test) in _action_parts().items()
                if not excluded(ACTION_PART_STATUSES[name])]
     columns += [count(tab_condition(tab), tab) for tab, statuses in TAB_STATUSES.items()
                 if tab != "action" and statuses is not None and not excluded(statuses)]

@@ -184,6 +184,10 @@ class Request(Model):
             postgresql_ops={"upper(family_name)": "text_pattern_ops"},
         ),
         sa.Index("ix_requests_family_name_upper_sort", sa.text("upper(family_name)"), "id"),
+        # Action Required's "the requester replied" part, counted from the index alone:
+        # the rows in Awaiting Details, their requester and when their status changed.
+        sa.Index("ix_requests_status_priority_requester", "status", "priority", "requester_id",
+                 "status_changed_at", "id"),
     )
 
     @property
