@@ -188,6 +188,10 @@ def test_all_says_how_many_up_to_the_cap_then_more_than_it(analyst, mix, monkeyp
     assert _counts(html)["All"] == f"{total - 1:,}+" and f"All: {total - 1:,}+ requests." in html
     assert _counts(html)["Action Required"] == str(len(expected["action"]))  # the working tabs stay exact
     assert _counts(_tab(browser, "all", status="Failed"))["All"] == "2"  # a filter under the cap: exact
+    monkeypatch.setattr(queries, "ALL_COUNT_CAP", 1)  # under the working tabs' counts: they stay exact
+    html = _tab(browser, "action")
+    assert _counts(html) == {**{TAB_LABELS[t]: str(len(expected[t])) for t in TAB_LABELS}, "All": "1+"}
+    assert f"Action Required: {len(expected['action'])} requests." in html
 
 
 def test_family_name_search_matches_prefixes_only(analyst, people):

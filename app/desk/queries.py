@@ -8,6 +8,7 @@ Pages are keyset pages: "the rows after (value, id)" in the chosen order, so the
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -418,8 +419,9 @@ def tab_counts(filters: Filters, me: int) -> TabCounts:
     found = db.session.execute(sa.select(*columns)).one()._mapping
     counts = {tab: found.get(tab, 0) for tab in TABS}
     counts["action"] = sum(found.get(f"action_{name}", 0) for name in ACTION_PART_STATUSES)
-    capped = frozenset(tab for tab in TABS if counts[tab] > ALL_COUNT_CAP)
-    return TabCounts({tab: min(counts[tab], ALL_COUNT_CAP) for tab in TABS}, capped)
+    if counts["all"] > ALL_COUNT_CAP:
+        return TabCounts({**counts, "all": ALL_COUNT_CAP}, frozenset({"all"}))
+    return TabCounts(counts)
 
 
 def unmatched_arrivals() -> int:
@@ -479,10 +481,10 @@ def time_left(req: Request) -> timedelta:
     return created + BLUE_LIGHT_TARGET - utcnow()
 
 
-def queue_stamp() -> str:
-    """Changes whenever something the queue shows may have changed, and every minute (the
-    Blue Light clocks): lets a poll answer "nothing new" from one statement of index
-    look-ups, whatever the number of requests. It notices:
+@functools.cache
+def _stamp_statement() -> sa.Select:
+    """What the queue stamp reads: one statement of index look-ups, whatever the number of
+    requests, built once (every open desk polls it every 5 s). It notices:
 
     - a new request (the highest id) and a changed one (the latest `updated_at`, moved
       by every change of a request: status, assignee, details);
@@ -503,26 +505,30 @@ def queue_stamp() -> str:
         return (stmt if where is None else stmt.where(where)).scalar_subquery()
 
     unfinished = Transfer.state.in_(UNFINISHED_STATES)
-    values = db.session.execute(
-        sa.select(
-            scalar(sa.func.max(Request.id)),
-            scalar(sa.func.max(Request.updated_at)),
-            scalar(sa.func.max(Message.id)),
-            scalar(sa.func.max(Transfer.id)),
-            scalar(sa.func.max(Transfer.progressed_at)),
-            scalar(sa.func.count(Transfer.id), where=unfinished),
-            scalar(sa.func.sum(Transfer.instances_done), where=unfinished),
-            scalar(sa.func.sum(Transfer.attempts), where=unfinished),
-            scalar(sa.func.count(Transfer.id), where=sa.and_(unfinished, Transfer.stalled)),
-            scalar(sa.func.count(Transfer.id), where=Transfer.state == TransferState.WAITING_CONFIRMATION),
-            scalar(sa.func.count(Transfer.id), where=sa.and_(unfinished, Transfer.last_error != "")),
-            scalar(sa.func.max(InboundStudy.last_received_at)),
-            scalar(sa.func.count(InboundStudy.id),
-                   where=sa.and_(InboundStudy.request_id.is_(None), InboundStudy.purged_at.is_(None))),
-            scalar(sa.func.max(QuarantinedFile.id)),
-            scalar(sa.func.count(QuarantinedFile.id), where=QuarantinedFile.purged_at.is_(None)),
-            scalar(sa.func.count(OutboxEmail.id), where=OutboxEmail.status == OutboxStatus.FAILED.value),
-        )
-    ).one()
+    return sa.select(
+        scalar(sa.func.max(Request.id)),
+        scalar(sa.func.max(Request.updated_at)),
+        scalar(sa.func.max(Message.id)),
+        scalar(sa.func.max(Transfer.id)),
+        scalar(sa.func.max(Transfer.progressed_at)),
+        scalar(sa.func.count(Transfer.id), where=unfinished),
+        scalar(sa.func.sum(Transfer.instances_done), where=unfinished),
+        scalar(sa.func.sum(Transfer.attempts), where=unfinished),
+        scalar(sa.func.count(Transfer.id), where=sa.and_(unfinished, Transfer.stalled)),
+        scalar(sa.func.count(Transfer.id), where=Transfer.state == TransferState.WAITING_CONFIRMATION),
+        scalar(sa.func.count(Transfer.id), where=sa.and_(unfinished, Transfer.last_error != "")),
+        scalar(sa.func.max(InboundStudy.last_received_at)),
+        scalar(sa.func.count(InboundStudy.id),
+               where=sa.and_(InboundStudy.request_id.is_(None), InboundStudy.purged_at.is_(None))),
+        scalar(sa.func.max(QuarantinedFile.id)),
+        scalar(sa.func.count(QuarantinedFile.id), where=QuarantinedFile.purged_at.is_(None)),
+        scalar(sa.func.count(OutboxEmail.id), where=OutboxEmail.status == OutboxStatus.FAILED.value),
+    )
+
+
+def queue_stamp() -> str:
+    """Changes whenever something the queue shows may have changed, and every minute (the
+    Blue Light clocks): see `_stamp_statement` for what it notices."""
+    values = db.session.execute(_stamp_statement()).one()
     minute = utcnow().strftime("%H%M")
     return ":".join(str(v) for v in (*values, minute))
