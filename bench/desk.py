@@ -388,7 +388,7 @@ def _kind_of(statement: str) -> str | None:
     text = " ".join(statement.split())
     if "max(requests.updated_at)" in text:
         return "queue stamp (every poll)"
-    if text.startswith("SELECT (SELECT count(") and "FROM requests" in text:
+    if text.startswith(("SELECT (SELECT count(", "SELECT count(CASE")) and "FROM requests" in text:
         return "tab counts"
     if text.startswith("SELECT requests.") and " LIMIT " in text:
         return "page rows"

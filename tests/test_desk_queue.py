@@ -175,6 +175,20 @@ def test_counts_under_a_kind_and_a_name_filter_are_the_rows_listed(analyst, mix,
                               "CD round": "0", "All": "2"}
 
 
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one pass", "per tab"])
+def test_a_name_search_counts_every_tab_in_one_pass_or_per_tab_alike(analyst, mix, monkeypatch, one_pass):
+    """Every request of the mix is a SMITH: the search finds them all, counted in one pass
+    over them, or per tab when the search finds more than the pass takes."""
+    _user, browser = analyst
+    expected, _statuses = mix
+    if not one_pass:
+        monkeypatch.setattr(queries, "SEARCH_PASS_LIMIT", 1)
+    for tab, label in TAB_LABELS.items():
+        html = _tab(browser, tab, patient_name="smi")
+        assert set(_rows(html)) == expected[tab], tab
+        assert _counts(html) == {TAB_LABELS[t]: str(len(expected[t])) for t in TAB_LABELS}, tab
+
+
 def test_all_says_how_many_up_to_the_cap_then_more_than_it(analyst, mix, monkeypatch):
     """Past ALL_COUNT_CAP the All tab says "N+" (there are more), never a wrong number."""
     _user, browser = analyst
