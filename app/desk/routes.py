@@ -21,6 +21,7 @@ from app.desk.queries import (
     Filters,
     active_transfers,
     decode_cursor,
+    plan_with_the_values,
     queue_page,
     queue_stamp,
     requester_replied,
@@ -115,6 +116,7 @@ def _queue_context(form: FilterForm, *, keep_page: bool = False, stamp: str | No
         form.cursor.data = ""
     form.tab.data, form.sort.data = tab, sort
     filters = _filters(form)
+    plan_with_the_values()
     stamp = stamp or queue_stamp()
     page = queue_page(
         tab=tab, filters=filters, me=current_user.id, sort=sort, descending=descending,
