@@ -379,18 +379,25 @@ def cases(app: Flask, client: FlaskClient, token: str, filled: Filled) -> tuple[
 # --- Plans ---------------------------------------------------------------------------------
 
 
+# Which queries differ from case to case (printed for each case) and which are the same
+# in every case (printed once).
+PER_CASE = ("page rows", "tab counts")
+
+
 def _kind_of(statement: str) -> str | None:
     text = " ".join(statement.split())
-    if "FROM requests" not in text:
-        return None
     if "max(requests.updated_at)" in text:
         return "queue stamp (every poll)"
-    if "count(CASE" in text:
+    if text.startswith(("SELECT (SELECT count(", "SELECT count(CASE")) and "FROM requests" in text:
         return "tab counts"
     if text.startswith("SELECT requests.") and " LIMIT " in text:
         return "page rows"
     if text.startswith("SELECT requests.") and "ORDER BY requests.created_at ASC" in text:
         return "pinned Blue Light rows"
+    if text.startswith("SELECT messages.request_id"):
+        return "requester replied badges (the page's rows)"
+    if text.startswith("SELECT transfers.") and "max(transfers.id)" in text:
+        return "transfer bars (the page's rows)"
     return None
 
 
@@ -405,7 +412,8 @@ def _statement_ms(conn: sa.Connection, statement: str, params: object, runs: int
 
 
 def explain(app: Flask, client: FlaskClient, token: str, forms: dict[str, dict]) -> None:
-    """Print the plan and the time of each queue query (stamp, counts, pinned once)."""
+    """Print the plan and the time of each queue query: the page rows and the tab counts of
+    every case, the others (stamp, pinned rows, badges, bars) once."""
     hx = {"HX-Request": "true", "X-CSRFToken": token}
     with app.app_context():
         engine = db.engine
@@ -416,10 +424,10 @@ def explain(app: Flask, client: FlaskClient, token: str, forms: dict[str, dict])
             client.post("/desk", data=data, headers=hx)
         for statement, params in seen:
             kind = _kind_of(statement)
-            if kind is None or (kind != "page rows" and kind in shown):
+            if kind is None or (kind not in PER_CASE and kind in shown):
                 continue
             shown.add(kind)
-            heading = f"{kind} - {label}" if kind == "page rows" else f"{kind} - unfiltered ({label})"
+            heading = f"{kind} - {label}" if kind in PER_CASE else f"{kind} (first seen in: {label})"
             with engine.connect() as conn:
                 took = f"{_statement_ms(conn, statement, params):.1f} ms"
                 if postgres:

@@ -8,6 +8,7 @@ Pages are keyset pages: "the rows after (value, id)" in the chosen order, so the
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ NOT_STARTED = (S.NEW, S.AWAITING_DETAILS, S.ACCEPTED, S.AWAITING_DROP_OFF, S.COL
 # The CD round (Appendix 5; issue 12.5), in its order.
 CD_ROUND = (S.AWAITING_DROP_OFF, S.COLLECTED, S.UPLOADED)
 CLOSED = (S.DELIVERED, S.COMPLETED, S.CANCELLED, S.DECLINED, S.PURGED)
+OPEN = tuple(s for s in Status if s not in CLOSED)
 
 TABS = {
     "action": "Action Required",
@@ -42,17 +44,32 @@ TABS = {
 }
 
 
-def _requester_replied() -> sa.ColumnElement[bool]:
+# The request a condition is about: the requests table, or the rows a search found
+# (an ORM alias of a subquery with the columns these conditions read).
+Of = Any
+
+
+def _requester_replied(of: Of = Request) -> sa.ColumnElement[bool]:
     """The requester wrote after the request was put in Awaiting Details."""
+    return _replied_to_requests() if of is Request else _replied(of)
+
+
+@functools.cache
+def _replied_to_requests() -> sa.ColumnElement[bool]:
+    # Built once: a statement is immutable, and building it was a part of every render.
+    return _replied(Request)
+
+
+def _replied(of: Of) -> sa.ColumnElement[bool]:
     return sa.exists().where(
-        Message.request_id == Request.id,
+        Message.request_id == of.id,
         Message.kind == MessageKind.MESSAGE.value,
-        Message.author_id == Request.requester_id,
-        Message.created_at > Request.status_changed_at,
+        Message.author_id == of.requester_id,
+        Message.created_at > of.status_changed_at,
     )
 
 
-def _transfer_needs_eyes() -> sa.ColumnElement[bool]:
+def _transfer_needs_eyes(of: Of = Request) -> sa.ColumnElement[bool]:
     """A transfer of the request stalled (the watchdog re-queued it), waits for the
     analyst to confirm demographics that differ from the register, or is a Blue Light
     transfer whose last attempt failed (it retries, but a trauma patient cannot wait) or
@@ -61,7 +78,7 @@ def _transfer_needs_eyes() -> sa.ColumnElement[bool]:
     from app.transfers.service import blue_light_not_started
 
     return sa.exists().where(
-        Transfer.request_id == Request.id,
+        Transfer.request_id == of.id,
         sa.or_(
             sa.and_(Transfer.stalled, Transfer.state.in_(ACTIVE_STATES)),
             Transfer.state == TransferState.WAITING_CONFIRMATION,
@@ -72,25 +89,65 @@ def _transfer_needs_eyes() -> sa.ColumnElement[bool]:
     )
 
 
+# Action Required, as four parts that never overlap (each part's statuses or priority
+# exclude the others'), so that its count is the sum of four counts the indexes answer:
+# - these statuses always (a CD import waiting for drop-off is where a new one was: its
+#   form is still to be checked; one whose contents are uploaded waits to be sent);
+ACTION_ALWAYS = (S.NEW, S.FAILED, S.DECLINED, S.AWAITING_DROP_OFF, S.UPLOADED)
+# - Blue Light until work starts (its other not-started statuses: the rest are above);
+BLUE_LIGHT_WAITING = tuple(s for s in NOT_STARTED if s not in ACTION_ALWAYS)
+# - Awaiting Details (not Blue Light: that is the part above) once the requester replied;
+# - In Progress when a transfer needs the analyst's eyes.
+
+
+def _action_parts(of: Of = Request) -> dict[str, tuple[sa.ColumnElement[bool], sa.ColumnElement[bool] | None]]:
+    """The parts of Action Required: for each, which rows (by status and priority: what an
+    index finds) and what else each of those rows must show (None: nothing else)."""
+    return {
+        "always": (of.status.in_(ACTION_ALWAYS), None),
+        "blue_light": (sa.and_(of.status.in_(BLUE_LIGHT_WAITING), of.priority == Priority.BLUE_LIGHT), None),
+        "replied": (sa.and_(of.status == S.AWAITING_DETAILS, of.priority != Priority.BLUE_LIGHT),
+                    _requester_replied(of)),
+        "eyes": (of.status.in_(IN_PROGRESS), _transfer_needs_eyes(of)),
+    }
+
+
+# The statuses each part of Action Required, and each tab, can show (None: any).
+ACTION_PART_STATUSES: dict[str, tuple[Status, ...]] = {
+    "always": ACTION_ALWAYS, "blue_light": BLUE_LIGHT_WAITING, "replied": (S.AWAITING_DETAILS,), "eyes": IN_PROGRESS,
+}
+TAB_STATUSES: dict[str, tuple[Status, ...] | None] = {
+    "action": tuple(s for part in ACTION_PART_STATUSES.values() for s in part),
+    "accepted": (S.ACCEPTED,),
+    "progress": IN_PROGRESS,
+    "failed": (S.FAILED,),
+    "cds": CD_ROUND,
+    "all": None,
+}
+
+
 def tab_condition(tab: str) -> sa.ColumnElement[bool]:
     if tab == "action":
-        # A CD import waiting for drop-off is where a new one was (its form is still to be
-        # checked), and one whose contents are uploaded waits for the analyst to send them.
-        return sa.or_(
-            Request.status.in_([S.NEW, S.FAILED, S.DECLINED, S.AWAITING_DROP_OFF, S.UPLOADED]),
+        # The tab's rows, as a page reads them. (The counts add up the parts instead.)
+        action = sa.or_(
+            Request.status.in_(ACTION_ALWAYS),
             sa.and_(Request.status == S.AWAITING_DETAILS, _requester_replied()),
             sa.and_(Request.priority == Priority.BLUE_LIGHT, Request.status.in_(NOT_STARTED)),
             sa.and_(Request.status.in_(IN_PROGRESS), _transfer_needs_eyes()),
         )
-    if tab == "accepted":
-        return Request.status == S.ACCEPTED
-    if tab == "progress":
-        return Request.status.in_(IN_PROGRESS)
-    if tab == "failed":
-        return Request.status == S.FAILED
-    if tab == "cds":
-        return Request.status.in_(CD_ROUND)
-    return sa.true()
+        if _dialect() != "sqlite":
+            # PostgreSQL, with statistics, walks the date index and stops after a page.
+            return action
+        # SQLite has no statistics: it would gather the OR's branches through four
+        # indexes (MULTI-INDEX OR) and sort them all for a page (15-25 ms at 100,000
+        # requests). Given the tab's statuses, and the OR as one test of each row (a
+        # CASE, which no index serves), it reads the status index and stops each
+        # status's range once the page is full (2-4 ms).
+        return sa.and_(Request.status.in_(TAB_STATUSES["action"] or ()), sa.case((action, 1), else_=0) == 1)
+    statuses = TAB_STATUSES.get(tab)
+    if statuses is None:
+        return sa.true()
+    return Request.status == statuses[0] if len(statuses) == 1 else Request.status.in_(statuses)
 
 
 @dataclass
@@ -109,6 +166,10 @@ class Filters:
     date_to: date | None = None
     assigned: str = ""  # "" any, "me", "none", or a user id
 
+    def searches_identity(self) -> bool:
+        """A search by who or which: a name, a call reference, an NHS or S number."""
+        return any(value.strip() for value in (self.call_ref, self.patient_name, self.nhs_number, self.s_number))
+
     def conditions(self, me: int) -> list[sa.ColumnElement[bool]]:
         conds: list[sa.ColumnElement[bool]] = []
         if self.call_ref:
@@ -116,6 +177,7 @@ class Filters:
         if self.patient_name:
             family, _, given = self.patient_name.partition(",")
             conds.append(sa.func.upper(Request.family_name).like(_prefix(family.strip().upper()), escape="\\"))
+            conds.extend(_prefix_range(sa.func.upper(Request.family_name), family.strip().upper()))
             if given.strip():
                 conds.append(sa.func.upper(Request.given_name).like(_prefix(given.strip().upper()), escape="\\"))
         if self.nhs_number:
@@ -152,6 +214,33 @@ def _prefix(text: str) -> str:
     return _escape(text) + "%"
 
 
+def plan_with_the_values() -> None:
+    """On PostgreSQL, plan this transaction's queries for the values they are given.
+
+    psycopg prepares a statement run five times; after five more PostgreSQL may keep one
+    generic plan for any values, made without knowing them: a name search's LIKE then
+    reads the whole table instead of the name index (12 ms became 90 at 100,000
+    requests, from the eleventh search on), and a keyset page or a status list can lose
+    its index the same way. Planning each time costs about a millisecond."""
+    if _dialect() == "postgresql":
+        db.session.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
+
+
+def _dialect() -> str:
+    return db.session.get_bind().dialect.name
+
+
+def _prefix_range(column: sa.ColumnElement[str], prefix: str) -> list[sa.ColumnElement[bool]]:
+    """On SQLite, `prefix <= column < next(prefix)`: the same rows as the LIKE beside it,
+    but a range SQLite reads from the index on the expression (its LIKE never uses an
+    expression index: at 100,000 requests the count of a name search read the whole
+    table, 50 ms). SQLite compares text byte by byte, so the range is exactly the strings
+    that start with `prefix`. PostgreSQL's LIKE already uses its text_pattern_ops index."""
+    if not prefix or _dialect() != "sqlite" or ord(prefix[-1]) >= 0x10FFFF:
+        return []
+    return [column >= prefix, column < prefix[:-1] + chr(ord(prefix[-1]) + 1)]
+
+
 def _local_midnight(day: date) -> datetime:
     return datetime.combine(day, time(0), tzinfo=LONDON)
 
@@ -170,8 +259,8 @@ SORTS: dict[str, tuple[Any, str]] = {
 
 @dataclass
 class Page:
-    rows: list[Request]
-    pinned: list[Request]
+    rows: list[QueueRow]
+    pinned: list[QueueRow]
     next_cursor: str | None
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -228,24 +317,91 @@ def _cursor_after(cursor: str | None, sort: str) -> tuple[Any, int] | None:
     return (value, row_id) if fits else None
 
 
-def _sort_value(req: Request, sort: str) -> Any:
+def _sort_value(req: QueueRow, sort: str) -> Any:
     if sort == "patient":
         return req.family_name.upper()
     return getattr(req, {"created": "created_at", "assigned": "assigned_to_id"}.get(sort, sort))
 
 
-def _with_rows(stmt: sa.Select) -> sa.Select:
-    # One query for the page: the people and the earlier request each row shows.
-    return stmt.options(
-        so.joinedload(Request.assigned_to),
-        so.joinedload(Request.requester),
-        so.joinedload(Request.duplicate_of).load_only(Request.call_ref, Request.status),
+@dataclass(frozen=True, slots=True)
+class Person:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class EarlierRequest:
+    call_ref: str
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRow:
+    """What a queue row shows of a request (desk/_row.html), under the names a Request
+    has, so that the template takes either. Read with Core, not as ORM objects: building
+    and instrumenting sixty requests of fifty columns each, with their people, was a
+    third of a page's time at 100,000 requests."""
+
+    id: int
+    call_ref: str
+    kind: Kind
+    status: Status
+    priority: Priority
+    created_at: datetime
+    required_by: date | None
+    family_name: str
+    given_name: str
+    s_number: str
+    institution_name: str
+    assigned_to_id: int | None
+    assigned_to: Person | None
+    duplicate_of: EarlierRequest | None
+
+    @property
+    def patient_display_name(self) -> str:
+        return f"{self.family_name.upper()}, {self.given_name}"
+
+
+_ROW_COLUMNS = (
+    Request.id, Request.call_ref, Request.kind, Request.status, Request.priority, Request.created_at,
+    Request.required_by, Request.family_name, Request.given_name, Request.s_number, Request.institution_name,
+    Request.assigned_to_id,
+)
+
+
+@functools.cache
+def _rows_select() -> sa.Select:
+    """One statement for a page's rows: their columns, the assignee's name and the
+    earlier request each duplicates (not the requester: no row shows them). Built once:
+    each page adds its conditions to a copy."""
+    from app.auth.models import User
+
+    earlier = so.aliased(Request)
+    return (
+        sa.select(*_ROW_COLUMNS, User.name, earlier.call_ref, earlier.status)
+        .select_from(Request)
+        .outerjoin(User, User.id == Request.assigned_to_id)
+        .outerjoin(earlier, earlier.id == Request.duplicate_of_id)
     )
+
+
+def _queue_rows(stmt: sa.Select) -> list[QueueRow]:
+    rows = []
+    for (row_id, call_ref, kind, status, priority, created_at, required_by, family_name, given_name, s_number,
+         institution_name, assigned_to_id, assignee, earlier_ref, earlier_status) in db.session.execute(stmt):
+        rows.append(QueueRow(
+            row_id, call_ref, kind, status, priority, created_at, required_by, family_name, given_name, s_number,
+            institution_name, assigned_to_id, Person(assignee) if assignee is not None else None,
+            EarlierRequest(earlier_ref, earlier_status) if earlier_ref is not None else None,
+        ))
+    return rows
 
 
 def is_pinned() -> sa.ColumnElement[bool]:
     """Blue Light requests not yet delivered or closed: shown above everything."""
-    return sa.and_(Request.priority == Priority.BLUE_LIGHT, Request.status.not_in(CLOSED))
+    # The open statuses listed, not "not closed": a list is a range of the (priority,
+    # status) index; NOT IN read every Blue Light request there ever was (PostgreSQL:
+    # 6,700 rows at 100,000 requests, 6 ms, for the 15 on top).
+    return sa.and_(Request.priority == Priority.BLUE_LIGHT, Request.status.in_(OPEN))
 
 
 def queue_page(
@@ -262,7 +418,7 @@ def queue_page(
     sort = sort if sort in SORTS else "created"
     column = SORTS[sort][0]
     base = [tab_condition(tab if tab in TABS else "action"), *filters.conditions(me)]
-    stmt = sa.select(Request).where(*base, sa.not_(is_pinned()))
+    stmt = sa.select(Request.id).where(*base, sa.not_(is_pinned()))
     # NULL assignees sort as 0 so that keyset comparisons stay well-defined.
     key = sa.func.coalesce(column, 0) if sort == "assigned" else column
     order = (key.desc(), Request.id.desc()) if descending else (key.asc(), Request.id.asc())
@@ -274,36 +430,118 @@ def queue_page(
         after_row = sa.tuple_(sa.literal(value, type_=key.type), sa.literal(row_id))
         row = sa.tuple_(key, Request.id)
         stmt = stmt.where(row < after_row if descending else row > after_row)
-    rows = list(db.session.scalars(_with_rows(stmt.order_by(*order).limit(size + 1))).unique())
+        # The same bound on the sort value alone, implied by the row value: SQLite uses a
+        # row value as a range only on an index of exactly (key, id); this one is a range
+        # on any index that starts with the key (page 101 by patient: 0.1 ms, not 10-30).
+        bound = sa.literal(value, type_=key.type)
+        stmt = stmt.where(key <= bound if descending else key >= bound)
+    # The page's ids first, then their rows: when a tab or filter has thousands of rows
+    # out of order (Action Required, a name search), the planner sorts thousands of ids
+    # instead of thousands of whole rows joined to their people (SQLite joins before it
+    # sorts: 20 ms of Action Required's 22 at 100,000 requests).
+    page_ids = stmt.order_by(*order).limit(size + 1).subquery("page")
+    rows = _queue_rows(_rows_select().join(page_ids, Request.id == page_ids.c.id).order_by(*order))
     next_cursor = None
     if len(rows) > size:
         rows = rows[:size]
         last = rows[-1]
         next_cursor = encode_cursor(_sort_value(last, sort), last.id)
-    pinned: list[Request] = []
+    pinned: list[QueueRow] = []
     if after is None:
-        pinned = list(
-            db.session.scalars(
-                _with_rows(sa.select(Request).where(*base, is_pinned()).order_by(Request.created_at.asc()))
-            ).unique()
-        )
+        pinned = _queue_rows(_rows_select().where(*base, is_pinned()).order_by(Request.created_at.asc()))
     return Page(rows=rows, pinned=pinned, next_cursor=next_cursor)
 
 
-def tab_counts(filters: Filters, me: int) -> dict[str, int]:
-    """Each tab's count under the current filters, in one round trip.
+ALL_COUNT_CAP = 1_000  # past this many, "All" says "1,000+" (unless a search counted them all)
+SEARCH_PASS_LIMIT = 5_000  # a search finding up to this many is counted in one pass over its rows
 
-    One scalar subquery per tab rather than one pass with CASE: each tab's condition is
-    on indexed columns (status, priority), so each count reads only its own rows instead
-    of the whole table (measured at 100,000 requests: the single pass dominated the page).
+
+@dataclass(frozen=True)
+class TabCounts:
+    """Each tab's count under the current filters. `capped` names the tabs with more than
+    ALL_COUNT_CAP rows: their count is the cap, and the label says "1,000+"."""
+
+    counts: dict[str, int]
+    capped: frozenset[str] = frozenset()
+
+    def __getitem__(self, tab: str) -> int:
+        return self.counts[tab]
+
+    def label(self, tab: str) -> str:
+        """The count as the tab shows it: exact, or "1,000+" once capped."""
+        return f"{self.counts[tab]:,}+" if tab in self.capped else str(self.counts[tab])
+
+
+def _counted(part: sa.ColumnElement[bool], test: sa.ColumnElement[bool] | None = None) -> sa.ColumnElement[int]:
+    # A part's own test is counted row by row (CASE), not joined: PostgreSQL would
+    # otherwise hash every message to answer for a thousand rows (7 ms, not 2).
+    return sa.func.count(sa.case((part if test is None else sa.and_(part, test), 1)))
+
+
+def _counts_of_a_search(conds: list[sa.ColumnElement[bool]]) -> dict[str, int] | None:
+    """Every count in one pass over the rows a search finds (a name, a call reference, an
+    NHS or S number: usually a few rows, found through their own index), instead of one
+    walk of the status index per tab that reads each row to test the search (17 ms at
+    100,000 requests for a common name prefix on SQLite). The rows are read once, with
+    the columns the tabs test. None when the search finds more than SEARCH_PASS_LIMIT
+    rows: the caller counts per tab then."""
+    found = (
+        sa.select(Request.id, Request.status, Request.priority, Request.requester_id, Request.status_changed_at)
+        .where(*conds).limit(SEARCH_PASS_LIMIT + 1).subquery("found")
+    )
+    row_of: Of = so.aliased(Request, found)
+    columns = [_counted(rows, test).label(f"action_{name}") for name, (rows, test) in _action_parts(row_of).items()]
+    columns += [_counted(row_of.status.in_(statuses)).label(tab) for tab, statuses in TAB_STATUSES.items()
+                if tab != "action" and statuses is not None]
+    row = db.session.execute(sa.select(*columns, sa.func.count().label("all")).select_from(row_of)).one()._mapping
+    return None if row["all"] > SEARCH_PASS_LIMIT else dict(row)
+
+
+def tab_counts(filters: Filters, me: int) -> TabCounts:
+    """Each tab's count under the current filters, in one statement (two for a search
+    that finds more than ALL_COUNT_CAP requests).
+
+    The working tabs count exactly, each from its own statuses only (what the status
+    index finds); Action Required as the sum of its parts, so that its plain parts are
+    counted from an index alone and only the rows in Awaiting Details and In Progress
+    are read for their messages and transfers. A tab or part whose statuses the status
+    filter excludes is 0 without asking. "All" is every request there ever was: it
+    counts to ALL_COUNT_CAP + 1 and stops, so that no render reads 100,000 rows to print
+    a number nobody acts on; under the cap (a search, a filter) it is exact. A search by
+    identity (name, call reference, NHS or S number) finding up to SEARCH_PASS_LIMIT rows
+    is counted in one pass over its rows, All exactly.
     """
     conds = filters.conditions(me)
-    columns = [
-        sa.select(sa.func.count(Request.id)).where(tab_condition(tab), *conds).scalar_subquery().label(tab)
-        for tab in TABS
-    ]
-    row = db.session.execute(sa.select(*columns)).one()
-    return dict(row._mapping)
+    found = _counts_of_a_search(conds) if filters.searches_identity() else None
+    searched = found is not None
+    if found is None:
+        found = _counts_per_tab(filters, conds)
+    counts = {tab: found.get(tab, 0) for tab in TABS}
+    counts["action"] = sum(found.get(f"action_{name}", 0) for name in ACTION_PART_STATUSES)
+    if counts["all"] > ALL_COUNT_CAP and not searched:  # a search's pass counted All exactly
+        return TabCounts({**counts, "all": ALL_COUNT_CAP}, frozenset({"all"}))
+    return TabCounts(counts)
+
+
+def _counts_per_tab(filters: Filters, conds: list[sa.ColumnElement[bool]]) -> dict[str, int]:
+    """Each tab, and each part of Action Required, counted from its statuses' index range;
+    All up to the cap."""
+    wanted = Status(filters.status) if filters.status in {s.value for s in Status} else None
+
+    def excluded(statuses: tuple[Status, ...]) -> bool:
+        return wanted is not None and wanted not in statuses
+
+    def count(rows: sa.ColumnElement[bool], label: str, test: sa.ColumnElement[bool] | None = None) -> sa.Label:
+        counted = sa.func.count(Request.id) if test is None else _counted(test)
+        return sa.select(counted).where(rows, *conds).scalar_subquery().label(label)
+
+    columns = [count(rows, f"action_{name}", test) for name, (rows, test) in _action_parts().items()
+               if not excluded(ACTION_PART_STATUSES[name])]
+    columns += [count(tab_condition(tab), tab) for tab, statuses in TAB_STATUSES.items()
+                if tab != "action" and statuses is not None and not excluded(statuses)]
+    some = sa.select(Request.id).where(*conds).limit(ALL_COUNT_CAP + 1).subquery()
+    columns.append(sa.select(sa.func.count()).select_from(some).scalar_subquery().label("all"))
+    return dict(db.session.execute(sa.select(*columns)).one()._mapping)
 
 
 def unmatched_arrivals() -> int:
@@ -356,27 +594,61 @@ def requester_replied(request_ids: list[int]) -> set[int]:
     return set(db.session.scalars(stmt))
 
 
-def time_left(req: Request) -> timedelta:
+def time_left(req: Request | QueueRow) -> timedelta:
     """Time left of the Blue Light 4-hour target (negative once breached)."""
     # SQLite hands back naive datetimes; they were stored as UTC.
     created = req.created_at if req.created_at.tzinfo else req.created_at.replace(tzinfo=UTC)
     return created + BLUE_LIGHT_TARGET - utcnow()
 
 
-def queue_stamp() -> str:
-    """Changes whenever a request is added or changed, and every minute (the Blue Light
-    clocks): lets a poll answer "nothing new" with two index look-ups."""
-    from app.transfers.models import InboundStudy, Transfer
-    from app.transfers.quarantine import QuarantinedFile
+@functools.cache
+def _stamp_statement() -> sa.Select:
+    """What the queue stamp reads: one statement of index look-ups, whatever the number of
+    requests, built once (every open desk polls it every 5 s). It notices:
 
-    newest, latest, moved, arrived, refused = db.session.execute(
-        sa.select(
-            sa.select(sa.func.max(Request.id)).scalar_subquery(),
-            sa.select(sa.func.max(Request.updated_at)).scalar_subquery(),
-            sa.select(sa.func.max(Transfer.progressed_at)).scalar_subquery(),
-            sa.select(sa.func.max(InboundStudy.last_received_at)).scalar_subquery(),
-            sa.select(sa.func.max(QuarantinedFile.id)).scalar_subquery(),
-        )
-    ).one()
+    - a new request (the highest id) and a changed one (the latest `updated_at`, moved
+      by every change of a request: status, assignee, details);
+    - a new message (the highest message id): a requester's reply puts a request in
+      Awaiting Details into Action Required and gives it its badge;
+    - transfers: a new one (the highest id), progress (the latest heartbeat), and the
+      unfinished ones' number, instances done, attempts, and how many are stalled, wait
+      for a confirmation or carry an error (a transfer that finishes or fails leaves
+      them; one that is retried comes back): what the rows' bars and Action Required show;
+    - the banners: arrivals matching no request, refused files, undelivered e-mails.
+    """
+    from app.transfers.models import UNFINISHED_STATES, InboundStudy, Transfer, TransferState
+    from app.transfers.quarantine import QuarantinedFile
+    from app.workflow.models import OutboxEmail, OutboxStatus
+
+    def scalar(*columns: Any, where: sa.ColumnElement[bool] | None = None) -> sa.ScalarSelect:
+        stmt = sa.select(*columns)
+        return (stmt if where is None else stmt.where(where)).scalar_subquery()
+
+    unfinished = Transfer.state.in_(UNFINISHED_STATES)
+    return sa.select(
+        scalar(sa.func.max(Request.id)),
+        scalar(sa.func.max(Request.updated_at)),
+        scalar(sa.func.max(Message.id)),
+        scalar(sa.func.max(Transfer.id)),
+        scalar(sa.func.max(Transfer.progressed_at)),
+        scalar(sa.func.count(Transfer.id), where=unfinished),
+        scalar(sa.func.sum(Transfer.instances_done), where=unfinished),
+        scalar(sa.func.sum(Transfer.attempts), where=unfinished),
+        scalar(sa.func.count(Transfer.id), where=sa.and_(unfinished, Transfer.stalled)),
+        scalar(sa.func.count(Transfer.id), where=Transfer.state == TransferState.WAITING_CONFIRMATION),
+        scalar(sa.func.count(Transfer.id), where=sa.and_(unfinished, Transfer.last_error != "")),
+        scalar(sa.func.max(InboundStudy.last_received_at)),
+        scalar(sa.func.count(InboundStudy.id),
+               where=sa.and_(InboundStudy.request_id.is_(None), InboundStudy.purged_at.is_(None))),
+        scalar(sa.func.max(QuarantinedFile.id)),
+        scalar(sa.func.count(QuarantinedFile.id), where=QuarantinedFile.purged_at.is_(None)),
+        scalar(sa.func.count(OutboxEmail.id), where=OutboxEmail.status == OutboxStatus.FAILED.value),
+    )
+
+
+def queue_stamp() -> str:
+    """Changes whenever something the queue shows may have changed, and every minute (the
+    Blue Light clocks): see `_stamp_statement` for what it notices."""
+    values = db.session.execute(_stamp_statement()).one()
     minute = utcnow().strftime("%H%M")
-    return ":".join(str(v) for v in (newest, latest, moved, arrived, refused, minute))
+    return ":".join(str(v) for v in (*values, minute))

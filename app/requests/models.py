@@ -172,7 +172,10 @@ class Request(Model):
     # (created_at, id); patient-name search by prefix of the upper-cased family name.
     __table_args__ = (
         sa.Index("ix_requests_created_id", "created_at", "id"),
-        sa.Index("ix_requests_status_created_id", "status", "created_at", "id"),
+        # The queue's tabs by status, newest first, and what Action Required checks of
+        # each row (issue 15.4): a page and each tab's count read this index alone.
+        sa.Index("ix_requests_status_created_queue", "status", "created_at", "id", "priority", "requester_id",
+                 "status_changed_at"),
         sa.Index("ix_requests_kind_created_id", "kind", "created_at", "id"),
         sa.Index("ix_requests_assigned_created_id", "assigned_to_id", "created_at", "id"),
         sa.Index("ix_requests_priority_status", "priority", "status"),

@@ -37,6 +37,10 @@ class Message(Model):
 
     author: so.Mapped[User | None] = so.relationship()
 
+    # The desk's "the requester replied" (Action Required and the rows' badge): one probe
+    # of the index per request, without reading the messages.
+    __table_args__ = (sa.Index("ix_messages_request_kind_author", "request_id", "kind", "author_id", "created_at"),)
+
     @property
     def internal(self) -> bool:
         return self.kind == MessageKind.INTERNAL.value
