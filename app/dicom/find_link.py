@@ -110,7 +110,7 @@ class FindLink(Link):
         if context_id is None:  # `open` refuses an association with no accepted context
             raise to_failure(self._outcome(no_accepted_contexts=True))
         implicit = self.contexts[context_id][1] == ImplicitVRLittleEndian
-        identifier = encode(query, implicit, True)
+        identifier = encode(_in_its_character_set(query), implicit, True)
         if identifier is None:
             raise ValueError("the query cannot be encoded")
         message_id = self.next_message_id()
@@ -186,10 +186,34 @@ class FindLink(Link):
         return bytes(data)
 
 
+def _in_its_character_set(query: Dataset) -> Dataset:
+    """`query`, declaring a Specific Character Set if it has text beyond ASCII and none of
+    its own: ISO_IR 100 (Latin-1, the bytes pydicom wrote before, now labelled) when that
+    holds the text, else ISO_IR 192 (UTF-8). Without one, pydicom writes a Greek family name
+    as "?"s, which a PACS reads as wildcards (PS3.4 C.2.2.2.4)."""
+    if "SpecificCharacterSet" in query:
+        return query
+    texts = [str(element.value) for element in query if element.VR not in ("SQ", "UI")]
+    if all(text.isascii() for text in texts):
+        return query
+    copy = Dataset(query)
+    try:
+        for text in texts:
+            text.encode("latin-1")
+        copy.SpecificCharacterSet = "ISO_IR 100"
+    except UnicodeEncodeError:
+        copy.SpecificCharacterSet = "ISO_IR 192"
+    return copy
+
+
 def _decoded(data: bytes, implicit: bool) -> Dataset:
+    """A match decoded by pydicom, every element's value converted now: pydicom converts
+    lazily, and a value that does not convert must fail here, as a protocol error."""
     found = decode(io.BytesIO(data), implicit, True)
     if found is None:
         raise ValueError("no data set")
+    for _ in found:  # iterating converts each element
+        pass
     return found
 
 
@@ -231,11 +255,11 @@ def _read_text(data: bytes, implicit: bool, keys: dict[int, tuple[str, str]]) ->
         return None
     encodings = convert_encodings(charset) if charset else None
     found: Match = {}
-    for tag, (keyword, vr) in keys.items():
+    for tag, (keyword, kind) in keys.items():
         value = raw.get(tag, b"")
         if b"\\" in value:
             return None  # several values: pydicom's reading of them, not ours
-        if vr in _CHARSET_VRS and encodings:
+        if kind in _CHARSET_VRS and encodings:
             found[keyword] = decode_bytes(value, encodings, TEXT_VR_DELIMS).rstrip("\0 ")
         else:
             found[keyword] = value.decode("latin-1").rstrip("\0 ")

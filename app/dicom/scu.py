@@ -701,8 +701,8 @@ def retrieve_study(
         dest = Path(dest_dir)
         dest.mkdir(parents=True, exist_ok=True)
         try:
-            with FindLink(node, config=config) as link:
-                classes = _study_sop_classes(link, study_uid)
+            with FindLink(node, config=config) as finder:
+                classes = _study_sop_classes(finder, study_uid)
         except DicomFailure:
             classes = set()  # no C-FIND there: propose the common classes; the C-GET says the rest
 
