@@ -196,7 +196,9 @@ def _in_its_character_set(query: Dataset) -> Dataset:
     texts = [str(element.value) for element in query if element.VR not in ("SQ", "UI")]
     if all(text.isascii() for text in texts):
         return query
-    copy = Dataset(query)
+    copy = Dataset()  # not Dataset(query), which shares the caller's elements dict
+    for element in query:
+        copy.add(element)
     try:
         for text in texts:
             text.encode("latin-1")
