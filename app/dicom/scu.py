@@ -1,8 +1,9 @@
 """The desk as an SCU: C-ECHO, C-FIND, C-STORE (send), C-GET / C-MOVE (retrieve).
 
 Each call opens one association of its own and closes it before returning (pynetdicom's,
-through `app.dicom.ae.open_association`; for sending, `app.dicom.store_link.StoreLink`; for
-a C-GET, `app.dicom.get_link.GetLink`); failures come back as `DicomFailure` with the reason
+through `app.dicom.ae.open_association`, for C-ECHO and C-MOVE; the desk's own for the rest:
+`app.dicom.find_link.FindLink` for C-FIND, `app.dicom.store_link.StoreLink` for sending,
+`app.dicom.get_link.GetLink` for a C-GET); failures come back as `DicomFailure` with the reason
 in plain words. Studies are streamed instance by instance: `send_files` sends each file from
 disk in PDU-sized pieces without decoding it, and a C-GET writes each arriving instance to
 its file a PDU at a time as it arrives, so a worker's memory does not grow with the size of
@@ -23,9 +24,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
-from pynetdicom.association import Association
 from pynetdicom.sop_class import (
-    StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelMove,
 )
 
@@ -35,15 +34,14 @@ from app.dicom.ae import (
     MAX_CONTEXTS,
     AEConfig,
     Node,
-    Watch,
     failure_after_empty_status,
-    find_contexts,
     move_contexts,
     open_association,
     verification_contexts,
 )
 from app.dicom.convert import UNCOMPRESSED
 from app.dicom.errors import DicomFailure, status_category, to_failure
+from app.dicom.find_link import FindLink
 from app.dicom.get_link import Cancelled, GetLink
 from app.dicom.scp import Received, valid_uid
 from app.dicom.store_link import (
@@ -110,29 +108,6 @@ def _date_range(date_from: date | str | None, date_to: date | str | None) -> str
     return f"{fmt(date_from)}-{fmt(date_to)}"  # PS3.4 C.2.2.2.5 range matching
 
 
-def _find(
-    assoc: Association, watch: Watch, query: Dataset, model: UID = StudyRootQueryRetrieveInformationModelFind
-) -> list[Dataset]:
-    """Run one C-FIND; return the matches. Raises DicomFailure on failure or no status."""
-    matches: list[Dataset] = []
-    started = time.monotonic()
-    for status, identifier in assoc.send_c_find(query, model):
-        if "Status" not in status:
-            raise failure_after_empty_status(
-                assoc, watch, elapsed=time.monotonic() - started, operation="find"
-            )
-        category = status_category(int(status.Status), "find")
-        if category == "pending":
-            if identifier is not None:
-                matches.append(identifier)
-            started = time.monotonic()  # the DIMSE timeout runs between responses
-            continue
-        if category in ("success", "warning"):
-            return matches
-        raise to_failure(status, operation="find")
-    return matches
-
-
 def _int(value: Any) -> int | None:
     try:
         return int(value) if value not in (None, "") else None
@@ -193,9 +168,9 @@ def find_studies(
         queries.append(query)
 
     found: dict[str, StudySummary] = {}
-    with open_association(node, find_contexts(), config=config) as (assoc, watch):
+    with FindLink(node, config=config) as link:
         for query in queries:
-            for match in _find(assoc, watch, query):
+            for match in link.find(query):
                 uid = str(match.get("StudyInstanceUID", "") or "")
                 if not uid or uid in found:
                     continue
@@ -230,9 +205,10 @@ class InstanceInfo:
     instance_number: str = ""
 
 
-def _list_instances(assoc: Association, watch: Watch, study_uid: str) -> list[InstanceInfo]:
+def _list_instances(link: FindLink, study_uid: str) -> list[InstanceInfo]:
     """Every instance in a study: SERIES then IMAGE level, as the Study Root
-    hierarchical model requires (PS3.4 C.4.1.3.1)."""
+    hierarchical model requires (PS3.4 C.4.1.3.1). The matches are read as text
+    (`FindLink.find_text`): a study of 600 instances is 600 of them."""
     query = Dataset()
     query.QueryRetrieveLevel = "SERIES"
     query.StudyInstanceUID = study_uid
@@ -240,10 +216,10 @@ def _list_instances(assoc: Association, watch: Watch, study_uid: str) -> list[In
     query.SeriesNumber = ""
     query.SeriesDescription = ""
     series: dict[str, tuple[str, str]] = {}
-    for match in _find(assoc, watch, query):
-        uid = str(match.get("SeriesInstanceUID", "") or "")
+    for match in link.find_text(query):
+        uid = match["SeriesInstanceUID"]
         if uid:
-            series[uid] = (str(match.get("SeriesNumber", "") or ""), str(match.get("SeriesDescription", "") or ""))
+            series[uid] = (match["SeriesNumber"], match["SeriesDescription"])
     out: list[InstanceInfo] = []
     for series_uid in sorted(series):
         number, description = series[series_uid]
@@ -254,19 +230,19 @@ def _list_instances(assoc: Association, watch: Watch, study_uid: str) -> list[In
         query.SOPInstanceUID = ""
         query.SOPClassUID = ""
         query.InstanceNumber = ""
-        for match in _find(assoc, watch, query):
-            sop = str(match.get("SOPInstanceUID", "") or "")
+        for match in link.find_text(query):
+            sop = match["SOPInstanceUID"]
             if sop:
-                out.append(InstanceInfo(series_uid, sop, str(match.get("SOPClassUID", "") or ""), number,
-                                        description, str(match.get("InstanceNumber", "") or "")))
+                out.append(InstanceInfo(series_uid, sop, match["SOPClassUID"], number, description,
+                                        match["InstanceNumber"]))
     return out
 
 
 def list_instances(node: Node, study_uid: str, *, config: AEConfig = DEFAULT_CONFIG) -> list[InstanceInfo]:
     """Every instance the node holds for a study, with its series and instance numbers:
     the source's own list, which a retrieval is checked against (issue 8.2)."""
-    with open_association(node, find_contexts(), config=config) as (assoc, watch):
-        return _list_instances(assoc, watch, study_uid)
+    with FindLink(node, config=config) as link:
+        return _list_instances(link, study_uid)
 
 
 def find_instances(node: Node, study_uid: str, *, config: AEConfig = DEFAULT_CONFIG) -> list[tuple[str, str]]:
@@ -618,7 +594,7 @@ def _retrieve_query(study_uid: str, series_uid: str | None = None, sop_uids: lis
     return query
 
 
-def _study_sop_classes(assoc: Association, watch: Watch, study_uid: str) -> set[str]:
+def _study_sop_classes(link: FindLink, study_uid: str) -> set[str]:
     """SOP Classes in Study (0008,0062) if the PACS computes it; else empty."""
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
@@ -626,7 +602,7 @@ def _study_sop_classes(assoc: Association, watch: Watch, study_uid: str) -> set[
     query.SOPClassesInStudy = ""
     try:
         classes: set[str] = set()
-        for match in _find(assoc, watch, query):
+        for match in link.find(query):
             value = match.get("SOPClassesInStudy", "") or []
             classes.update(str(v) for v in ([value] if isinstance(value, str) else value) if v)
         return classes
@@ -725,8 +701,8 @@ def retrieve_study(
         dest = Path(dest_dir)
         dest.mkdir(parents=True, exist_ok=True)
         try:
-            with open_association(node, find_contexts(), config=config) as (assoc, watch):
-                classes = _study_sop_classes(assoc, watch, study_uid)
+            with FindLink(node, config=config) as finder:
+                classes = _study_sop_classes(finder, study_uid)
         except DicomFailure:
             classes = set()  # no C-FIND there: propose the common classes; the C-GET says the rest
 
