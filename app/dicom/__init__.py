@@ -6,6 +6,7 @@ scu.py     echo, find_studies, find_instances, send_files, retrieve_study (C-GET
 wire.py    Wire: PDUs, P-DATA framing, command sets, data sets streamed (the desk's own associations)
 store_link.py  Link, StoreLink: the associations we request (C-STORE from files)
 get_link.py    GetLink: C-GET on our own association, each instance straight to its file
+find_link.py   FindLink: C-FIND on our own association (listings read as text, no pydicom)
 scp.py     GatewaySCP: the Storage SCP that receives inbound studies, with quarantine; Incoming
 acceptor.py  StorageServer: the associations the gateway accepts, each on a thread of its own
 fixup.py   fix_up (Patient ID := S number), compare_with_register

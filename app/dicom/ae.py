@@ -31,8 +31,6 @@ from pynetdicom.association import Association
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (
-    PatientRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
@@ -151,13 +149,6 @@ def set_tcp_nodelay(event: evt.Event) -> None:
 
 def verification_contexts() -> list[PresentationContext]:
     return [build_context(Verification)]
-
-
-def find_contexts() -> list[PresentationContext]:
-    return [
-        build_context(StudyRootQueryRetrieveInformationModelFind),
-        build_context(PatientRootQueryRetrieveInformationModelFind),
-    ]
 
 
 def move_contexts() -> list[PresentationContext]:

@@ -10,10 +10,11 @@ in a single `sendall`; nothing is decoded, nothing is held beyond one PDU.
 
 `Link` is the association itself (A-ASSOCIATE-RQ with our contexts and, for a C-GET, the
 SCP role items; the AC or RJ read back; release and abort), spoken through a
-`app.dicom.wire.Wire`; `app.dicom.get_link.GetLink` retrieves over one. The association
-PDUs are encoded and decoded by pynetdicom's `pdu` classes; P-DATA framing and command
-sets are `wire`'s; reading group 0002 of a Part 10 file to find where its data set starts
-(PS3.10 7.1) is here. C-ECHO, C-FIND and C-MOVE stay on pynetdicom.
+`app.dicom.wire.Wire`; `app.dicom.get_link.GetLink` retrieves and
+`app.dicom.find_link.FindLink` queries over one. The association PDUs are encoded and
+decoded by pynetdicom's `pdu` classes; P-DATA framing and command sets are `wire`'s;
+reading group 0002 of a Part 10 file to find where its data set starts (PS3.10 7.1) is
+here. C-ECHO and C-MOVE stay on pynetdicom.
 
 Failures come back as `DicomFailure`s made by `app.dicom.errors.to_failure` from an
 `AssociationOutcome`, so the words are the same as for every other operation.
