@@ -15,7 +15,7 @@ from app.dicom.synth import make_study
 from app.extensions import db, redis_conn
 from app.requests.models import Request
 from app.requests.statuses import Status
-from app.transfers import jobs, service
+from app.transfers import engine, jobs, service
 from app.transfers.cli import upsert_node
 from app.transfers.models import DicomNode, InboundStudy, RisEntry, Transfer, TransferState
 from app.workflow.machine import transition
@@ -195,6 +195,40 @@ def test_import_pushed_by_storescu_lands_in_pacs_with_the_s_number_and_one_ris_e
     db.session.commit()
     jobs.run_transfer(transfer.id)
     assert db.session.scalar(sa.select(sa.func.count(RisEntry.id))) == 1
+
+
+def test_an_import_sent_in_chunks_while_the_rest_are_fixed_up_files_every_instance_under_the_s_number(
+    app, client, login_as, make_user, pas_patients, nodes, orthanc, gateway, tmp_path, clean_queues, monkeypatch
+):
+    """A big import sends a chunk while the next is being fixed up (engine.FIX_UP_CHUNK,
+    100 in production; 2 here, so 7 instances go as three early chunks and a last one):
+    every instance at the PACS carries the S number, none goes as the sender filed it."""
+    monkeypatch.setattr(engine, "FIX_UP_CHUNK", 2)
+    login_as("requester")
+    req = _request(client, "/requests/new/import", {**valid_import(), "exams-0-exam_date": "2026-09-15",
+                                                     "exams-0-exam_code": "CCHES"})
+    transition(req, Status.ACCEPTED, actor_id=None, actor="test")
+    db.session.commit()
+    files = make_study(tmp_path / "nuh", patient_id="NUH998877", patient_name="SMITH^MARGARET",
+                       birth_date="19480314", study_date="20260915", n_series=1, n_per_series=7, accession="NUH43")
+    pushed = run_storescu(service.our_node(), files, calling_ae="NUHPACS")
+    assert pushed.returncode == 0, pushed.stderr
+    db.session.expire_all()
+    study = db.session.scalar(sa.select(InboundStudy))
+    wait_until_complete(req)
+    analyst = _login(app, make_user, "analyst")
+    token = csrf_token(analyst, f"/requests/{req.call_ref}")
+    assert analyst.post(f"/requests/{req.call_ref}/import", data={"csrf_token": token}).status_code == 302
+    run_workers()
+    db.session.expire_all()
+    transfer = db.session.scalar(sa.select(Transfer).where(Transfer.request_id == req.id))
+    assert transfer.state == TransferState.DELIVERED.value, transfer.last_error
+    assert transfer.instances_confirmed == 7
+    found = orthanc.rest_post("/tools/lookup", study.study_uid)
+    (study_id,) = [hit["ID"] for hit in found if hit["Type"] == "Study"]  # type: ignore[union-attr]
+    ids = [instance["ID"] for instance in orthanc.rest(f"/studies/{study_id}/instances")]  # type: ignore[union-attr]
+    assert len(ids) == 7
+    assert {orthanc.rest(f"/instances/{i}/simplified-tags")["PatientID"] for i in ids} == {"S1234567"}
 
 
 def test_import_stops_when_the_senders_details_disagree_with_the_register(

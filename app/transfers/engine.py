@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -462,20 +463,28 @@ def run_inbound(transfer: Transfer, progress: Progress) -> None:
         if problems:
             raise Stop("The sender's details differ from the PAS register, so nothing was rewritten: "
                        + "; ".join(sorted(set(problems))) + ". Check the patient, then confirm to go on.")
-    # Fix up each gateway copy into staging (idempotent), then send the fixed copies.
+    # Fix up each gateway copy into staging (idempotent) and send the fixed copies: a chunk
+    # goes while the next is being fixed up, on a thread (file work and pydicom, no
+    # database), so the headers cost what the destination's answers leave over.
     folder = service.staging_dir(transfer.id) / "fixed"
     folder.mkdir(parents=True, exist_ok=True)
-    for item in _items(transfer.id, sent=False):
-        if item.sop_uid.startswith("fixed-"):
-            continue
-        target = folder / f"{item.sop_uid}.dcm"
-        if not target.exists():
-            fix_up(item.path, target, s_number=req.s_number)
-            progress.beat(phase="Fixing up headers (PatientID := S number)")
-        item.path = str(target)
-        item.sop_uid = f"fixed-{item.sop_uid}"
-        item.size = target.stat().st_size
-    db.session.commit()
+    todo = [item for item in _items(transfer.id, sent=False) if not item.sop_uid.startswith("fixed-")]
+    phase = "Storing to " + _dest(transfer).name
+    # Only fixed-up copies are ever sent: every row names its fixed copy before _deliver.
+    early = True  # chunks go before the last is fixed up, until an instance is refused
+    with _FixUps([(Path(item.path), folder / f"{item.sop_uid}.dcm") for item in todo], req.s_number) as fixing:
+        for start in range(0, len(todo), FIX_UP_CHUNK):
+            chunk = todo[start:start + FIX_UP_CHUNK]
+            progress.beat(force=start == 0, phase="Fixing up headers (PatientID := S number)")
+            for n, item in enumerate(chunk, start):
+                target = fixing.wait(n)
+                item.path = str(target)
+                item.sop_uid = f"fixed-{item.sop_uid}"
+                item.size = target.stat().st_size
+            db.session.commit()
+            if early and start + FIX_UP_CHUNK < len(todo) and send_items(transfer, progress, chunk, phase):
+                early = False  # refused ones stay unsent: _deliver tries them once more and says why
+
     def on_ris() -> None:
         # Before Delivered is said: Delivered (and its e-mail) means on RIS too.
         record_ris_entries(transfer)
@@ -483,7 +492,62 @@ def run_inbound(transfer: Transfer, progress: Progress) -> None:
         for study in inbound:
             study.delivered_at = study.delivered_at or now
 
-    _deliver(transfer, progress, "Storing to " + _dest(transfer).name, before_delivered=on_ris)
+    _deliver(transfer, progress, phase, before_delivered=on_ris)
+
+
+FIX_UP_CHUNK = 100  # instances sent while the next ones are fixed up
+
+
+class _FixUps:
+    """`fix_up` of (source, target) pairs in order, on a thread of its own; `wait(n)` gives
+    the n-th target once it is written (re-raising what that fix-up raised). A target that
+    exists is a fix-up done before (fix_up writes atomically). Leaving the `with` stops
+    the thread after the file in hand."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]], s_number: str) -> None:
+        self.pairs = pairs
+        self.s_number = s_number
+        self.done: list[BaseException | None] = []
+        self.ready = threading.Condition()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="fix-up", daemon=True)
+
+    def __enter__(self) -> _FixUps:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        for source, target in self.pairs:
+            if self.stop.is_set():
+                return
+            outcome: BaseException | None = None
+            try:
+                if not target.exists():
+                    fix_up(source, target, s_number=self.s_number)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting job, which raises it
+                outcome = exc
+            with self.ready:
+                self.done.append(outcome)
+                self.ready.notify_all()
+            if outcome is not None:
+                return
+
+    def wait(self, n: int) -> Path:
+        with self.ready:
+            while len(self.done) <= n:
+                if self.done and self.done[-1] is not None:
+                    break
+                self.ready.wait(1.0)
+                if not self.thread.is_alive() and len(self.done) <= n:
+                    break
+        if len(self.done) > n and self.done[n] is None:
+            return self.pairs[n][1]
+        failed = next((outcome for outcome in self.done if outcome is not None), None)
+        raise failed if failed is not None else RuntimeError("the fix-up stopped early")
 
 
 def run_pull(transfer: Transfer, progress: Progress) -> None:
