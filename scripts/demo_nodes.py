@@ -47,7 +47,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `app` is the repository's
@@ -56,6 +56,7 @@ from pydicom import dcmread  # noqa: E402
 from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.multival import MultiValue  # noqa: E402
 from pynetdicom import AE, AllStoragePresentationContexts, build_context, evt  # noqa: E402
+from pynetdicom.dimse_primitives import C_STORE  # noqa: E402
 from pynetdicom.sop_class import (  # noqa: E402
     PatientRootQueryRetrieveInformationModelFind,
     PatientRootQueryRetrieveInformationModelGet,
@@ -68,10 +69,30 @@ from pynetdicom.sop_class import (  # noqa: E402
 
 from app.demo import DemoNode, demo_nodes, demo_patients, remote_patient_id  # noqa: E402
 from app.dicom.ae import MAX_PDU, RECEIVE_TRANSFER_SYNTAXES, set_tcp_nodelay  # noqa: E402
-from app.dicom.scp import receive_instance  # noqa: E402
+from app.dicom.scp import Incoming, Received  # noqa: E402
 from app.dicom.synth import make_study  # noqa: E402
 
 log = logging.getLogger("demo-nodes")
+
+
+def receive(event: evt.Event, *, storage_dir: Path, quarantine_dir: Path) -> Received:
+    """A pynetdicom C-STORE event through the desk's own checks (`scp.Incoming`): the demo
+    nodes are pynetdicom SCPs, standing in for other hospitals' PACS. Never raises."""
+    request = cast(C_STORE, event.request)  # an EVT_C_STORE handler's request
+    details: dict[str, object] = {
+        "calling_ae": str(getattr(event.assoc.requestor, "ae_title", "") or "").strip(),
+        "affected_sop_class_uid": str(request.AffectedSOPClassUID or ""),
+        "affected_sop_instance_uid": str(request.AffectedSOPInstanceUID or ""),
+    }
+    try:
+        incoming = Incoming(storage_dir, sop_class=str(request.AffectedSOPClassUID or ""),
+                            sop_uid=str(request.AffectedSOPInstanceUID or ""),
+                            syntax=str(event.context.transfer_syntax), details=details)
+        incoming.write(event.encoded_dataset(include_meta=False))
+    except Exception as exc:  # noqa: BLE001 - a demo PACS keeps serving
+        log.exception("C-STORE failed unexpectedly")
+        return Received(0xC22F, f"internal error: {type(exc).__name__}")
+    return incoming.finish(storage_dir=storage_dir, quarantine_dir=quarantine_dir)
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 UNIQUE = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
@@ -371,7 +392,7 @@ class DemoSCP:
             yield 0xFF00, dcmread(instance.path)
 
     def on_store(self, event: evt.Event) -> Dataset:
-        received = receive_instance(event, storage_dir=self.archive.store, quarantine_dir=self.quarantine)
+        received = receive(event, storage_dir=self.archive.store, quarantine_dir=self.quarantine)
         if received.ok and received.path is not None:
             try:
                 self.archive.add(received.path)
