@@ -134,6 +134,7 @@ class StorageServer:
     _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _live: dict[int, tuple[threading.Thread, socket.socket]] = field(default_factory=dict, init=False, repr=False)
+    _associations: set[int] = field(default_factory=set, init=False, repr=False)  # accepted, not yet over
     _serial: int = field(default=0, init=False, repr=False)
 
     def start(self) -> None:
@@ -192,15 +193,14 @@ class StorageServer:
             with self._lock:
                 self._serial += 1
                 serial = self._serial
-                busy = len(self._live) >= self.max_associations
-                thread = threading.Thread(target=self._serve, args=(serial, sock, address, busy),
+                thread = threading.Thread(target=self._serve, args=(serial, sock, address),
                                           name=f"scp-{self.port}-{serial}", daemon=True)
                 self._live[serial] = (thread, sock)
             thread.start()
 
     # -- one association -----------------------------------------------------------------------
 
-    def _serve(self, serial: int, sock: socket.socket, address: tuple[str, int], busy: bool) -> None:
+    def _serve(self, serial: int, sock: socket.socket, address: tuple[str, int]) -> None:
         peer = f"{address[0]}:{address[1]}"
         link = Wire(sock)
         accepted = False
@@ -209,7 +209,7 @@ class StorageServer:
             if self.config.tcp_nodelay:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(self.config.timeouts.acse)
-            negotiated = self._negotiate(link, busy)
+            negotiated = self._negotiate(link, serial)
             if negotiated is None:
                 return
             accepted = True
@@ -222,13 +222,14 @@ class StorageServer:
             link.close()
             with self._lock:
                 self._live.pop(serial, None)
+                self._associations.discard(serial)
             if accepted:
                 try:
                     self.handler.association_ended(serial, released)
                 except Exception:  # noqa: BLE001 - the instances are stored; only the hint is lost
                     log.exception("association_ended failed")
 
-    def _negotiate(self, link: Wire, busy: bool) -> tuple[dict[int, tuple[str, str]], str] | None:
+    def _negotiate(self, link: Wire, serial: int) -> tuple[dict[int, tuple[str, str]], str] | None:
         """Read the A-ASSOCIATE-RQ and answer it: (accepted contexts, calling AE) or None
         when the association was rejected or never asked for."""
         try:
@@ -255,6 +256,10 @@ class StorageServer:
             log.info("association from %s refused: called AE title %r is not ours", calling, called)
             self._reject(link, REJECT_CALLED_AE)
             return None
+        with self._lock:
+            busy = len(self._associations) >= self.max_associations
+            if not busy:
+                self._associations.add(serial)  # counted from here: a rejected one never is
         if busy:
             log.warning("association from %s refused: %d associations already", calling, self.max_associations)
             self._reject(link, REJECT_LIMIT)
@@ -307,14 +312,15 @@ class StorageServer:
         link.sock.sendall(pdu_out.encode())
         return accepted, calling
 
-    @staticmethod
-    def _reject(link: Wire, reason: tuple[int, int, int]) -> None:
+    def _reject(self, link: Wire, reason: tuple[int, int, int]) -> None:
+        """A-ASSOCIATE-RJ; the connection is closed once the requestor has closed it."""
         primitive = A_ASSOCIATE()
         primitive.result, primitive.result_source, primitive.diagnostic = reason
         pdu = A_ASSOCIATE_RJ()
         pdu.from_primitive(primitive)
         with contextlib.suppress(OSError):
             link.sock.sendall(pdu.encode())
+        link.close_after_peer(min(self.config.timeouts.acse, 5.0))
 
     def _serve_messages(self, link: Wire, serial: int, contexts: dict[int, tuple[str, str]], calling: str,
                         peer: str) -> bool:
@@ -326,7 +332,7 @@ class StorageServer:
             try:
                 context_id, command = link.read_command()
             except ReleaseRequested:
-                link.release_as_acceptor()
+                link.release_as_acceptor(min(timeouts.acse, 5.0))
                 return True
             except TimeoutError:
                 log.info("association from %s idle for %ss; aborted", calling, timeouts.network)

@@ -305,8 +305,19 @@ class Wire:
         if data_set is not None:
             self.send_pdv(context_id, data_set, LAST)
 
-    def release_as_acceptor(self) -> None:
-        """Answer an A-RELEASE-RQ and close. Never raises."""
+    def release_as_acceptor(self, linger: float = 5.0) -> None:
+        """Answer an A-RELEASE-RQ, then close once the peer has. Never raises."""
         with contextlib.suppress(OSError):
             self.send_pdu(RELEASE_RP, bytes(4))
+        self.close_after_peer(linger)
+
+    def close_after_peer(self, seconds: float) -> None:
+        """Close once the peer has closed its side, or after `seconds` (PS3.8 9.1.5, the
+        ARTIM timer): the requestor closes after reading our last PDU (A-ASSOCIATE-RJ,
+        A-RELEASE-RP); closing first can make it see a dropped connection instead of
+        reading the PDU. Never raises."""
+        with contextlib.suppress(OSError):
+            self.sock.settimeout(seconds)
+            while self.sock.recv(4096):
+                pass
         self.close()
