@@ -115,6 +115,10 @@ class StoreHandler(Protocol):
     def finish(self, request: StoreRequest, sink: Sink) -> StoreOutcome:
         """The whole data set is in the sink: settle it and say what to answer."""
 
+    def answered(self, association: int) -> None:
+        """A C-STORE's response is on its way: the sender is busy with its next message, so
+        the handler may prepare for it now (the gateway makes the next temporary file)."""
+
     def association_ended(self, association: int, released: bool) -> None:
         """Once per accepted association, when it is over (released: the sender said so)."""
 
@@ -412,5 +416,6 @@ class StorageServer:
         if sop_uid:
             fields.append((wire.AFFECTED_SOP_INSTANCE, uid_value(sop_uid[:64])))
         link.send_message(context_id, encode_command(fields))
+        self.handler.answered(serial)
         return True
 

@@ -760,8 +760,10 @@ class GatewaySCP:
     fsync: bool = False
     _server: StorageServer | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-    # Per live association (by its serial number): the studies it stored into.
+    # Per live association (by its serial number): the studies it stored into, and the
+    # temporary file made for its next instance while the sender was busy (`answered`).
     _stored_into: dict[int, set[str]] = field(default_factory=dict, init=False, repr=False)
+    _spares: dict[int, tuple[Path, BinaryIO]] = field(default_factory=dict, init=False, repr=False)
 
     def start(self) -> GatewaySCP:
         with self._lock:
@@ -813,8 +815,20 @@ class GatewaySCP:
             "affected_sop_instance_uid": request.sop_uid,
             "received_at": datetime.now(UTC).isoformat(),
         }
+        with self._lock:
+            spare = self._spares.pop(request.association, None)
         return Incoming(self.storage_dir, sop_class=request.sop_class, sop_uid=request.sop_uid,
-                        syntax=request.syntax, details=details, fsync=self.fsync)
+                        syntax=request.syntax, details=details, fsync=self.fsync, spare=spare)
+
+    def answered(self, association: int) -> None:
+        """Make the association's next temporary file while its sender reads its next one
+        (0.2-0.3 ms a file here). Never raises: `Incoming` tries again if this failed."""
+        try:
+            spare = open_temp(self.storage_dir)
+        except OSError:
+            return
+        with self._lock:
+            self._spares[association] = spare
 
     def finish(self, request: StoreRequest, sink: Sink) -> StoreOutcome:
         """Settle the instance, then tell the desk. Never raises."""
@@ -845,6 +859,12 @@ class GatewaySCP:
         ended by a release. Never raises."""
         with self._lock:
             studies = self._stored_into.pop(association, set())
+            spare = self._spares.pop(association, None)
+        if spare is not None:
+            temp, out = spare
+            with contextlib.suppress(OSError):
+                out.close()
+                temp.unlink(missing_ok=True)
         if not studies or self.on_sender_done is None:
             return
         try:
