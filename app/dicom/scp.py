@@ -127,8 +127,8 @@ def check_structure(fp: BinaryIO, start: int, end: int, *, implicit: bool, littl
 def _walk_dataset(fp: BinaryIO, end: int, implicit: bool, endian: str, depth: int,
                   in_undefined_item: bool, top: dict[int, tuple[int, int, bytes | None]] | None = None,
                   in_defined_item: bool = False) -> None:
+    pos = fp.tell()
     while True:
-        pos = fp.tell()
         if pos >= end:
             if in_undefined_item:
                 raise Malformed("data set ends inside a sequence item (item delimiter missing)")
@@ -156,8 +156,9 @@ def _walk_dataset(fp: BinaryIO, end: int, implicit: bool, endian: str, depth: in
                 (length,) = struct.unpack(endian + "I", more)
             else:
                 (length,) = struct.unpack(endian + "H", head[6:8])
+        value_start = pos + (12 if vr is not None and vr in _LONG_VRS else 8)
         if top is not None:
-            top[tag] = (fp.tell(), length, vr)  # (where the value starts, its length, VR if explicit)
+            top[tag] = (value_start, length, vr)  # (where the value starts, its length, VR if explicit)
         if length == _UNDEFINED:
             if vr is not None and vr not in (b"SQ", b"UN", b"OB", b"OW"):
                 raise Malformed(f"undefined length on VR {vr!r} at byte {pos}")
@@ -168,13 +169,14 @@ def _walk_dataset(fp: BinaryIO, end: int, implicit: bool, endian: str, depth: in
                 # Encapsulated pixel data (OB/OW) holds fragments, not data sets.
                 _walk_items(fp, end, implicit, endian, depth + 1, defined=False,
                             datasets=vr not in (b"OB", b"OW"))
+            pos = fp.tell()
             continue
-        if fp.tell() + length > end:
+        if value_start + length > end:
             raise Malformed(
                 f"element ({group:04X},{elem:04X}) at byte {pos} claims {length} bytes; "
-                f"only {end - fp.tell()} remain (truncated)"
+                f"only {end - value_start} remain (truncated)"
             )
-        value_end = fp.tell() + length
+        value_end = value_start + length
         # A sequence of defined length is walked too: pydicom parses it lazily, on first
         # access, so nesting hidden there would otherwise surface later as RecursionError.
         kind = _defined_length_kind(fp, tag, vr, implicit, endian, length)
@@ -189,6 +191,7 @@ def _walk_dataset(fp: BinaryIO, end: int, implicit: bool, endian: str, depth: in
                     raise
                 # "maybe": a private element that merely looks like items; opaque to us.
         fp.seek(value_end)
+        pos = value_end
 
 
 def _defined_length_kind(fp: BinaryIO, tag: int, vr: bytes | None, implicit: bool, endian: str,
@@ -627,6 +630,7 @@ _HEADER_TAGS = frozenset({
     0x00100010, 0x00100020, 0x00100021, 0x00100030, 0x00101002,  # patient (Other Patient IDs Sequence)
     0x0020000D, 0x0020000E, 0x00280010, 0x00280011,  # study, series, rows, columns
 })
+_HEADER_KEYWORDS = {tag: keyword_for_tag(tag) for tag in _HEADER_TAGS}
 _HEADER_VALUE_LIMIT = 1024 * 1024  # an attribute of ours this long is not one we read
 
 
@@ -660,7 +664,7 @@ def _header(fp: BinaryIO, top: Mapping[int, tuple[int, int, bytes | None]], *, i
     for tag, (value, where, vr) in raw.items():
         vr_name = vr or dictionary_VR(tag).encode("ascii")
         if ascii_safe and vr_name in _TEXT_VRS and value.isascii() and not any(b in value for b in b"\\\x1b"):
-            plain[keyword_for_tag(tag)] = value.decode("ascii").strip(" \x00")
+            plain[_HEADER_KEYWORDS[tag]] = value.decode("ascii").strip(" \x00")
             if tag != 0x00080005:
                 continue
         key = BaseTag(tag)
