@@ -74,7 +74,6 @@ REJECT_CALLED_AE = (1, 1, 7)  # permanent, service-user: called AE title not rec
 REJECT_LIMIT = (2, 3, 2)  # transient, service-provider (presentation): local limit exceeded
 
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.4.2.1.4 Refused: SOP Class not supported
-STATUS_UNRECOGNIZED_OPERATION = 0x0211
 
 
 @dataclass(frozen=True)
@@ -332,29 +331,19 @@ class StorageServer:
         otherwise (False)."""
         timeouts = self.config.timeouts
         while True:
-            link.settimeout(timeouts.network)
+            waiting = "idle"  # between messages (network timeout), then inside one (DIMSE)
             try:
+                link.settimeout(timeouts.network)
                 context_id, command = link.read_command()
+                waiting = "silent mid-message"
+                link.settimeout(timeouts.dimse)
+                self._answer(link, serial, contexts, context_id, command, calling, peer)
             except ReleaseRequested:
                 link.release_as_acceptor(min(timeouts.acse, 5.0))
                 return True
             except TimeoutError:
-                log.info("association from %s idle for %ss; aborted", calling, timeouts.network)
-                link.send_abort()
-                return False
-            except (Closed, OSError):
-                return False
-            except ProtocolError as error:
-                log.warning("association from %s aborted: %s", calling, error)
-                link.send_abort()
-                return False
-            link.settimeout(timeouts.dimse)
-            try:
-                if not self._answer(link, serial, contexts, context_id, command, calling, peer):
-                    link.send_abort()
-                    return False
-            except TimeoutError:
-                log.warning("association from %s silent mid-message for %ss; aborted", calling, timeouts.dimse)
+                seconds = timeouts.network if waiting == "idle" else timeouts.dimse
+                log.info("association from %s %s for %ss; aborted", calling, waiting, seconds)
                 link.send_abort()
                 return False
             except (Closed, OSError):
@@ -365,8 +354,8 @@ class StorageServer:
                 return False
 
     def _answer(self, link: Wire, serial: int, contexts: dict[int, tuple[str, str]], context_id: int,
-                command: Command, calling: str, peer: str) -> bool:
-        """Serve one message; False if the association must be aborted."""
+                command: Command, calling: str, peer: str) -> None:
+        """Serve one message; ProtocolError if the association must be aborted."""
         if context_id not in contexts:
             raise ProtocolError(f"a message on presentation context {context_id}, which was not accepted")
         sop, syntax = contexts[context_id]
@@ -383,7 +372,7 @@ class StorageServer:
                 (wire.DATA_SET_TYPE, us_value(wire.NO_DATA_SET)),
                 (wire.STATUS, us_value(0)),
             )))
-            return True
+            return
         if command.field != wire.C_STORE_RQ or sop == VERIFICATION:
             raise ProtocolError(f"command 0x{command.field or 0:04X} on a {sop} context")
         if not command.has_data_set:
@@ -417,5 +406,4 @@ class StorageServer:
             fields.append((wire.AFFECTED_SOP_INSTANCE, uid_value(sop_uid[:64])))
         link.send_message(context_id, encode_command(fields))
         self.handler.answered(serial)
-        return True
 
