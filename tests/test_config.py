@@ -18,11 +18,25 @@ def test_development_defaults_are_embedded(tmp_path, monkeypatch):
     assert Settings.from_env(tmp_path).secret_key == settings.secret_key  # kept, not regenerated
 
 
-def test_postgresql_urls_use_psycopg_3_without_jit(tmp_path, monkeypatch):
+def test_postgresql_urls_use_psycopg_3(tmp_path, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "postgresql://desk@db/iep")
     settings = Settings.from_env(tmp_path)
     assert settings.database_url == "postgresql+psycopg://desk@db/iep"
-    assert settings.engine_options()["connect_args"] == {"options": "-c jit=off"}
+
+
+@pytest.mark.postgresql
+def test_postgresql_plans_each_statement_for_its_values_without_jit(app):
+    """Every connection the desk opens, not one statement per request: a prepared
+    statement (psycopg prepares one run five times) is still planned for its values, so
+    a name search keeps its index from the eleventh run on; and nothing is JIT-compiled."""
+    from app.extensions import db
+
+    with app.app_context():
+        for _ in range(2):  # a second connection from the pool too
+            with db.engine.connect() as first, db.engine.connect() as second:
+                for conn in (first, second):
+                    assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar() == "force_custom_plan"
+                    assert conn.exec_driver_sql("SHOW jit").scalar() == "off"
 
 
 def test_production_refuses_to_start_on_embedded_defaults(tmp_path, monkeypatch):

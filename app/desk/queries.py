@@ -214,18 +214,6 @@ def _prefix(text: str) -> str:
     return _escape(text) + "%"
 
 
-def plan_with_the_values() -> None:
-    """On PostgreSQL, plan this transaction's queries for the values they are given.
-
-    psycopg prepares a statement run five times; after five more PostgreSQL may keep one
-    generic plan for any values, made without knowing them: a name search's LIKE then
-    reads the whole table instead of the name index (12 ms became 90 at 100,000
-    requests, from the eleventh search on), and a keyset page or a status list can lose
-    its index the same way. Planning each time costs about a millisecond."""
-    if _dialect() == "postgresql":
-        db.session.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
-
-
 def _dialect() -> str:
     return db.session.get_bind().dialect.name
 
@@ -544,16 +532,6 @@ def _counts_per_tab(filters: Filters, conds: list[sa.ColumnElement[bool]]) -> di
     return dict(db.session.execute(sa.select(*columns)).one()._mapping)
 
 
-def unmatched_arrivals() -> int:
-    """Studies on the gateway that match no request (shown in Action Required)."""
-    from app.transfers.models import InboundStudy
-
-    return db.session.scalar(
-        sa.select(sa.func.count(InboundStudy.id))
-        .where(InboundStudy.request_id.is_(None), InboundStudy.purged_at.is_(None))
-    ) or 0
-
-
 def active_transfers(request_ids: list[int]) -> dict[int, Any]:
     """The latest transfer of each request on the page, in one query (for the row's bar)."""
     from app.transfers.models import Transfer
@@ -614,7 +592,8 @@ def _stamp_statement() -> sa.Select:
       unfinished ones' number, instances done, attempts, and how many are stalled, wait
       for a confirmation or carry an error (a transfer that finishes or fails leaves
       them; one that is retried comes back): what the rows' bars and Action Required show;
-    - the banners: arrivals matching no request, refused files, undelivered e-mails.
+    - the banners: arrivals matching no request, refused files, undelivered e-mails
+      (their counts are what the banners show: see `QueueStamp`).
     """
     from app.transfers.models import UNFINISHED_STATES, InboundStudy, Transfer, TransferState
     from app.transfers.quarantine import QuarantinedFile
@@ -639,16 +618,28 @@ def _stamp_statement() -> sa.Select:
         scalar(sa.func.count(Transfer.id), where=sa.and_(unfinished, Transfer.last_error != "")),
         scalar(sa.func.max(InboundStudy.last_received_at)),
         scalar(sa.func.count(InboundStudy.id),
-               where=sa.and_(InboundStudy.request_id.is_(None), InboundStudy.purged_at.is_(None))),
+               where=sa.and_(InboundStudy.request_id.is_(None), InboundStudy.purged_at.is_(None))).label("unmatched"),
         scalar(sa.func.max(QuarantinedFile.id)),
-        scalar(sa.func.count(QuarantinedFile.id), where=QuarantinedFile.purged_at.is_(None)),
-        scalar(sa.func.count(OutboxEmail.id), where=OutboxEmail.status == OutboxStatus.FAILED.value),
+        scalar(sa.func.count(QuarantinedFile.id), where=QuarantinedFile.purged_at.is_(None)).label("refused"),
+        scalar(sa.func.count(OutboxEmail.id),
+               where=OutboxEmail.status == OutboxStatus.FAILED.value).label("undelivered"),
     )
 
 
-def queue_stamp() -> str:
-    """Changes whenever something the queue shows may have changed, and every minute (the
-    Blue Light clocks): see `_stamp_statement` for what it notices."""
+@dataclass(frozen=True)
+class QueueStamp:
+    """What `_stamp_statement` read: `text` changes whenever something the queue shows may
+    have changed, and every minute (the Blue Light clocks); the banners' counts come with it,
+    so that Action Required does not ask for them again."""
+
+    text: str
+    unmatched: int  # studies on the gateway that match no request
+    refused: int  # instances the gateway refused, still in quarantine
+    undelivered: int  # e-mails that could not be delivered
+
+
+def queue_stamp() -> QueueStamp:
     values = db.session.execute(_stamp_statement()).one()
     minute = utcnow().strftime("%H%M")
-    return ":".join(str(v) for v in (*values, minute))
+    return QueueStamp(":".join(str(v) for v in (*values, minute)),
+                      unmatched=values.unmatched, refused=values.refused, undelivered=values.undelivered)

@@ -19,15 +19,14 @@ from app.desk.queries import (
     SORTS,
     TABS,
     Filters,
+    QueueStamp,
     active_transfers,
     decode_cursor,
-    plan_with_the_values,
     queue_page,
     queue_stamp,
     requester_replied,
     tab_counts,
     time_left,
-    unmatched_arrivals,
 )
 from app.desk.service import MBP_FIELDS, EditValues, StaleEdit, apply_edit
 from app.extensions import db
@@ -35,7 +34,6 @@ from app.ids import parse_id
 from app.requests.access import visible_request
 from app.requests.models import Request
 from app.timeutil import local_today
-from app.transfers.quarantine import refused_arrivals
 from app.workflow import mail
 from app.workflow.machine import TransitionRefused, allowed_next
 from app.workflow.models import OutboxEmail, OutboxStatus
@@ -94,7 +92,7 @@ def _filters(form: FilterForm) -> Filters:
     )
 
 
-def _queue_context(form: FilterForm, *, keep_page: bool = False, stamp: str | None = None) -> dict[str, Any]:
+def _queue_context(form: FilterForm, *, keep_page: bool = False, stamp: QueueStamp | None = None) -> dict[str, Any]:
     """Resolve the view from the form: tab, sort and page buttons change it; a poll
     (`keep_page`) shows the same page again; any other submission starts at page one."""
     form.validate()  # fills .errors for bad dates; other filters are free text
@@ -116,7 +114,6 @@ def _queue_context(form: FilterForm, *, keep_page: bool = False, stamp: str | No
         form.cursor.data = ""
     form.tab.data, form.sort.data = tab, sort
     filters = _filters(form)
-    plan_with_the_values()
     stamp = stamp or queue_stamp()
     page = queue_page(
         tab=tab, filters=filters, me=current_user.id, sort=sort, descending=descending,
@@ -132,13 +129,14 @@ def _queue_context(form: FilterForm, *, keep_page: bool = False, stamp: str | No
         "sorts": SORTS,
         "page": page,
         "counts": tab_counts(filters, current_user.id),
-        "unmatched": unmatched_arrivals() if tab == "action" else 0,
-        "refused": refused_arrivals() if tab == "action" else 0,
-        "undelivered": mail.undelivered_count() if tab == "action" else 0,
+        # The banners of Action Required, counted by the stamp's statement.
+        "unmatched": stamp.unmatched if tab == "action" else 0,
+        "refused": stamp.refused if tab == "action" else 0,
+        "undelivered": stamp.undelivered if tab == "action" else 0,
         "transfers": active_transfers(shown),
         "replied": requester_replied(shown),
         "today": local_today(),
-        "stamp": stamp,
+        "stamp": stamp.text,
         "time_left": time_left,
         "links": RowLinks(),
     }
@@ -210,7 +208,7 @@ def table():
     # The stamp is read before the rows: a change made while the page is being built
     # then shows up in the next poll instead of hiding behind a newer stamp.
     stamp = queue_stamp()
-    if request.form.get("stamp") == stamp:
+    if request.form.get("stamp") == stamp.text:
         return Response(status=204)
     context = _queue_context(_filter_form(), keep_page=True, stamp=stamp)
     body = render_template("desk/_table.html", **context)
