@@ -84,8 +84,15 @@ def missing_indexes() -> set[str]:
         query = "SELECT name FROM sqlite_master WHERE type = 'index'"
     with db.engine.connect() as conn:
         present = set(conn.scalars(sa.text(query)))
-    declared = {index.name for table in db.metadata.tables.values() for index in table.indexes}
+    declared = {index.name for table in db.metadata.tables.values() for index in table.indexes
+                if _made_on(index, db.engine.dialect.name)}
     return declared - present
+
+
+def _made_on(index: sa.Index, dialect: str) -> bool:
+    """False for an index the models make on another database only (`Index.ddl_if`)."""
+    only = getattr(index, "_ddl_if", None)
+    return only is None or only.dialect in (None, dialect)
 
 
 def tables() -> set[str]:
