@@ -53,6 +53,7 @@ from app.extensions import db  # noqa: E402
 from app.patients.models import Patient  # noqa: E402
 from app.requests.models import CallRefCounter, ExamLine, Institution, Request  # noqa: E402
 from app.requests.statuses import Kind, Priority, Status  # noqa: E402
+from app.transfers.models import Direction, Transfer, TransferState  # noqa: E402
 from app.workflow.models import Message, MessageKind  # noqa: E402
 
 PASSWORD = "correct-horse-9"  # noqa: S105 - the throwaway bench users' password
@@ -170,6 +171,7 @@ def fill(engine: sa.Engine, rows: int, rng: random.Random, exam_lines: bool) -> 
     request_rows: list[dict] = []
     message_rows: list[dict] = []
     exam_rows: list[dict] = []
+    transfer_rows: list[dict] = []
     counters: dict[int, int] = {}
     for index, created in enumerate(moments):
         row_id = index + 1
@@ -220,6 +222,7 @@ def fill(engine: sa.Engine, rows: int, rng: random.Random, exam_lines: bool) -> 
             if status != S.AWAITING_DETAILS or rng.random() < 0.5:
                 message_rows.append({"request_id": row_id, "author_id": requester, "kind": MessageKind.MESSAGE.value,
                                      "body": "It was in March.", "created_at": changed + timedelta(hours=3)})
+        transfer_rows.extend(_transfers(rng, row_id, kind, status, priority, created, changed))
         if exam_lines:
             for position in range(rng.choice([1, 1, 1, 2, 3])):
                 exam_rows.append({"request_id": row_id, "position": position,
@@ -231,6 +234,8 @@ def fill(engine: sa.Engine, rows: int, rng: random.Random, exam_lines: bool) -> 
             conn.execute(Request.__table__.insert(), chunk)
         for chunk in _batches(message_rows):
             conn.execute(Message.__table__.insert(), chunk)
+        for chunk in _batches(transfer_rows):
+            conn.execute(Transfer.__table__.insert(), chunk)
         for chunk in _batches(exam_rows):
             conn.execute(ExamLine.__table__.insert(), chunk)
         conn.execute(CallRefCounter.__table__.insert(), [{"year": y, "last": n} for y, n in counters.items()])
@@ -243,7 +248,8 @@ def fill(engine: sa.Engine, rows: int, rng: random.Random, exam_lines: bool) -> 
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(sa.text("VACUUM ANALYZE"))
     counts = {
-        "requests": len(request_rows), "messages": len(message_rows), "exam lines": len(exam_rows),
+        "requests": len(request_rows), "messages": len(message_rows), "transfers": len(transfer_rows),
+        "exam lines": len(exam_rows),
         "patients": len(patient_rows), "users": len(user_rows),
         "Blue Light active": sum(
             1 for r in request_rows if r["priority"] == Priority.BLUE_LIGHT and r["status"] not in CLOSED
@@ -253,6 +259,45 @@ def fill(engine: sa.Engine, rows: int, rng: random.Random, exam_lines: bool) -> 
     # A prefix that matches a few of the PAS's family names, as an analyst types it.
     return Filled(analyst_email="analyst0@bench.uhl", family_prefix="smi",
                   seconds=time.perf_counter() - started, counts=counts)
+
+
+# What moved images, by the request's status: its latest transfer's state.
+TRANSFER_STATE = {
+    S.DOWNLOAD_REQUEST: TransferState.QUEUED, S.DOWNLOADING: TransferState.RUNNING, S.UPLOADING: TransferState.RUNNING,
+    S.ON_IEP: TransferState.VERIFYING, S.DELIVERED: TransferState.DELIVERED, S.COMPLETED: TransferState.DELIVERED,
+    S.PURGED: TransferState.DELIVERED, S.FAILED: TransferState.FAILED,
+}
+
+
+def _transfers(rng: random.Random, request_id: int, kind: Kind, status: Status, priority: Priority,
+               created: datetime, changed: datetime) -> list[dict]:
+    """The transfers of a request that moved images (not CDs: their images were uploaded):
+    one whose state follows the request's, after an earlier failed attempt for one in ten;
+    a few of those under way stalled, waiting for a confirmation, or retrying an error."""
+    state = TRANSFER_STATE.get(status)
+    if state is None or kind == Kind.CD:
+        return []
+    direction = Direction.INBOUND if kind == Kind.IMPORT else Direction.OUTBOUND
+    total = rng.randrange(50, 2_000)
+    rows = []
+    if rng.random() < 0.1:
+        rows.append({"request_id": request_id, "direction": direction, "priority": priority,
+                     "state": TransferState.FAILED, "instances_total": total, "instances_done": total // 3,
+                     "attempts": 5, "last_error": "association rejected", "stalled": False,
+                     "study_key": f"{request_id:040d}",
+                     "created_at": created, "progressed_at": created, "finished_at": created})
+    unfinished = state in (TransferState.QUEUED, TransferState.RUNNING, TransferState.VERIFYING)
+    roll = rng.random()
+    if unfinished and roll < 0.05:
+        state = TransferState.WAITING_CONFIRMATION
+    done = total if state == TransferState.DELIVERED else rng.randrange(total)
+    rows.append({"request_id": request_id, "direction": direction, "priority": priority, "state": state,
+                 "instances_total": total, "instances_done": done, "attempts": 1 + (roll < 0.15),
+                 "last_error": "timed out" if unfinished and roll < 0.15 else "",
+                 "stalled": unfinished and 0.05 <= roll < 0.1, "study_key": f"{request_id:040d}",
+                 "created_at": changed, "progressed_at": changed,
+                 "finished_at": None if unfinished else changed})
+    return rows
 
 
 # --- Timing --------------------------------------------------------------------------------
@@ -404,8 +449,6 @@ def _kind_of(statement: str) -> str | None:
         return "page rows"
     if text.startswith("SELECT requests.") and "ORDER BY requests.created_at ASC" in text:
         return "pinned Blue Light rows"
-    if text.startswith("SELECT messages.request_id"):
-        return "requester replied badges (the page's rows)"
     if text.startswith("SELECT transfers.") and "max(transfers.id)" in text:
         return "transfer bars (the page's rows)"
     return None

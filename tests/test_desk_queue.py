@@ -224,6 +224,30 @@ def test_family_name_search_matches_prefixes_only(analyst, people):
         assert sorted(_rows(html)) == sorted(refs[name] for name in found), typed
 
 
+def test_each_row_shows_its_latest_transfer_once(app, analyst, people):
+    """A request with several transfers is one row, with the bar of its latest (a retry
+    after a failure shows the retry's progress, not the failure's); a finished latest
+    transfer shows no bar, whatever came before; the editor's row shows the same."""
+    _user, browser = analyst
+    retried = _make(people, 1, status=S.DOWNLOADING)
+    _transfer(retried, state=TransferState.FAILED, instances_total=10, instances_done=5, last_error="refused")
+    _transfer(retried, state=TransferState.RUNNING, instances_total=8, instances_done=2)
+    delivered = _make(people, 2, status=S.ON_IEP)
+    _transfer(delivered, state=TransferState.FAILED, instances_total=6, instances_done=1)
+    _transfer(delivered, state=TransferState.DELIVERED, instances_total=6, instances_done=6)
+    failed = _make(people, 3, status=S.FAILED)
+    _transfer(failed, state=TransferState.DELIVERED, instances_total=4, instances_done=4)
+    _transfer(failed, state=TransferState.FAILED, instances_total=4, instances_done=3)
+    db.session.commit()
+    html = _tab(browser, "all")
+    assert sorted(_rows(html)) == sorted([retried.call_ref, delivered.call_ref, failed.call_ref])
+    assert "2/8" in _row(html, retried.call_ref) and "5/10" not in _row(html, retried.call_ref)
+    assert "<progress" not in _row(html, delivered.call_ref)
+    assert "3/4" in _row(html, failed.call_ref)
+    editor = browser.get(f"/desk/requests/{retried.call_ref}/edit", headers=HX).get_data(as_text=True)
+    assert "2/8" in _row(editor, retried.call_ref) and "5/10" not in _row(editor, retried.call_ref)
+
+
 # --- The poll's change check ------------------------------------------------------------------
 
 

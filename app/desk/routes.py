@@ -23,8 +23,8 @@ from app.desk.queries import (
     active_transfers,
     decode_cursor,
     queue_page,
+    queue_row,
     queue_stamp,
-    requester_replied,
     tab_counts,
     time_left,
 )
@@ -119,7 +119,7 @@ def _queue_context(form: FilterForm, *, keep_page: bool = False, stamp: QueueSta
         tab=tab, filters=filters, me=current_user.id, sort=sort, descending=descending,
         cursor=form.cursor.data or None,
     )
-    shown = [r.id for r in page.pinned + page.rows]
+    shown = page.pinned + page.rows
     return {
         "form": form,
         "tab": tab,
@@ -133,8 +133,8 @@ def _queue_context(form: FilterForm, *, keep_page: bool = False, stamp: QueueSta
         "unmatched": stamp.unmatched if tab == "action" else 0,
         "refused": stamp.refused if tab == "action" else 0,
         "undelivered": stamp.undelivered if tab == "action" else 0,
-        "transfers": active_transfers(shown),
-        "replied": requester_replied(shown),
+        "transfers": active_transfers([r.id for r in shown]),
+        "replied": {r.id for r in shown if r.replied},
         "today": local_today(),
         "stamp": stamp.text,
         "time_left": time_left,
@@ -181,10 +181,13 @@ def _audit_queue_view(context: dict[str, Any]) -> None:
     db.session.commit()
 
 
-def _filter_form() -> FilterForm:
+def _filter_form(*, people: bool) -> FilterForm:
+    """The filters as submitted; `people`: with the desk's people to choose from under
+    "Assigned to" (the whole page shows the select; the table alone does not, and the
+    field takes any value: `Filters` reads an id from it or ignores it)."""
     form = FilterForm(formdata=request.form if request.method == "POST" else None)
     form.assigned.choices = [("", "Anyone"), ("me", "Me"), ("none", "Nobody")] + [
-        (str(u.id), u.name) for u in _desk_users()
+        (str(u.id), u.name) for u in (_desk_users() if people else ())
     ]
     for field in form:
         field.id = f"filter-{field.name}"  # the editor beside it has fields of the same names
@@ -195,7 +198,7 @@ def _filter_form() -> FilterForm:
 @roles_required(*DESK)
 def queue():
     """The queue: tabs with counts, Blue Light on top, filters, sortable columns (audited)."""
-    context = _queue_context(_filter_form())
+    context = _queue_context(_filter_form(people=not htmx.is_htmx()))
     response = htmx.render("desk/page.html", "desk/_table.html", **context)
     _audit_queue_view(context)
     return response
@@ -210,7 +213,7 @@ def table():
     stamp = queue_stamp()
     if request.form.get("stamp") == stamp.text:
         return Response(status=204)
-    context = _queue_context(_filter_form(), keep_page=True, stamp=stamp)
+    context = _queue_context(_filter_form(people=False), keep_page=True, stamp=stamp)
     body = render_template("desk/_table.html", **context)
     _audit_queue_view(context)  # the page's own polls write nothing
     return body
@@ -241,8 +244,8 @@ def _editor(req: Request, form: EditForm, status: int = 200, *, saved: bool = Fa
         body = render_template(
             "desk/_entry.html", **context, editing=not saved, saved=saved,
             focus="edit" if saved else "editor",
-            transfers=active_transfers([req.id]), replied=requester_replied([req.id]), today=local_today(),
-            links=RowLinks(),
+            transfers=active_transfers([req.id]), replied={req.id} if queue_row(req.id).replied else set(),
+            today=local_today(), links=RowLinks(),
         )
         return make_response(body, status)
     return make_response(render_template("desk/edit.html", **context), status)
