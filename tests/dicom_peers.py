@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +41,8 @@ from app.dicom.scu import echo
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
 OUR_AE = "IEPDESK"
 QUICK = AEConfig(timeouts=Timeouts(connection=2, acse=5, dimse=10, network=30))
+ROOT = Path(__file__).resolve().parent.parent
+WORKER_GATEWAY_AET = "IEPGATEWAY"
 
 
 def require_binary(path_or_name: str, package: str) -> str:
@@ -196,6 +199,41 @@ def start_orthanc(
         _stop(proc)
         raise
     return peer
+
+
+@pytest.fixture
+def worker_gateway(app, database_url: str, redis_url: str, tmp_path: Path) -> Iterator[Node]:  # noqa: ANN001
+    """worker.py's own `run_gateway`, as the pool starts it, against the test's database
+    (its files under tmp_path/data); stopped by SIGTERM at the end, which must exit 0."""
+    from app.extensions import db
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "IEP_", "GATEWAY_"))}
+    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, SECRET_KEY="gateway-test", PYTHONPATH=str(ROOT),
+               GATEWAY_AE_TITLE=WORKER_GATEWAY_AET, GATEWAY_PORT=str(port), IEP_DATA_DIR=str(tmp_path / "data"))
+    db.session.commit()
+    log_file = tmp_path / "gateway.log"
+    with open(log_file, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-c", "import worker; worker.run_gateway('test-gateway')"],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    node = Node(WORKER_GATEWAY_AET, "127.0.0.1", port)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                echo(node, config=QUICK)
+                break
+            except Exception:  # noqa: BLE001 - not listening yet
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise AssertionError(log_file.read_text()) from None
+                time.sleep(0.2)
+        yield node
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log_file.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -5,12 +5,8 @@ the desk's pages through the Flask client, and the purge job."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -28,7 +24,7 @@ from app.timeutil import utcnow
 from app.transfers import service
 from app.transfers.inbound import in_app_context, record_arrival, record_quarantined
 from app.transfers.quarantine import QuarantinedFile, purge_quarantine
-from tests.dicom_peers import QUICK, free_port, peer_env, require_binary
+from tests.dicom_peers import QUICK, peer_env, require_binary
 from tests.test_dicom_scp import store, study
 
 pytestmark = pytest.mark.timeout(120)
@@ -176,42 +172,16 @@ def test_a_refusal_still_answers_the_sender_when_recording_fails(app, tmp_path: 
         (status,) = store(Node(AET, "127.0.0.1", scp.port), ds)
     assert status.Status == STATUS_MISSING_ATTRIBUTE
     assert len(list((tmp_path / "quarantine").glob("*.reason.txt"))) == 1
+
+
 @pytest.mark.slow
-
-
-def test_worker_py_gateway_records_what_it_refuses(app, database_url, redis_url, tmp_path: Path) -> None:  # noqa: ANN001
+def test_worker_py_gateway_records_what_it_refuses(worker_gateway: Node, tmp_path: Path) -> None:
     """worker.py's own `run_gateway`, as the pool starts it, against the test's database."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "IEP_", "GATEWAY_"))}
-    env.update(DATABASE_URL=database_url, REDIS_URL=redis_url, SECRET_KEY="gateway-test", PYTHONPATH=str(ROOT),
-               GATEWAY_AE_TITLE=AET, GATEWAY_PORT=str(port), IEP_DATA_DIR=str(tmp_path / "data"))
-    db.session.commit()
     (path,) = study(tmp_path / "src", n_per_series=1, patient_id="SND-88")
     ds = dcmread(path)
     del ds.StudyInstanceUID
-    log_file = tmp_path / "gateway.log"
-    with open(log_file, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-c", "import worker; worker.run_gateway('test-gateway')"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        node = Node(AET, "127.0.0.1", port)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                scu.echo(node, config=QUICK)
-                break
-            except Exception:  # noqa: BLE001 - not listening yet
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError(log_file.read_text()) from None
-                time.sleep(0.2)
-        (status,) = store(node, ds)
-        assert status.Status == STATUS_MISSING_ATTRIBUTE
-        (row,) = rows()  # recorded before the status was sent
-        assert (row.sender_ae, row.patient_id, row.reason) == (QUICK.ae_title, "SND-88", "missing Study Instance UID")
-        assert Path(row.path).parent == tmp_path / "data" / "gateway" / "quarantine"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, log_file.read_text()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    (status,) = store(worker_gateway, ds)
+    assert status.Status == STATUS_MISSING_ATTRIBUTE
+    (row,) = rows()  # recorded before the status was sent
+    assert (row.sender_ae, row.patient_id, row.reason) == (QUICK.ae_title, "SND-88", "missing Study Instance UID")
+    assert Path(row.path).parent == tmp_path / "data" / "gateway" / "quarantine"
