@@ -248,6 +248,22 @@ def test_each_row_shows_its_latest_transfer_once(app, analyst, people):
     assert "2/8" in _row(editor, retried.call_ref) and "5/10" not in _row(editor, retried.call_ref)
 
 
+def test_a_kept_statement_still_sees_the_clock_move(analyst, people):
+    """The desk keeps the statements it built for a view; the Blue Light start deadline
+    in them is reckoned each time they run. A Blue Light transfer no worker has taken is
+    not in Action Required at first, and is, in the same view, once the minute has passed."""
+    _user, browser = analyst
+    req = _make(people, 1, status=S.DOWNLOADING, priority=Priority.BLUE_LIGHT)
+    _transfer(req, state=TransferState.QUEUED, created_at=utcnow())
+    db.session.commit()
+    for _ in range(2):  # the second time from the kept statements
+        html = _tab(browser, "progress")
+        assert req.call_ref not in _rows(_tab(browser, "action")) and _counts(html)["Action Required"] == "0"
+    with freeze(utcnow() + timedelta(minutes=2)):
+        html = _tab(browser, "action")
+        assert _rows(html) == [req.call_ref] and _counts(html)["Action Required"] == "1"
+
+
 # --- The poll's change check ------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ import base64
 import functools
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -84,7 +84,7 @@ def _transfer_needs_eyes(of: Of = Request) -> sa.ColumnElement[bool]:
             Transfer.state == TransferState.WAITING_CONFIRMATION,
             sa.and_(Transfer.priority == Priority.BLUE_LIGHT, Transfer.last_error != "",
                     Transfer.state.in_(ACTIVE_STATES)),
-            blue_light_not_started(utcnow()),
+            blue_light_not_started(),
         ),
     )
 
@@ -432,13 +432,41 @@ def queue_page(
 ) -> Page:
     """One page of the queue, with the pinned Blue Light rows on the first page."""
     sort = sort if sort in SORTS else "created"
+    after = _cursor_after(cursor, sort)
+    rows_stmt, pinned_stmt = _page_statements(
+        _dialect(), tab if tab in TABS else "action", astuple(filters), me, sort, descending, after, size)
+    rows = _queue_rows(rows_stmt)
+    next_cursor = None
+    if len(rows) > size:
+        rows = rows[:size]
+        last = rows[-1]
+        next_cursor = encode_cursor(_sort_value(last, sort), last.id)
+    pinned = _queue_rows(pinned_stmt) if pinned_stmt is not None else []
+    return Page(rows=rows, pinned=pinned, next_cursor=next_cursor)
+
+
+# The statements built for a view are kept, the most recent STATEMENTS_KEPT of them per
+# process: the poll, a tab revisited and another analyst's same view run them again
+# without building them and hashing their shape for SQLAlchemy's compiled cache (1-1.5
+# ms of a render at 100,000 requests, bench/desk.py). Everything a statement is made
+# from is in its key (the dialect, each filter, the analyst for "assigned to me", the
+# tab, the sort, the page's cursor); the one value that moves by itself, the Blue Light
+# start deadline, is a parameter computed each time the statement runs.
+STATEMENTS_KEPT = 256
+
+
+@functools.lru_cache(maxsize=STATEMENTS_KEPT)
+def _page_statements(
+    dialect: str, tab: str, filter_values: tuple, me: int, sort: str, descending: bool,
+    after: tuple[Any, int] | None, size: int,
+) -> tuple[sa.Select, sa.Select | None]:
+    """The page's rows, and the pinned rows (first page only)."""
     column = SORTS[sort][0]
-    base = [tab_condition(tab if tab in TABS else "action"), *filters.conditions(me)]
+    base = [tab_condition(tab), *Filters(*filter_values).conditions(me)]
     stmt = sa.select(Request.id).where(*base, sa.not_(is_pinned()))
     # NULL assignees sort as 0 so that keyset comparisons stay well-defined.
     key = sa.func.coalesce(column, 0) if sort == "assigned" else column
     order = (key.desc(), Request.id.desc()) if descending else (key.asc(), Request.id.asc())
-    after = _cursor_after(cursor, sort)
     if after is not None:
         value, row_id = after
         # A row-value comparison is an index range on both SQLite and PostgreSQL; the
@@ -456,16 +484,10 @@ def queue_page(
     # instead of thousands of whole rows joined to their people (SQLite joins before it
     # sorts: 20 ms of Action Required's 22 at 100,000 requests).
     page_ids = stmt.order_by(*order).limit(size + 1).subquery("page")
-    rows = _queue_rows(_rows_select().join(page_ids, Request.id == page_ids.c.id).order_by(*order))
-    next_cursor = None
-    if len(rows) > size:
-        rows = rows[:size]
-        last = rows[-1]
-        next_cursor = encode_cursor(_sort_value(last, sort), last.id)
-    pinned: list[QueueRow] = []
-    if after is None:
-        pinned = _queue_rows(_rows_select().where(*base, is_pinned()).order_by(Request.created_at.asc()))
-    return Page(rows=rows, pinned=pinned, next_cursor=next_cursor)
+    rows = _rows_select().join(page_ids, Request.id == page_ids.c.id).order_by(*order)
+    pinned = None if after is not None else (
+        _rows_select().where(*base, is_pinned()).order_by(Request.created_at.asc()))
+    return rows, pinned
 
 
 ALL_COUNT_CAP = 1_000  # past this many, "All" says "1,000+" (unless a search counted them all)
@@ -494,23 +516,24 @@ def _counted(part: sa.ColumnElement[bool], test: sa.ColumnElement[bool] | None =
     return sa.func.count(sa.case((part if test is None else sa.and_(part, test), 1)))
 
 
-def _counts_of_a_search(conds: list[sa.ColumnElement[bool]]) -> dict[str, int] | None:
+@functools.lru_cache(maxsize=STATEMENTS_KEPT)
+def _search_count_statement(dialect: str, filter_values: tuple, me: int, limit: int) -> sa.Select:
     """Every count in one pass over the rows a search finds (a name, a call reference, an
     NHS or S number: usually a few rows, found through their own index), instead of one
     walk of the status index per tab that reads each row to test the search (17 ms at
     100,000 requests for a common name prefix on SQLite). The rows are read once, with
-    the columns the tabs test. None when the search finds more than SEARCH_PASS_LIMIT
-    rows: the caller counts per tab then."""
+    the columns the tabs test, up to `limit` + 1 of them: past the limit the caller
+    counts per tab."""
+    conds = Filters(*filter_values).conditions(me)
     found = (
         sa.select(Request.id, Request.status, Request.priority, Request.requester_id, Request.status_changed_at)
-        .where(*conds).limit(SEARCH_PASS_LIMIT + 1).subquery("found")
+        .where(*conds).limit(limit + 1).subquery("found")
     )
     row_of: Of = so.aliased(Request, found)
     columns = [_counted(rows, test).label(f"action_{name}") for name, (rows, test) in _action_parts(row_of).items()]
     columns += [_counted(row_of.status.in_(statuses)).label(tab) for tab, statuses in TAB_STATUSES.items()
                 if tab != "action" and statuses is not None]
-    row = db.session.execute(sa.select(*columns, sa.func.count().label("all")).select_from(row_of)).one()._mapping
-    return None if row["all"] > SEARCH_PASS_LIMIT else dict(row)
+    return sa.select(*columns, sa.func.count().label("all")).select_from(row_of)
 
 
 def tab_counts(filters: Filters, me: int) -> TabCounts:
@@ -527,11 +550,14 @@ def tab_counts(filters: Filters, me: int) -> TabCounts:
     identity (name, call reference, NHS or S number) finding up to SEARCH_PASS_LIMIT rows
     is counted in one pass over its rows, All exactly.
     """
-    conds = filters.conditions(me)
-    found = _counts_of_a_search(conds) if filters.searches_identity() else None
+    key = (_dialect(), astuple(filters), me)
+    found: dict[str, int] | None = None
+    if filters.searches_identity():
+        row = db.session.execute(_search_count_statement(*key, SEARCH_PASS_LIMIT)).one()._mapping
+        found = None if row["all"] > SEARCH_PASS_LIMIT else dict(row)
     searched = found is not None
     if found is None:
-        found = _counts_per_tab(filters, conds)
+        found = dict(db.session.execute(_per_tab_count_statement(*key, ALL_COUNT_CAP)).one()._mapping)
     counts = {tab: found.get(tab, 0) for tab in TABS}
     counts["action"] = sum(found.get(f"action_{name}", 0) for name in ACTION_PART_STATUSES)
     if counts["all"] > ALL_COUNT_CAP and not searched:  # a search's pass counted All exactly
@@ -539,9 +565,12 @@ def tab_counts(filters: Filters, me: int) -> TabCounts:
     return TabCounts(counts)
 
 
-def _counts_per_tab(filters: Filters, conds: list[sa.ColumnElement[bool]]) -> dict[str, int]:
+@functools.lru_cache(maxsize=STATEMENTS_KEPT)
+def _per_tab_count_statement(dialect: str, filter_values: tuple, me: int, cap: int) -> sa.Select:
     """Each tab, and each part of Action Required, counted from its statuses' index range;
-    All up to the cap."""
+    All up to `cap` + 1."""
+    filters = Filters(*filter_values)
+    conds = filters.conditions(me)
     wanted = Status(filters.status) if filters.status in {s.value for s in Status} else None
 
     def excluded(statuses: tuple[Status, ...]) -> bool:
@@ -555,22 +584,37 @@ def _counts_per_tab(filters: Filters, conds: list[sa.ColumnElement[bool]]) -> di
                if not excluded(ACTION_PART_STATUSES[name])]
     columns += [count(tab_condition(tab), tab) for tab, statuses in TAB_STATUSES.items()
                 if tab != "action" and statuses is not None and not excluded(statuses)]
-    some = sa.select(Request.id).where(*conds).limit(ALL_COUNT_CAP + 1).subquery()
+    some = sa.select(Request.id).where(*conds).limit(cap + 1).subquery()
     columns.append(sa.select(sa.func.count()).select_from(some).scalar_subquery().label("all"))
-    return dict(db.session.execute(sa.select(*columns)).one()._mapping)
+    return sa.select(*columns)
 
 
-def active_transfers(request_ids: list[int]) -> dict[int, Any]:
-    """The latest transfer of each request on the page, in one query (for the row's bar)."""
-    from app.transfers.models import Transfer
+@dataclass(frozen=True, slots=True)
+class TransferBar:
+    """What a queue row shows of its request's latest transfer (desk/_row.html)."""
+
+    state: str  # a TransferState
+    instances_done: int
+    instances_total: int
+    stalled: bool
+    is_unfinished: bool
+
+
+def active_transfers(request_ids: list[int]) -> dict[int, TransferBar]:
+    """The latest transfer of each request on the page, in one query (for the row's bar):
+    the five columns the row shows, not whole transfers."""
+    from app.transfers.models import UNFINISHED_STATES, Transfer
 
     if not request_ids:
         return {}
     latest = (
         sa.select(sa.func.max(Transfer.id)).where(Transfer.request_id.in_(request_ids)).group_by(Transfer.request_id)
     )
-    transfers = db.session.scalars(sa.select(Transfer).where(Transfer.id.in_(latest)))
-    return {t.request_id: t for t in transfers if t.request_id is not None}  # all are: they matched request_ids
+    rows = db.session.execute(
+        sa.select(Transfer.request_id, Transfer.state, Transfer.instances_done, Transfer.instances_total,
+                  Transfer.stalled).where(Transfer.id.in_(latest)))
+    return {request_id: TransferBar(state, done, total, stalled, state in UNFINISHED_STATES)
+            for request_id, state, done, total, stalled in rows}
 
 
 def time_left(req: Request | QueueRow) -> timedelta:

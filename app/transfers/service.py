@@ -361,11 +361,15 @@ def add_inbound_items(transfer: Transfer, inbound: list[InboundStudy]) -> None:
     transfer.instances_total, transfer.bytes_total = int(totals[0]), int(totals[1])
 
 
-def blue_light_not_started(now: datetime) -> sa.ColumnElement[bool]:
+def blue_light_not_started() -> sa.ColumnElement[bool]:
     """SQL: a Blue Light transfer still waiting for its first run BLUE_LIGHT_START after
-    it was made (the desk's Action Required; the trauma tracker says it in words)."""
+    it was made (the desk's Action Required; the trauma tracker says it in words). The
+    deadline is a parameter computed when the statement runs, not when it is built: the
+    desk keeps its built statements (app.desk.queries)."""
+    deadline = sa.bindparam("blue_light_deadline", unique=True, type_=Transfer.created_at.type,
+                            callable_=lambda: utcnow() - BLUE_LIGHT_START)
     return sa.and_(Transfer.priority == Priority.BLUE_LIGHT, Transfer.state == TransferState.QUEUED,
-                   Transfer.attempts == 0, Transfer.created_at < now - BLUE_LIGHT_START)
+                   Transfer.attempts == 0, Transfer.created_at < deadline)
 
 
 def is_due(transfer: Transfer, now: datetime | None = None) -> bool:
