@@ -252,14 +252,17 @@ def test_the_live_panel_is_a_fragment_and_says_vary_to_htmx(client, import_reque
     assert answer.status_code == 200 and 'id="live"' in answer.get_data(as_text=True) and _varies(answer)
 
 
-def test_a_refused_transfer_start_answers_htmx_with_hx_redirect_and_a_browser_with_a_302(analyst, import_request):
+def test_a_refused_transfer_start_answers_htmx_in_place_and_a_browser_with_a_302(analyst, import_request):
+    """htmx: the refusal's words for the space beside the button (422, swapped in place,
+    so the search results and what was ticked stay); a browser: back to the page."""
     url = f"/requests/{import_request.call_ref}/transfers"
     token = csrf_token(analyst, f"/requests/{import_request.call_ref}")
     fragment = analyst.post(url, data={"csrf_token": token, "study_uid": "1.2.3"}, headers=HTMX)
     plain = analyst.post(url, data={"csrf_token": token, "study_uid": "1.2.3"})
     target = f"/requests/{import_request.call_ref}#transfers"
-    assert fragment.status_code == 200 and fragment.headers["HX-Redirect"] == target
-    assert "Location" not in fragment.headers
+    assert fragment.status_code == 422
+    assert fragment.get_data(as_text=True) == "Choose the node to take the studies from."
+    assert "HX-Redirect" not in fragment.headers and "Location" not in fragment.headers
     assert plain.status_code == 302 and plain.headers["Location"] == target
     assert _varies(fragment) and _varies(plain)
 

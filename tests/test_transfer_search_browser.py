@@ -88,3 +88,16 @@ def test_pacs_results_read_as_people_read_them_and_the_named_study_is_ticked(
     expect(page.locator("#pacs-search-status")).to_have_text(
         "2 studies found; 1 matching the request's examinations, ticked.")
     save_screenshot(page, "transfer_search_results_beside_exam_lines")
+    # A refused Send is said beside the button; what the analyst ticked and typed stays.
+    head_row.get_by_role("checkbox").uncheck()
+    page.get_by_label("Report text (optional)").fill("CT head: no acute abnormality.")
+    page.get_by_role("button", name="Send and create transaction").click()
+    expect(page.locator("#send-refusal")).to_have_text("Tick at least one study to send.")
+    expect(page.get_by_label("Report text (optional)")).to_have_value("CT head: no acute abnormality.")
+    expect(head_row.get_by_role("checkbox")).not_to_be_checked()
+    knee_row.get_by_role("checkbox").check()
+    page.get_by_role("button", name="Send and create transaction").click()
+    expect(page.locator("#send-refusal")).to_have_text("Choose the destination node.")  # none is registered
+    expect(knee_row.get_by_role("checkbox")).to_be_checked()
+    expect(page.get_by_label("Report text (optional)")).to_have_value("CT head: no acute abnormality.")
+    assert page.url.endswith(f"/requests/{call_ref}")  # the same page, not a reload

@@ -1,5 +1,6 @@
 """`transfers.service.plan_start` and `start_transfer`: the Send button's work as services
-taking plain values (issue 9.5). Nothing here runs a transfer or talks to Redis."""
+taking plain values (issue 9.5), and how the Send route says a refusal. Nothing here runs a
+transfer or talks to Redis."""
 
 from __future__ import annotations
 
@@ -116,3 +117,30 @@ def test_a_second_start_of_the_same_studies_is_under_way(export, nodes, make_use
     with pytest.raises(service.TransferUnderWay) as under_way:
         service.start_transfer(export, plan, analyst.id)
     assert under_way.value.transfer.id == first.id
+
+
+def test_a_refused_send_from_the_page_is_said_beside_the_button_and_keeps_the_form(
+    client, login_as, export, nodes):  # noqa: ANN001
+    """From the search results (htmx), a refusal is a 422 fragment for the space beside
+    the button: the form (ticks, report, file) stays as the analyst left it, nothing is
+    started. Without script, the plain post goes back to the page with the same words."""
+    from tests.conftest import csrf_token
+
+    login_as("analyst")
+    token = csrf_token(client, f"/requests/{export.call_ref}")
+    data = {"csrf_token": token, "source_id": str(nodes[0].id), "dest_id": str(nodes[1].id),
+            "priority": "Standard", "report_text": "<b>Report</b>"}
+    refused = client.post(f"/requests/{export.call_ref}/transfers", data=data, headers={"HX-Request": "true"})
+    assert refused.status_code == 422 and "HX-Redirect" not in refused.headers
+    assert refused.get_data(as_text=True) == "Tick at least one study to send."
+    data["report_pdf"] = (io.BytesIO(b"<script>x</script>"), "report<i>.pdf")
+    data["study_uid"] = STUDY
+    refused = client.post(f"/requests/{export.call_ref}/transfers", data=data, headers={"HX-Request": "true"},
+                          content_type="multipart/form-data")
+    assert refused.status_code == 422
+    assert refused.get_data(as_text=True) == "The report is not a PDF file: attach the report as a PDF."
+    assert db.session.scalar(sa.select(sa.func.count(Transfer.id))) == 0
+    del data["report_pdf"], data["study_uid"]
+    plain = client.post(f"/requests/{export.call_ref}/transfers", data=data, follow_redirects=True)
+    assert "Tick at least one study to send." in plain.get_data(as_text=True)
+    assert db.session.scalar(sa.select(sa.func.count(Transfer.id))) == 0

@@ -9,6 +9,7 @@ from datetime import date
 import sqlalchemy as sa
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
+from markupsafe import escape
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -303,6 +304,8 @@ def start(call_ref: str):
     try:
         plan = service.plan_start(req, values)
     except service.StartRefused as refusal:
+        if htmx.is_htmx():  # said beside the button: the ticks, the report and the file stay
+            return Response(escape(str(refusal)), status=422, mimetype="text/html")
         flash(str(refusal), "error")
         return _to_request_page(req.call_ref)
     transfer = _create_once(req, plan.direction, plan.dest, plan.study_uids,
