@@ -41,12 +41,6 @@ IMPORT_TO_DELIVERED = (S.ACCEPTED, S.DOWNLOAD_REQUEST, S.DOWNLOADING, S.DELIVERE
 # --- helpers and fixtures (also used by test_scheduled.py) ---------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Inbox:
     """An aiosmtpd handler that keeps every message it accepts."""
 
@@ -70,14 +64,30 @@ class Inbox:
 
 
 class SmtpServer:
-    """A real SMTP server on 127.0.0.1 that the test can take down and bring back."""
+    """A real SMTP server on 127.0.0.1 that the test can take down and bring back.
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    While it is down its port stays held by a bound socket that does not listen: the desk's
+    connection is refused, as by a server that is down, and no other test process (the
+    suite runs several) can be given the port and take this desk's mail (seen once: two
+    tests on two workers, one port, each with the other's mail)."""
+
+    def __init__(self) -> None:
+        self._hold: socket.socket | None = None
+        self.port = self._hold_port(0)
         self.inbox = Inbox()
         self._controller: Controller | None = None
 
+    def _hold_port(self, port: int) -> int:
+        hold = socket.socket()
+        hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the server's closed connections linger
+        hold.bind(("127.0.0.1", port))
+        self._hold = hold
+        return hold.getsockname()[1]
+
     def start(self) -> None:
+        if self._hold is not None:
+            self._hold.close()
+            self._hold = None
         self._controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port)
         self._controller.start()
 
@@ -85,12 +95,19 @@ class SmtpServer:
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
+            self._hold_port(self.port)
+
+    def close(self) -> None:
+        self.stop()
+        if self._hold is not None:
+            self._hold.close()
+            self._hold = None
 
 
 @pytest.fixture
 def smtp(app: Flask, monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpServer]:
     """The desk configured for an SMTP server on a free port; the test starts it."""
-    server = SmtpServer(free_port())
+    server = SmtpServer()
     monkeypatch.setattr(
         app.config["IEP_SETTINGS"],
         "smtp",
@@ -98,7 +115,7 @@ def smtp(app: Flask, monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpServer]:
          "starttls": "0"},
     )
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture
