@@ -266,6 +266,8 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # pynetdicom logs several lines per instance at INFO (and patient details for C-FIND).
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # WeasyPrint logs each step of every PDF it makes (a RIS sheet, a notice) at INFO.
+    logging.getLogger("weasyprint.progress").setLevel(logging.WARNING)
     try:
         lanes = parse_lanes(os.environ.get("IEP_WORKERS", DEFAULT_LANES))
     except ValueError as exc:  # before any process starts or any connection opens
