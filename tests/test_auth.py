@@ -208,3 +208,22 @@ def test_log_lines_cannot_be_forged_with_newlines():
     record = logging.LogRecord("app", logging.INFO, __file__, 1, "sign in failed for %s", (forged,), None)
     line = SingleLineFormatter("%(message)s").format(record)
     assert chr(10) not in line and line.endswith("x@y\\n2026-11-28 INFO sign_in ok")
+
+
+def test_the_cli_keeps_an_active_administrator_as_the_admin_pages_do(runner, make_user):
+    """`flask users` refuses to demote or deactivate the last active administrator, saying
+    what to do first; with a second administrator, both changes go through."""
+    from app.auth.models import Role
+    from app.extensions import db
+
+    admin = make_user("admin")
+    for args in (["set-role", "--email", admin.email, "--role", "analyst"], ["deactivate", "--email", admin.email]):
+        result = runner.invoke(args=["users", *args])
+        assert result.exit_code != 0 and "last active administrator account" in result.output, result.output
+    db.session.expire_all()
+    assert (admin.role, admin.active) == (Role.ADMIN, True)
+    second = make_user("analyst")
+    assert runner.invoke(args=["users", "set-role", "--email", second.email, "--role", "admin"]).exit_code == 0
+    assert runner.invoke(args=["users", "deactivate", "--email", admin.email]).exit_code == 0
+    db.session.expire_all()
+    assert admin.active is False

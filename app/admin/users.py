@@ -24,6 +24,7 @@ from wtforms.validators import DataRequired, Length
 from app import audit, htmx
 from app.admin import bp
 from app.auth import throttle
+from app.auth.admins import LAST_ADMIN, leaves_no_admin
 from app.auth.guard import roles_required, user_by_email
 from app.auth.models import Role, User
 from app.auth.passwords import WeakPassword, check_password
@@ -33,9 +34,6 @@ from app.ids import MAX_ID, whole_number
 
 PAGE_SIZE = 50
 ROLE_CHOICES = [SelectChoice(role.value, role.label) for role in Role]
-LAST_ADMIN = ("This is the last active administrator account. Make another user an administrator first: "
-              "without one, nobody could manage the desk's users.")
-
 
 def _stripped(value: object) -> object:
     return value.strip() if isinstance(value, str) else value
@@ -74,19 +72,6 @@ def _user(user_id: int) -> User:
 def _whom(user: User) -> str:
     """The target of a change, as the audit names it."""
     return f"user {user.id} {user.email}"
-
-
-def _leaves_no_admin(user: User, *, role: Role | None = None, active: bool | None = None) -> bool:
-    """True when making this change to `user` would leave no active administrator."""
-    stays_admin = (role or user.role) == Role.ADMIN and (user.active if active is None else active)
-    if user.role != Role.ADMIN or not user.active or stays_admin:
-        return False
-    # Locked: two administrators demoting each other at once must not both succeed (PostgreSQL;
-    # SQLite writes one transaction at a time).
-    others = db.session.scalars(
-        sa.select(User.id).where(User.role == Role.ADMIN, User.active, User.id != user.id).with_for_update()
-    ).all()
-    return not others
 
 
 # --- the list -----------------------------------------------------------------------------
@@ -200,7 +185,7 @@ def user_role(user_id: int):
     if new == old:
         flash(f"{user.name} is already {old.label}; nothing changed.", "info")
         return redirect(url_for("admin.user", user_id=user.id))
-    refusal = (LAST_ADMIN if _leaves_no_admin(user, role=new) else None) or training_refusal(user.id, new)
+    refusal = (LAST_ADMIN if leaves_no_admin(user, role=new) else None) or training_refusal(user.id, new)
     if refusal is not None:
         form.role.errors = [refusal]
         return _user_page(user, role_form=form, status=422)
@@ -224,7 +209,7 @@ def user_deactivate(user_id: int):
     problem = ""
     if user.id == current_user.id:
         problem = "You cannot deactivate your own account. Ask another administrator."
-    elif _leaves_no_admin(user, active=False):
+    elif leaves_no_admin(user, active=False):
         problem = LAST_ADMIN
     elif not user.active:
         problem = f"{user.name} is already deactivated."

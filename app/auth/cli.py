@@ -8,6 +8,7 @@ from flask.cli import AppGroup
 
 from app import audit
 from app.auth import throttle
+from app.auth.admins import LAST_ADMIN, leaves_no_admin
 from app.auth.guard import user_by_email
 from app.auth.models import Role, User
 from app.auth.passwords import WeakPassword, check_password
@@ -63,6 +64,8 @@ def set_role(email: str, role: str) -> None:
     user = user_by_email(email)
     if user is None:
         raise click.ClickException(f"no user with e-mail {email}")
+    if leaves_no_admin(user, role=Role(role)):
+        raise click.ClickException(f"{LAST_ADMIN} (flask users set-role --email ... --role admin)")
     refusal = training_refusal(user.id, Role(role))
     if refusal is not None and user.role != Role(role):
         raise click.BadParameter(refusal, param_hint="--role")
@@ -80,6 +83,8 @@ def deactivate(email: str) -> None:
     user = user_by_email(email)
     if user is None:
         raise click.ClickException(f"no user with e-mail {email}")
+    if leaves_no_admin(user, active=False):
+        raise click.ClickException(f"{LAST_ADMIN} (flask users set-role --email ... --role admin)")
     user.active = False
     user.revoke_sessions()
     audit.record(audit.Action.USER_CHANGED, actor="cli", detail=f"user {user.id} deactivated")
