@@ -77,6 +77,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = keep
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The run's record of the ports it handed out (tests.dicom_peers.free_port), removed by
+    the process that ran the session: pytest-xdist's controller, or pytest alone."""
+    from tests.dicom_peers import PORTS_TAKEN
+
+    if not hasattr(session.config, "workerinput"):
+        shutil.rmtree(PORTS_TAKEN, ignore_errors=True)
+
+
 def app_role_statements(role: str) -> str:
     """scripts/app_role.sql with psql's `:"app_role"` filled in, quoted as psql quotes it."""
     sql = (Path(__file__).resolve().parent.parent / "scripts" / "app_role.sql").read_text()

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -59,10 +60,28 @@ def require_binary(path_or_name: str, package: str) -> str:
     return found
 
 
+# Ports handed out in this run, one empty file each, shared by the suite's processes (named
+# by the pytest process that runs the session: pytest-xdist's workers are its children):
+# between free_port() and the peer's own bind the port is free, and another process asking
+# then could be given it too (seen once, with a mail server: each test got the other's
+# mail). Removed at the end of the run (conftest.pytest_sessionfinish).
+_SESSION_PID = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+PORTS_TAKEN = Path(tempfile.gettempdir()) / f"iep-test-ports-{_SESSION_PID}"
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port on 127.0.0.1 that nothing listens on and that no other test of this run was given."""
+    PORTS_TAKEN.mkdir(exist_ok=True)
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        try:
+            (PORTS_TAKEN / str(port)).touch(exist_ok=False)
+        except FileExistsError:
+            continue  # given to another test of this run already
+        return port
+    raise AssertionError(f"no free port after 100 tries ({PORTS_TAKEN})")
 
 
 def rss_kb() -> int:
