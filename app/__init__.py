@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from flask import Flask, Response, request
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.config import Settings
 from app.extensions import csrf, db, init_redis, login_manager, migrate
@@ -29,6 +30,11 @@ def create_app(settings: Settings | None = None, **overrides: object) -> Flask:
         app = Flask(__name__, instance_path=str(settings.instance_path))
     app.config.from_mapping(settings.flask_config())
     app.config.from_mapping(overrides)
+    if settings.trusted_proxies:
+        # Behind N reverse proxies: the client's address, scheme and host as the nearest N
+        # report them (config.Settings.trusted_proxies); never more than N hops back.
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
     from app.web_request import DeskRequest, install_converters
 
     app.request_class = DeskRequest  # form and query values without control characters

@@ -30,6 +30,13 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from exc
 
 
+def _env_count(name: str, default: int) -> int:
+    value = _env_int(name, default)
+    if value < 0:
+        raise ConfigError(f"{name} must be 0 or more, got {value}")
+    return value
+
+
 _DURATION = re.compile(r"([1-9][0-9]*)\s*([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # PAS register look-ups per user (issue 13.8): 20 in any 15 minutes, 150 in any day.
@@ -100,6 +107,12 @@ class Settings:
     # Guideline section 3 (issue 14.7): the desk roles (analyst, AM radiology) are given only
     # to someone with a record in the training register.
     desk_requires_training: bool = False
+    # How many reverse proxies stand in front of the web server (0: none, the default). Only
+    # then are their X-Forwarded-For/-Proto/-Host headers believed: the sign-in lock and the
+    # audit trail's address are the client's, not the proxy's (which would lock every user
+    # out at once after one person's failed sign-ins). With none, the headers are ignored:
+    # anyone can send them.
+    trusted_proxies: int = 0
 
     @property
     def storage_root(self) -> Path:
@@ -163,6 +176,7 @@ class Settings:
             pas_lookup_windows=parse_windows(
                 "PAS_LOOKUP_WINDOWS", os.environ.get("PAS_LOOKUP_WINDOWS") or DEFAULT_PAS_LOOKUP_WINDOWS),
             desk_requires_training=os.environ.get("DESK_REQUIRES_TRAINING", "0").lower() in {"1", "true", "yes"},
+            trusted_proxies=_env_count("TRUSTED_PROXIES", 0),
         )
 
     def engine_options(self) -> dict[str, object]:

@@ -227,3 +227,29 @@ def test_the_cli_keeps_an_active_administrator_as_the_admin_pages_do(runner, mak
     assert runner.invoke(args=["users", "deactivate", "--email", admin.email]).exit_code == 0
     db.session.expire_all()
     assert admin.active is False
+
+
+@pytest.mark.parametrize("proxies", [0, 1], ids=["no proxy: the header is anyone's", "one trusted proxy"])
+def test_the_client_address_is_the_proxys_report_only_behind_a_trusted_proxy(app, make_user, proxies):
+    """TRUSTED_PROXIES=1 (the desk behind one reverse proxy): the address the sign-in lock
+    counts and the audit trail records is the client's, as the proxy reports it, so one
+    person's failed sign-ins lock that person's address, not every user's. Without a
+    trusted proxy an X-Forwarded-For is anyone's to send: ignored."""
+    from dataclasses import replace
+
+    from app import create_app
+    from app.audit import Action, AuditEvent
+    from app.extensions import db
+
+    settings = replace(app.config["IEP_SETTINGS"], trusted_proxies=proxies)
+    desk = create_app(settings, TESTING=True)
+    user = make_user("requester")
+    client = desk.test_client()
+    token = csrf_token(client, "/login")
+    answer = client.post("/login", data={"csrf_token": token, "email": user.email, "password": "wrong-horse-1"},
+                         headers={"X-Forwarded-For": "10.20.30.40", "X-Forwarded-Proto": "https"})
+    assert answer.status_code == 401
+    with desk.app_context():
+        recorded = db.session.scalars(sa.select(AuditEvent.remote_addr)
+                                      .where(AuditEvent.action == Action.SIGN_IN_FAILED)).all()
+    assert recorded == ["10.20.30.40" if proxies else "127.0.0.1"]

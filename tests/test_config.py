@@ -51,3 +51,13 @@ def test_malformed_numbers_fail_loudly(tmp_path, monkeypatch):
     monkeypatch.setenv("GATEWAY_PORT", "eleven")
     with pytest.raises(ConfigError, match="GATEWAY_PORT must be a whole number"):
         Settings.from_env(tmp_path)
+
+
+def test_trusted_proxies_is_a_count(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRUSTED_PROXIES", "-1")
+    with pytest.raises(ConfigError, match="TRUSTED_PROXIES must be 0 or more"):
+        Settings.from_env(tmp_path)
+    monkeypatch.setenv("TRUSTED_PROXIES", "2")
+    assert Settings.from_env(tmp_path).trusted_proxies == 2
+    monkeypatch.delenv("TRUSTED_PROXIES")
+    assert Settings.from_env(tmp_path).trusted_proxies == 0
