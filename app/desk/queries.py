@@ -445,17 +445,20 @@ def queue_page(
     return Page(rows=rows, pinned=pinned, next_cursor=next_cursor)
 
 
-# The statements built for a view are kept, the most recent STATEMENTS_KEPT of them per
-# process: the poll, a tab revisited and another analyst's same view run them again
-# without building them and hashing their shape for SQLAlchemy's compiled cache (1-1.5
-# ms of a render at 100,000 requests, bench/desk.py). Everything a statement is made
-# from is in its key (the dialect, each filter, the analyst for "assigned to me", the
-# tab, the sort, the page's cursor); the one value that moves by itself, the Blue Light
+# The statements built for a view are kept, per process, for the most recent
+# PAGES_KEPT pages and COUNTS_KEPT filter sets: the poll, a tab revisited and another
+# analyst's same view run them again without building them and hashing their shape for
+# SQLAlchemy's compiled cache (1-1.5 ms of a render at 100,000 requests, bench/desk.py).
+# Each costs memory (measured: 36-114 KB a page's statements, 80-125 KB a count
+# statement), so at most about 14 MB a process. Everything a statement is made from is
+# in its key (the dialect, each filter, the analyst for "assigned to me", the tab, the
+# sort, the page's cursor, the caps); the one value that moves by itself, the Blue Light
 # start deadline, is a parameter computed each time the statement runs.
-STATEMENTS_KEPT = 256
+PAGES_KEPT = 64
+COUNTS_KEPT = 32
 
 
-@functools.lru_cache(maxsize=STATEMENTS_KEPT)
+@functools.lru_cache(maxsize=PAGES_KEPT)
 def _page_statements(
     dialect: str, tab: str, filter_values: tuple, me: int, sort: str, descending: bool,
     after: tuple[Any, int] | None, size: int,
@@ -516,7 +519,7 @@ def _counted(part: sa.ColumnElement[bool], test: sa.ColumnElement[bool] | None =
     return sa.func.count(sa.case((part if test is None else sa.and_(part, test), 1)))
 
 
-@functools.lru_cache(maxsize=STATEMENTS_KEPT)
+@functools.lru_cache(maxsize=COUNTS_KEPT)
 def _search_count_statement(dialect: str, filter_values: tuple, me: int, limit: int) -> sa.Select:
     """Every count in one pass over the rows a search finds (a name, a call reference, an
     NHS or S number: usually a few rows, found through their own index), instead of one
@@ -565,7 +568,7 @@ def tab_counts(filters: Filters, me: int) -> TabCounts:
     return TabCounts(counts)
 
 
-@functools.lru_cache(maxsize=STATEMENTS_KEPT)
+@functools.lru_cache(maxsize=COUNTS_KEPT)
 def _per_tab_count_statement(dialect: str, filter_values: tuple, me: int, cap: int) -> sa.Select:
     """Each tab, and each part of Action Required, counted from its statuses' index range;
     All up to `cap` + 1."""
