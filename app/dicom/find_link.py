@@ -42,9 +42,9 @@ from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
 from app.dicom import wire
 from app.dicom.ae import AEConfig, Node
-from app.dicom.errors import DicomFailure, status_category, to_failure
-from app.dicom.store_link import PRIORITY_MEDIUM, Link
-from app.dicom.wire import Closed, ProtocolError, ReleaseRequested, encode_command, uid_value, us_value
+from app.dicom.errors import status_category, to_failure
+from app.dicom.store_link import Link
+from app.dicom.wire import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +114,9 @@ class FindLink(Link):
         if identifier is None:
             raise ValueError("the query cannot be encoded")
         message_id = self.next_message_id()
-        command = encode_command((
-            (wire.AFFECTED_SOP_CLASS, uid_value(FIND_MODEL)),
-            (wire.COMMAND_FIELD, us_value(wire.C_FIND_RQ)),
-            (wire.MESSAGE_ID, us_value(message_id)),
-            (wire.PRIORITY, us_value(PRIORITY_MEDIUM)),
-            (wire.DATA_SET_TYPE, us_value(0x0001)),  # an identifier follows
-        ))
+        command = self.request_command(FIND_MODEL, wire.C_FIND_RQ, message_id)
         matches: list[T] = []
-        try:
+        with self.exchange("search"):
             self.wire.send_message(context_id, command, identifier)
             while True:
                 cid, fields = self.wire.read_command()
@@ -133,7 +127,7 @@ class FindLink(Link):
                 code = fields.us(wire.STATUS)
                 if code is None:
                     raise ProtocolError("a C-FIND response without a status")
-                data = self._identifier(cid) if fields.has_data_set else None
+                data = self.read_small(cid, LARGEST_IDENTIFIER, "a C-FIND match") if fields.has_data_set else None
                 category = status_category(code, "find")
                 if category == "pending":
                     if data is not None:
@@ -150,41 +144,7 @@ class FindLink(Link):
                 if comment:
                     status.ErrorComment = comment
                 break
-        except TimeoutError:
-            self.abort()
-            raise to_failure(self._outcome(timed_out=True, timeout_seconds=self.config.timeouts.dimse)) from None
-        except ReleaseRequested:
-            # The PACS ends the association before its final response: answer, and say so.
-            assert self.wire is not None  # noqa: S101 - narrows the type; set until _close
-            self.wire.release_as_acceptor()
-            self._close()
-            raise to_failure(self._outcome(closed_by_peer=True)) from None
-        except (Closed, OSError) as error:
-            outcome = self._outcome(closed_by_peer=True, abort_received=getattr(error, "abort", None))
-            if outcome.abort_received is None:
-                outcome.abort_received = self.abort_in_flight()
-            self._close()
-            raise to_failure(outcome) from None
-        except ProtocolError as error:
-            self.abort()
-            raise DicomFailure("protocol-error", f"the node sent something we cannot read during the "
-                               f"search ({error}); the association was aborted — ask the remote site "
-                               "if it keeps happening", True) from None
         raise to_failure(status, operation="find")  # the exchange is over: the association stays usable
-
-    def _identifier(self, context_id: int) -> bytes:
-        """A C-FIND-RSP's identifier, whole (small)."""
-        assert self.wire is not None  # noqa: S101 - narrows the type; _find checked it
-        data = bytearray()
-
-        def keep(piece: memoryview) -> None:
-            if len(data) + len(piece) > LARGEST_IDENTIFIER:
-                raise ProtocolError("a C-FIND match larger than 1 MB")
-            data.extend(piece)
-
-        self.wire.read_data_set(context_id, keep)
-        return bytes(data)
-
 
 def _in_its_character_set(query: Dataset) -> Dataset:
     """`query`, declaring a Specific Character Set if it has text beyond ASCII and none of

@@ -42,8 +42,8 @@ from app.dicom import wire
 from app.dicom.ae import AEConfig, Node, get_plan
 from app.dicom.errors import DicomFailure, to_failure
 from app.dicom.scp import STATUS_INTERNAL, Incoming, Received, open_temp
-from app.dicom.store_link import PRIORITY_MEDIUM, Link
-from app.dicom.wire import Closed, ProtocolError, ReleaseRequested, encode_command, uid_value, us_value
+from app.dicom.store_link import Link
+from app.dicom.wire import ProtocolError, encode_command, us_value
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +112,8 @@ class GetLink(Link):
         if identifier is None:
             raise ValueError("the query cannot be encoded")
         message_id = self.next_message_id()
-        command = encode_command((
-            (wire.AFFECTED_SOP_CLASS, uid_value(GET_MODEL)),
-            (wire.COMMAND_FIELD, us_value(wire.C_GET_RQ)),
-            (wire.MESSAGE_ID, us_value(message_id)),
-            (wire.PRIORITY, us_value(PRIORITY_MEDIUM)),
-            (wire.DATA_SET_TYPE, us_value(0x0001)),  # an identifier follows
-        ))
-        try:
+        command = self.request_command(GET_MODEL, wire.C_GET_RQ, message_id)
+        with self.exchange("retrieval"):
             self.wire.send_message(context_id, command, identifier)
             while True:
                 cid, fields = self.wire.read_command()
@@ -140,26 +134,6 @@ class GetLink(Link):
                 yield status, found
                 if final:
                     return
-        except TimeoutError:
-            self.abort()
-            raise to_failure(self._outcome(timed_out=True, timeout_seconds=self.config.timeouts.dimse)) from None
-        except ReleaseRequested:
-            # The PACS ends the association before its final response: answer, and say so.
-            assert self.wire is not None  # noqa: S101 - narrows the type; set until _close
-            self.wire.release_as_acceptor()
-            self._close()
-            raise to_failure(self._outcome(closed_by_peer=True)) from None
-        except (Closed, OSError) as error:
-            outcome = self._outcome(closed_by_peer=True, abort_received=getattr(error, "abort", None))
-            if outcome.abort_received is None:
-                outcome.abort_received = self.abort_in_flight()
-            self._close()
-            raise to_failure(outcome) from None
-        except ProtocolError as error:
-            self.abort()
-            raise DicomFailure("protocol-error", f"the node sent something we cannot read during the "
-                               f"retrieval ({error}); the association was aborted — ask the remote site "
-                               "if it keeps happening", True) from None
 
     def _store(self, context_id: int, fields: wire.Command, storage_dir: Path, quarantine_dir: Path,
                on_store: OnStore | None) -> None:
@@ -218,17 +192,9 @@ class GetLink(Link):
     def _identifier(self, context_id: int, implicit: bool) -> Dataset | None:
         """A C-GET-RSP's identifier (small), decoded; None if it does not decode (the status
         still stands: the caller then says the PACS did not name the failed instances)."""
-        assert self.wire is not None  # noqa: S101 - narrows the type; get() checked it
-        data = bytearray()
-
-        def keep(piece: memoryview) -> None:
-            if len(data) + len(piece) > LARGEST_IDENTIFIER:
-                raise ProtocolError("a C-GET response identifier larger than 8 MB")
-            data.extend(piece)
-
-        self.wire.read_data_set(context_id, keep)
+        data = self.read_small(context_id, LARGEST_IDENTIFIER, "a C-GET response identifier")
         try:
-            return decode(io.BytesIO(bytes(data)), implicit, True)
+            return decode(io.BytesIO(data), implicit, True)
         except Exception:  # noqa: BLE001 - bytes from outside
             log.warning("a C-GET response identifier that does not decode; ignored")
             return None

@@ -22,10 +22,11 @@ Failures come back as `DicomFailure`s made by `app.dicom.errors.to_failure` from
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -365,6 +366,60 @@ class Link:
         if self.wire is not None:
             self.wire.close()
             self.wire = None
+
+    def request_command(self, sop_class: str, field: int, message_id: int) -> bytes:
+        """The command set of a C-FIND-RQ or C-GET-RQ (`field`) in `sop_class`, an
+        identifier following, at medium priority."""
+        return encode_command((
+            (wire.AFFECTED_SOP_CLASS, uid_value(sop_class)),
+            (wire.COMMAND_FIELD, us_value(field)),
+            (wire.MESSAGE_ID, us_value(message_id)),
+            (wire.PRIORITY, us_value(PRIORITY_MEDIUM)),
+            (wire.DATA_SET_TYPE, us_value(0x0001)),  # an identifier follows
+        ))
+
+    def read_small(self, context_id: int, largest: int, what: str) -> bytes:
+        """A data set read whole into memory (a response's identifier), at most `largest`
+        bytes: a larger one is a ProtocolError naming `what`."""
+        assert self.wire is not None  # noqa: S101 - narrows the type; the caller checked it
+        data = bytearray()
+
+        def keep(piece: memoryview) -> None:
+            if len(data) + len(piece) > largest:
+                raise ProtocolError(f"{what} larger than {largest // (1024 * 1024)} MB")
+            data.extend(piece)
+
+        self.wire.read_data_set(context_id, keep)
+        return bytes(data)
+
+    @contextlib.contextmanager
+    def exchange(self, doing: str) -> Iterator[None]:
+        """Around one request and its responses (a search, a retrieval), each way it can fail
+        as a DicomFailure: the node silent past the DIMSE timeout (aborted here), the node
+        releasing before its final response (answered), the association gone (with the
+        node's A-ABORT if it sent one), or something we cannot read (aborted here)."""
+        try:
+            yield
+        except TimeoutError:
+            self.abort()
+            raise to_failure(self._outcome(timed_out=True, timeout_seconds=self.config.timeouts.dimse)) from None
+        except ReleaseRequested:
+            # The node ends the association before its final response: answer, and say so.
+            assert self.wire is not None  # noqa: S101 - narrows the type; set until _close
+            self.wire.release_as_acceptor()
+            self._close()
+            raise to_failure(self._outcome(closed_by_peer=True)) from None
+        except (Closed, OSError) as error:
+            outcome = self._outcome(closed_by_peer=True, abort_received=getattr(error, "abort", None))
+            if outcome.abort_received is None:
+                outcome.abort_received = self.abort_in_flight()
+            self._close()
+            raise to_failure(outcome) from None
+        except ProtocolError as error:
+            self.abort()
+            raise DicomFailure("protocol-error", f"the node sent something we cannot read during the "
+                               f"{doing} ({error}); the association was aborted — ask the remote site "
+                               "if it keeps happening", True) from None
 
     def abort_in_flight(self) -> tuple[int, int] | None:
         """After a send failed: an A-ABORT the node may have sent just before closing."""
