@@ -285,6 +285,25 @@ def test_search_with_each_filter(requests_made, analyst, field, value, expected)
     assert sorted(_rows(html)) == sorted(refs[i] for i in expected)
 
 
+def test_filter_by_a_colleague_from_the_page_the_table_and_without_script(requests_made, analyst, make_user):
+    """"Assigned to" a named colleague: the whole page offers the desk's people; the table
+    alone (htmx, which does not read them) filters by the id all the same; a plain post
+    (no script) answers the page with that colleague still chosen."""
+    _user, browser = analyst
+    refs = requests_made[1]
+    colleague = make_user("am_radiology")
+    _req(refs[1]).assigned_to_id = colleague.id
+    db.session.commit()
+    page = browser.get("/desk").get_data(as_text=True)
+    assert f'<option value="{colleague.id}">{colleague.name}</option>' in page
+    table = post_form(browser, "/desk", {"tab_choice": "all", "assigned": str(colleague.id)},
+                      headers={"HX-Request": "true"}).get_data(as_text=True)
+    assert _rows(table) == [refs[1]]
+    plain = post_form(browser, "/desk", {"tab_choice": "all", "assigned": str(colleague.id)}).get_data(as_text=True)
+    assert _rows(plain) == [refs[1]]
+    assert f'<option selected value="{colleague.id}">{colleague.name}</option>' in plain
+
+
 def test_sorting_and_keyset_pages(app, requests_made, analyst, monkeypatch):
     _user, browser = analyst
     from app.desk import queries
