@@ -463,7 +463,8 @@ def _page_statements(
     dialect: str, tab: str, filter_values: tuple, me: int, sort: str, descending: bool,
     after: tuple[Any, int] | None, size: int,
 ) -> tuple[sa.Select, sa.Select | None]:
-    """The page's rows, and the pinned rows (first page only)."""
+    """The page's rows, and the pinned rows (first page only). `dialect` is read by what
+    builds them (`tab_condition`, the name range), through the session: here it is the key."""
     column = SORTS[sort][0]
     base = [tab_condition(tab), *Filters(*filter_values).conditions(me)]
     stmt = sa.select(Request.id).where(*base, sa.not_(is_pinned()))
