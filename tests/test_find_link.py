@@ -12,8 +12,6 @@ stands in for one that misbehaves (the peer, not the code under test).
 from __future__ import annotations
 
 import io
-import socket
-import threading
 import time
 from collections.abc import Callable
 from datetime import date
@@ -22,19 +20,16 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
 from pynetdicom.dsutils import decode, encode
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, ImplementationClassUIDNotification, MaximumLengthNotification
-from pynetdicom.presentation import PresentationContext
 
 from app.dicom import scu, wire
-from app.dicom.ae import AEConfig, Node, Timeouts
+from app.dicom.ae import AEConfig, Timeouts
 from app.dicom.errors import DicomFailure
 from app.dicom.find_link import FIND_MODEL, _as_text, _decoded, _read_text
 from app.dicom.synth import make_study
-from app.dicom.wire import Wire, encode_command, uid_value, us_value
+from app.dicom.wire import encode_command, uid_value, us_value
 from tests.dicom_peers import OUR_AE, QUICK, OrthancPeer
+from tests.scripted_peer import PduPeer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -145,56 +140,21 @@ def test_a_match_read_as_text_says_what_pydicom_says(match: Dataset, implicit: b
 # -- a PACS that misbehaves ----------------------------------------------------------------------------
 
 
-class FindPeer:
+class FindPeer(PduPeer):
     """A C-FIND SCP at the PDU level, for what Orthanc cannot be made to do on cue: go silent,
     abort or close part-way through a listing, answer with a failure or with bytes that do not
     decode. Accepts every proposed context in its first syntax, then runs `script(peer)`."""
 
     def __init__(self, script: Callable[[FindPeer], None]) -> None:
+        super().__init__()
         self.script = script
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.node = Node("SCRIPTED", "127.0.0.1", self.listener.getsockname()[1])
-        self.error: BaseException | None = None
-        self.wire: Wire | None = None
         self.queries: list[Dataset] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        self.start()
 
-    def _serve(self) -> None:
-        try:
-            sock, _ = self.listener.accept()
-            sock.settimeout(10)
-            self.wire = Wire(sock, fragment=16 * 1024 - 6)
-            _, pdu = self.wire.read_pdu()
-            request = A_ASSOCIATE_RQ()
-            request.decode(pdu)
-            asked = request.to_primitive()
-            answer = A_ASSOCIATE()
-            answer.application_context_name = asked.application_context_name
-            answer.calling_ae_title = asked.calling_ae_title
-            answer.called_ae_title = asked.called_ae_title
-            answer.result = 0
-            results = []
-            for proposed in asked.presentation_context_definition_list:
-                accepted = PresentationContext()
-                accepted.context_id = proposed.context_id
-                accepted.abstract_syntax = proposed.abstract_syntax
-                accepted.transfer_syntax = [proposed.transfer_syntax[0]]
-                accepted.result = 0
-                results.append(accepted)
-                self.implicit = str(proposed.transfer_syntax[0]) == "1.2.840.10008.1.2"
-            answer.presentation_context_definition_results_list = results
-            most = MaximumLengthNotification()
-            most.maximum_length_received = 16384
-            implementation = ImplementationClassUIDNotification()
-            implementation.implementation_class_uid = UID("1.2.826.0.1.3680043.9.9999.1")
-            answer.user_information = [most, implementation]
-            accept = A_ASSOCIATE_AC()
-            accept.from_primitive(answer)
-            sock.sendall(accept.encode())
-            self.script(self)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test, not lost in a thread
-            self.error = exc
+    def serve(self) -> None:
+        contexts = self.accept(self.next_association())
+        self.implicit = any(syntax == "1.2.840.10008.1.2" for _sop, syntax in contexts.values())
+        self.script(self)
 
     def query(self) -> Dataset:
         """Read the next C-FIND-RQ; return its identifier."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -20,20 +19,17 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
-from pydicom.uid import UID
 from pynetdicom import evt
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
-from pynetdicom.pdu_primitives import A_ASSOCIATE, ImplementationClassUIDNotification, MaximumLengthNotification
-from pynetdicom.presentation import PresentationContext
 
 from app.dicom import scp, scu, wire
-from app.dicom.ae import AEConfig, Node, Timeouts
+from app.dicom.ae import AEConfig, Timeouts
 from app.dicom.errors import DicomFailure
 from app.dicom.get_link import GET_MODEL, GetLink
 from app.dicom.store_link import read_part10, store_command
 from app.dicom.synth import make_instance, make_study
-from app.dicom.wire import Wire, encode_command, uid_value, us_value
+from app.dicom.wire import encode_command, uid_value, us_value
 from tests.dicom_peers import QUICK, OrthancPeer, rss_kb
+from tests.scripted_peer import PduPeer
 from tests.test_store_link import data_set_bytes
 from tests.test_syntaxes import stored_file
 
@@ -211,73 +207,36 @@ def test_a_pacs_that_goes_silent_mid_instance_fails_within_the_dimse_timeout_lea
         assert dcmread(path).SOPInstanceUID == path.stem  # each whole, pixels and all
 
 
-class ScriptedPeer:
+class ScriptedPeer(PduPeer):
     """A C-GET SCP at the PDU level, for what a pynetdicom peer cannot be made to do (it
     queues a whole data set before anything else): stop half-way through an instance, send
     on a context we never accepted. Accepts every proposed context in its first syntax
-    (pynetdicom's PDU classes), reads the C-GET-RQ, then runs `script(peer)`."""
+    (the last refused, with `refuse_last`), reads the C-GET-RQ, then runs `script(peer)`."""
 
     def __init__(self, script, *, refuse_last: bool = False) -> None:  # noqa: ANN001 - a test's closure
+        super().__init__()
         self.script = script
         self.refuse_last = refuse_last
         self.refused: int | None = None
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.node = Node("SCRIPTED", "127.0.0.1", self.listener.getsockname()[1])
         self.contexts: dict[int, tuple[str, str]] = {}
-        self.error: BaseException | None = None
-        self.wire: Wire | None = None
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        self.start()
 
-    def _serve(self) -> None:
-        try:
-            while True:  # the desk asks a C-FIND association first: refused, as by a PACS without one
-                sock, _ = self.listener.accept()
-                sock.settimeout(10)
-                self.wire = Wire(sock, fragment=16 * 1024 - 6)
-                _, pdu = self.wire.read_pdu()
-                request = A_ASSOCIATE_RQ()
-                request.decode(pdu)
-                asked = request.to_primitive()
-                if any(str(cx.abstract_syntax) == GET_MODEL for cx in asked.presentation_context_definition_list):
-                    break
-                sock.sendall(bytes((wire.ASSOCIATE_RJ, 0, 0, 0, 0, 4, 0, 1, 1, 1)))  # permanent, no reason
-                self.wire.close()
-            answer = A_ASSOCIATE()
-            answer.application_context_name = asked.application_context_name
-            answer.calling_ae_title = asked.calling_ae_title
-            answer.called_ae_title = asked.called_ae_title
-            answer.result = 0
-            results = []
-            proposals = asked.presentation_context_definition_list
-            for proposed in proposals:
-                accepted = PresentationContext()
-                accepted.context_id = proposed.context_id
-                accepted.abstract_syntax = proposed.abstract_syntax
-                accepted.transfer_syntax = [proposed.transfer_syntax[0]]
-                accepted.result = 0
-                results.append(accepted)
-                if self.refuse_last and proposed is proposals[-1]:
-                    accepted.result = 0x04  # transfer syntaxes not supported (provider rejection)
-                    self.refused = int(proposed.context_id)
-                    continue
-                self.contexts[int(proposed.context_id)] = (str(proposed.abstract_syntax),
-                                                           str(proposed.transfer_syntax[0]))
-            answer.presentation_context_definition_results_list = results
-            most = MaximumLengthNotification()
-            most.maximum_length_received = 16384
-            implementation = ImplementationClassUIDNotification()
-            implementation.implementation_class_uid = UID("1.2.826.0.1.3680043.9.9999.1")
-            answer.user_information = [most, implementation]
-            accept = A_ASSOCIATE_AC()
-            accept.from_primitive(answer)
-            sock.sendall(accept.encode())
-            self.get_context, command = self.wire.read_command()
-            self.get_id = command.us(wire.MESSAGE_ID)
-            self.wire.read_data_set(self.get_context, lambda piece: None)
-            self.script(self)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test, not lost in a thread
-            self.error = exc
+    def serve(self) -> None:
+        while True:  # the desk asks a C-FIND association first: refused, as by a PACS without one
+            asked = self.next_association()
+            if any(str(cx.abstract_syntax) == GET_MODEL for cx in asked.presentation_context_definition_list):
+                break
+            assert self.wire is not None
+            self.wire.sock.sendall(bytes((wire.ASSOCIATE_RJ, 0, 0, 0, 0, 4, 0, 1, 1, 1)))  # permanent, no reason
+            self.wire.close()
+        self.contexts = self.accept(asked, refuse_last=self.refuse_last)
+        if self.refuse_last:
+            self.refused = int(asked.presentation_context_definition_list[-1].context_id)
+        assert self.wire is not None
+        self.get_context, command = self.wire.read_command()
+        self.get_id = command.us(wire.MESSAGE_ID)
+        self.wire.read_data_set(self.get_context, lambda piece: None)
+        self.script(self)
 
     def context(self, sop_class: str, syntax: str) -> int:
         return next(cid for cid, kind in self.contexts.items() if kind == (sop_class, syntax))
