@@ -24,6 +24,7 @@ from app.timeutil import freeze, utcnow
 from app.transfers.models import Transfer, TransferState
 from app.workflow.models import Message, OutboxEmail, OutboxStatus
 from tests.conftest import csrf_token, post_form
+from tests.test_desk import analyst  # noqa: F401 - a fixture: a signed-in analyst and their browser
 
 S = Status
 HX = {"HX-Request": "true"}
@@ -32,14 +33,6 @@ NOT_STARTED = (S.NEW, S.AWAITING_DETAILS, S.ACCEPTED, S.AWAITING_DROP_OFF, S.COL
 IN_PROGRESS = (S.DOWNLOAD_REQUEST, S.DOWNLOADING, S.UPLOADING, S.ON_IEP)
 TAB_LABELS = {"action": "Action Required", "accepted": "Accepted", "progress": "In Progress", "failed": "Failed",
               "cds": "CD round", "all": "All"}
-
-
-@pytest.fixture
-def analyst(app, make_user):
-    user = make_user("analyst")
-    browser = app.test_client()
-    post_form(browser, "/login", {"email": user.email, "password": "correct-horse-9"})
-    return user, browser
 
 
 @pytest.fixture
