@@ -3,6 +3,7 @@ DCMTK storescu as the sender), run by real RQ workers on the real Redis."""
 
 from __future__ import annotations
 
+import signal
 from datetime import date
 
 import pytest
@@ -22,6 +23,7 @@ from app.workflow.machine import transition
 from tests.conftest import csrf_token, post_form
 from tests.dicom_peers import OUR_AE, QUICK, run_storescu
 from tests.forms_data import valid_export, valid_import
+from tests.pool import kill_pool, start_pool, wait_for
 
 LANES = ["outbound-bluelight", "outbound", "outbound-batch", "inbound-bluelight", "inbound"]
 
@@ -157,26 +159,38 @@ def _pacs_tags(orthanc, study_uid):
     return orthanc.rest(f"/instances/{instance['ID']}/tags?simplify")
 
 
-def test_import_pushed_by_storescu_lands_in_pacs_with_the_s_number_and_one_ris_entry(
-    app, client, login_as, make_user, pas_patients, nodes, orthanc, gateway, tmp_path, clean_queues
-):
+def _pushed_import(client, login_as, tmp_path, **study: object) -> tuple[Request, InboundStudy]:  # noqa: ANN001
+    """An accepted import whose study (Margaret Smith, as NUH files her) a remote pushed to
+    the gateway with storescu, arrived whole: the request and its inbound study."""
     login_as("requester")
     req = _request(client, "/requests/new/import", {**valid_import(), "exams-0-exam_date": "2026-09-15",
                                                      "exams-0-exam_code": "CCHES"})
     transition(req, Status.ACCEPTED, actor_id=None, actor="test")
     db.session.commit()
     files = make_study(tmp_path / "nuh", patient_id="NUH998877", patient_name="SMITH^MARGARET",
-                       birth_date="19480314", study_date="20260915", n_series=2, n_per_series=3, accession="NUH42")
+                       birth_date="19480314", study_date="20260915", **study)
     pushed = run_storescu(service.our_node(), files, calling_ae="NUHPACS")
     assert pushed.returncode == 0, pushed.stderr
     db.session.expire_all()
-    study = db.session.scalar(sa.select(InboundStudy))
-    assert study.request_id == req.id and study.instances == 6
+    inbound = db.session.scalar(sa.select(InboundStudy))
     wait_until_complete(req)  # the sender released its association: complete, so On IEP
-    assert _req(req).status == Status.ON_IEP
+    return req, inbound
+
+
+def _download_to_pacs(app, make_user, req: Request) -> None:  # noqa: ANN001
+    """An analyst presses "Download to PACS"."""
     analyst = _login(app, make_user, "analyst")
     token = csrf_token(analyst, f"/requests/{req.call_ref}")
     assert analyst.post(f"/requests/{req.call_ref}/import", data={"csrf_token": token}).status_code == 302
+
+
+def test_import_pushed_by_storescu_lands_in_pacs_with_the_s_number_and_one_ris_entry(
+    app, client, login_as, make_user, pas_patients, nodes, orthanc, gateway, tmp_path, clean_queues
+):
+    req, study = _pushed_import(client, login_as, tmp_path, n_series=2, n_per_series=3, accession="NUH42")
+    assert study.request_id == req.id and study.instances == 6
+    assert _req(req).status == Status.ON_IEP
+    _download_to_pacs(app, make_user, req)
     run_workers()
     db.session.expire_all()
     transfer = db.session.scalar(sa.select(Transfer).where(Transfer.request_id == req.id))
@@ -197,37 +211,31 @@ def test_import_pushed_by_storescu_lands_in_pacs_with_the_s_number_and_one_ris_e
     assert db.session.scalar(sa.select(sa.func.count(RisEntry.id))) == 1
 
 
-def test_an_import_sent_in_chunks_while_the_rest_are_fixed_up_files_every_instance_under_the_s_number(
-    app, client, login_as, make_user, pas_patients, nodes, orthanc, gateway, tmp_path, clean_queues, monkeypatch
+@pytest.mark.slow
+def test_a_big_import_goes_to_pacs_in_chunks_through_the_pool_every_instance_under_the_s_number(
+    app, client, login_as, make_user, pas_patients, nodes, orthanc, gateway, database_url, redis_url, tmp_path,
+    clean_queues
 ):
-    """A big import sends a chunk while the next is being fixed up (engine.FIX_UP_CHUNK,
-    100 in production; 2 here, so 7 instances go as three early chunks and a last one):
-    every instance at the PACS carries the S number, none goes as the sender filed it."""
-    monkeypatch.setattr(engine, "FIX_UP_CHUNK", 2)
-    login_as("requester")
-    req = _request(client, "/requests/new/import", {**valid_import(), "exams-0-exam_date": "2026-09-15",
-                                                     "exams-0-exam_code": "CCHES"})
-    transition(req, Status.ACCEPTED, actor_id=None, actor="test")
-    db.session.commit()
-    files = make_study(tmp_path / "nuh", patient_id="NUH998877", patient_name="SMITH^MARGARET",
-                       birth_date="19480314", study_date="20260915", n_series=1, n_per_series=7, accession="NUH43")
-    pushed = run_storescu(service.our_node(), files, calling_ae="NUHPACS")
-    assert pushed.returncode == 0, pushed.stderr
-    db.session.expire_all()
-    study = db.session.scalar(sa.select(InboundStudy))
-    wait_until_complete(req)
-    analyst = _login(app, make_user, "analyst")
-    token = csrf_token(analyst, f"/requests/{req.call_ref}")
-    assert analyst.post(f"/requests/{req.call_ref}/import", data={"csrf_token": token}).status_code == 302
-    run_workers()
-    db.session.expire_all()
-    transfer = db.session.scalar(sa.select(Transfer).where(Transfer.request_id == req.id))
+    """A big import sends a chunk of engine.FIX_UP_CHUNK instances while the next is fixed up:
+    2 chunks and 5 more go through worker.py's pool as a deployment runs it. Every instance
+    reaches the PACS, and every one carries the S number, none as the sender filed it."""
+    total = 2 * engine.FIX_UP_CHUNK + 5
+    req, study = _pushed_import(client, login_as, tmp_path, n_series=1, n_per_series=total, accession="NUH43",
+                                rows=16, cols=16)
+    pool = start_pool(app, database_url, redis_url, "inbound-bluelight,inbound=1", ARRIVAL_QUIET_SECONDS="0")
+    try:
+        _download_to_pacs(app, make_user, req)
+        transfer = wait_for(lambda: db.session.scalar(sa.select(Transfer).where(
+            Transfer.request_id == req.id, Transfer.state.in_([TransferState.DELIVERED, TransferState.FAILED]))),
+            120, "the import to finish")
+    finally:
+        kill_pool(pool, signal.SIGTERM)
     assert transfer.state == TransferState.DELIVERED.value, transfer.last_error
-    assert transfer.instances_confirmed == 7
+    assert transfer.instances_confirmed == total
     found = orthanc.rest_post("/tools/lookup", study.study_uid)
     (study_id,) = [hit["ID"] for hit in found if hit["Type"] == "Study"]  # type: ignore[union-attr]
     ids = [instance["ID"] for instance in orthanc.rest(f"/studies/{study_id}/instances")]  # type: ignore[union-attr]
-    assert len(ids) == 7
+    assert len(ids) == total
     assert {orthanc.rest(f"/instances/{i}/simplified-tags")["PatientID"] for i in ids} == {"S1234567"}
 
 
