@@ -335,11 +335,6 @@ def permanent_failure(exc: BaseException) -> bool:
     return isinstance(exc, ValueError)  # a header with CR/LF (build_message)
 
 
-def undelivered_count() -> int:
-    return db.session.scalar(sa.select(sa.func.count(OutboxEmail.id)).where(
-        OutboxEmail.status == OutboxStatus.FAILED.value)) or 0
-
-
 def send_again(row: OutboxEmail, to_addr: str) -> bool:
     """Put a failed mail back in the outbox, to `to_addr` (the desk corrected the address,
     or the server is fixed), and audit it. False, changing nothing, if it was not failed.
