@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from pydicom.uid import UID
 from pynetdicom import AE, build_context
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ
@@ -166,23 +167,34 @@ def half_an_instance(sender: RawSender, path: Path) -> None:
 # -- the tests ------------------------------------------------------------------------------------------
 
 
-def test_several_senders_are_served_at_once(make_gateway, tmp_path: Path) -> None:
-    """A sender that holds its association open without sending must not keep others out:
-    four storescu pushes finish while it sits there."""
-    gateway = make_gateway()
-    idle = RawSender(gateway.node, [(CT, [EXPLICIT])])
+def test_several_senders_are_served_at_once(worker_gateway: Node, tmp_path: Path) -> None:
+    """worker.py's gateway: a sender that holds its association open without sending must
+    not keep others out. Four storescu pushes finish while it sits there, and the desk
+    counts each of their studies whole, with its sender finished."""
+    from app.extensions import db
+    from app.transfers.models import InboundStudy
+
+    idle = RawSender(worker_gateway, [(CT, [EXPLICIT])])
     assert idle.kind == 2  # accepted, and now it just sits on the association
     studies = [ct_study(tmp_path / f"s{i}", 5, patient_id=f"PAR-{i}") for i in range(4)]
     results: list[subprocess.CompletedProcess] = []
-    threads = [threading.Thread(target=lambda p=paths: results.append(run_storescu(gateway.node, p)))
+    threads = [threading.Thread(target=lambda p=paths: results.append(run_storescu(worker_gateway, p)))
                for paths in studies]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
     assert [r.returncode for r in results] == [0, 0, 0, 0], [r.stderr for r in results]
-    assert len(gateway.files()) == 20 and len(gateway.stored) == 20
-    assert {meta.patient_id for meta in gateway.stored} == {"PAR-0", "PAR-1", "PAR-2", "PAR-3"}
+
+    def arrived() -> list[tuple[str, int, bool]]:
+        db.session.expire_all()
+        return sorted((s.patient_id, s.instances, s.sender_done_at is not None)
+                      for s in db.session.scalars(sa.select(InboundStudy)))
+
+    deadline = time.monotonic() + 15
+    while arrived() != [(f"PAR-{i}", 5, True) for i in range(4)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert arrived() == [(f"PAR-{i}", 5, True) for i in range(4)]
     assert idle.closed_or_aborted(0.2) == "open"  # still served, untouched by the others
     idle.close()
 
