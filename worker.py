@@ -28,6 +28,7 @@ from multiprocessing import Process
 
 from app import create_app
 from app.extensions import db
+from app.logs import SingleLineFormatter
 from app.queues import MAINTENANCE, QUEUES, queue
 
 log = logging.getLogger("iep.worker")
@@ -263,7 +264,11 @@ def supervise(lanes: list[tuple[list[str], int]], *, cron: bool = True, gateway:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # One handler, at the root, for every logger of the pool (RQ's, the desk's): its lines
+    # once each, with values kept on one line (app.logs).
+    root_handler = logging.StreamHandler()
+    root_handler.setFormatter(SingleLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[root_handler])
     # pynetdicom logs several lines per instance at INFO (and patient details for C-FIND).
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     # WeasyPrint logs each step of every PDF it makes (a RIS sheet, a notice) at INFO.

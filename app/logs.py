@@ -34,10 +34,14 @@ class SingleLineFormatter(logging.Formatter):
 
 
 def configure_logging(app_logger: logging.Logger) -> None:
-    """Give the app's and the dev server's handlers the single-line formatter."""
+    """Give the app's and the dev server's handlers the single-line formatter. A process
+    whose root logger has handlers already (worker.py sets one up, with this formatter;
+    pytest captures there) gets none more: a handler here too printed each line twice,
+    the root's copy not kept to one line."""
     formatter = SingleLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root_has_handlers = bool(logging.getLogger().handlers)
     for logger in (app_logger, logging.getLogger("werkzeug"), logging.getLogger("iep")):
-        if not logger.handlers:
+        if not logger.handlers and not root_has_handlers:
             logger.addHandler(logging.StreamHandler())
         for handler in logger.handlers:
             handler.setFormatter(formatter)

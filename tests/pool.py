@@ -60,6 +60,28 @@ def _check_output(pool: subprocess.Popen) -> None:
     POOL_LOG.flush()
     leaked = [value for value in PAS_PATIENT_VALUES if value.encode() in text]
     assert not leaked, f"the worker pool logged patient values {leaked} (its output: {output})"
+    twice = _printed_twice(text.decode("utf-8", "replace").splitlines())
+    assert not twice, f"the worker pool printed log lines twice, e.g. {twice[:2]} (its output: {output})"
+
+
+_LEVELS = {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+
+
+def _printed_twice(lines: list[str]) -> list[str]:
+    """Log records that came out twice in a row, whatever the two handlers' formats (a
+    logger's own handler and the root's): the same moment, logger and message."""
+
+    def record(line: str) -> tuple[str, ...] | None:
+        words = line.split(" ")
+        if len(words) < 4:
+            return None
+        moment, rest = words[:2], words[2:]
+        if rest[0] in _LEVELS:
+            rest = rest[1:]
+        return (*moment, rest[0].rstrip(":"), " ".join(rest[1:])) if rest else None
+
+    shown = [record(line) for line in lines]
+    return [line for line, a, b in zip(lines[1:], shown, shown[1:], strict=False) if a is not None and a == b]
 
 
 def kill_pool(pool: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
